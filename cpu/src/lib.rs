@@ -1,0 +1,1 @@
+//! ox86 cpu crate.

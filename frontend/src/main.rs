@@ -1,0 +1,2 @@
+//! The `ox86` command.
+fn main() {}

@@ -1,0 +1,318 @@
+//! Guest physical memory: RAM in an anonymous mapping, ROM regions, MMIO holes,
+//! the A20 gate, and the code-page marks used to detect self-modifying code.
+
+use memmap2::{MmapMut, MmapOptions};
+
+use crate::addr::{PhysAddr, PAGE_SIZE};
+use crate::error::MemoryError;
+
+/// Smallest RAM size accepted (1 MiB).
+pub const MIN_RAM: u64 = 1 << 20;
+/// Largest RAM size accepted: everything below the PCI hole at 3 GiB.
+pub const MAX_RAM: u64 = 3 << 30;
+
+/// A read-only region of physical memory (firmware).
+struct Rom {
+    base: u64,
+    data: Box<[u8]>,
+}
+
+/// What lies at a physical address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Region {
+    /// Guest RAM: a host pointer to the byte at the address, valid to the end of its page.
+    Ram(*mut u8),
+    /// Read-only memory: a host pointer valid for reads to the end of its page.
+    Rom(*const u8),
+    /// Memory-mapped I/O (or nothing): accesses go to the [`crate::IoBus`].
+    Mmio,
+}
+
+/// Guest physical memory.
+pub struct Memory {
+    ram: MmapMut,
+    ram_size: u64,
+    roms: Vec<Rom>,
+    mmio: Vec<(u64, u64)>,
+    a20_enabled: bool,
+    /// One byte per RAM page: non-zero when decoded or compiled code came from it.
+    code_pages: Vec<u8>,
+    /// Code pages written since the CPU last drained them (page frame numbers).
+    dirty_code: Vec<u64>,
+}
+
+impl std::fmt::Debug for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memory")
+            .field("ram_size", &self.ram_size)
+            .field("roms", &self.roms.len())
+            .field("mmio", &self.mmio)
+            .field("a20_enabled", &self.a20_enabled)
+            .finish()
+    }
+}
+
+impl Memory {
+    /// Creates `ram_size` bytes of zeroed guest RAM at physical address 0.
+    ///
+    /// The mapping is anonymous, so pages the guest never touches cost no host memory.
+    pub fn new(ram_size: u64) -> Result<Memory, MemoryError> {
+        if !(MIN_RAM..=MAX_RAM).contains(&ram_size) {
+            return Err(MemoryError::BadRamSize(ram_size));
+        }
+        let ram_size = ram_size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let ram = MmapOptions::new()
+            .len(ram_size as usize)
+            .map_anon()
+            .map_err(|e| MemoryError::Map(e.to_string()))?;
+        Ok(Memory {
+            ram,
+            ram_size,
+            roms: Vec::new(),
+            mmio: Vec::new(),
+            a20_enabled: true,
+            code_pages: vec![0; (ram_size / PAGE_SIZE) as usize],
+            dirty_code: Vec::new(),
+        })
+    }
+
+    /// Size of guest RAM in bytes.
+    pub fn ram_size(&self) -> u64 {
+        self.ram_size
+    }
+
+    /// Maps a ROM image at `base`. ROM overrides RAM where the two overlap.
+    pub fn add_rom(&mut self, base: PhysAddr, data: &[u8]) -> Result<(), MemoryError> {
+        let len = data.len().div_ceil(PAGE_SIZE as usize) * PAGE_SIZE as usize;
+        if base.0 % PAGE_SIZE != 0
+            || len == 0
+            || base.0.checked_add(len as u64).is_none_or(|e| e > 1 << 32)
+        {
+            return Err(MemoryError::BadRegion(base.0, len as u64));
+        }
+        let mut buf = vec![0xffu8; len].into_boxed_slice();
+        buf[..data.len()].copy_from_slice(data);
+        self.roms.retain(|r| r.base != base.0);
+        self.roms.push(Rom {
+            base: base.0,
+            data: buf,
+        });
+        Ok(())
+    }
+
+    /// Routes `[base, base+len)` to MMIO. MMIO overrides ROM and RAM.
+    pub fn add_mmio(&mut self, base: PhysAddr, len: u64) -> Result<(), MemoryError> {
+        if base.0 % PAGE_SIZE != 0 || len == 0 || len % PAGE_SIZE != 0 {
+            return Err(MemoryError::BadRegion(base.0, len));
+        }
+        self.mmio.push((base.0, len));
+        Ok(())
+    }
+
+    /// Whether the A20 gate lets address bit 20 through.
+    pub fn a20_enabled(&self) -> bool {
+        self.a20_enabled
+    }
+
+    /// Opens or closes the A20 gate. The CPU must flush its TLB afterwards.
+    pub fn set_a20(&mut self, enabled: bool) {
+        self.a20_enabled = enabled;
+    }
+
+    /// The mask applied to every physical address (clears bit 20 with the gate closed).
+    pub fn a20_mask(&self) -> u64 {
+        if self.a20_enabled {
+            u64::MAX
+        } else {
+            !(1u64 << 20)
+        }
+    }
+
+    /// Classifies the page holding `addr` (the A20 mask already applied).
+    pub fn region(&self, addr: PhysAddr) -> Region {
+        let a = addr.0;
+        for &(base, len) in &self.mmio {
+            if a >= base && a - base < len {
+                return Region::Mmio;
+            }
+        }
+        for rom in &self.roms {
+            if a >= rom.base && a - rom.base < rom.data.len() as u64 {
+                // SAFETY: the offset is within the ROM's boxed slice, checked just above.
+                return Region::Rom(unsafe { rom.data.as_ptr().add((a - rom.base) as usize) });
+            }
+        }
+        if a < self.ram_size {
+            // SAFETY: the offset is below ram_size, the length of the mapping.
+            return Region::Ram(unsafe { self.ram.as_ptr().cast_mut().add(a as usize) });
+        }
+        Region::Mmio
+    }
+
+    /// Reads guest RAM or ROM bytes; MMIO and unmapped bytes read as 0xff.
+    /// For loaders, debuggers and DMA: no device side effects.
+    pub fn read_phys(&self, addr: PhysAddr, buf: &mut [u8]) {
+        for (i, b) in buf.iter_mut().enumerate() {
+            let a = addr.0.wrapping_add(i as u64);
+            *b = match self.region(PhysAddr(a)) {
+                // SAFETY: region() returns pointers inside RAM or ROM for this exact address.
+                Region::Ram(p) => unsafe { *p },
+                // SAFETY: as above.
+                Region::Rom(p) => unsafe { *p },
+                Region::Mmio => 0xff,
+            };
+        }
+    }
+
+    /// Writes guest RAM (ROM and MMIO bytes are left alone). For loaders and DMA:
+    /// code pages written this way are invalidated like any other write.
+    pub fn write_phys(&mut self, addr: PhysAddr, data: &[u8]) {
+        let mut i = 0usize;
+        while i < data.len() {
+            let a = addr.0.wrapping_add(i as u64);
+            let in_page = (PAGE_SIZE - (a % PAGE_SIZE)) as usize;
+            let n = in_page.min(data.len() - i);
+            if let Region::Ram(p) = self.region(PhysAddr(a)) {
+                self.note_write(a);
+                // SAFETY: p points into RAM and the n bytes stay within its page.
+                unsafe { std::ptr::copy_nonoverlapping(data[i..].as_ptr(), p, n) };
+            }
+            i += n;
+        }
+    }
+
+    /// Whether `[addr, addr+len)` lies entirely in RAM.
+    pub fn is_ram(&self, addr: PhysAddr, len: u64) -> bool {
+        let Some(end) = addr.0.checked_add(len) else {
+            return false;
+        };
+        end <= self.ram_size
+            && !self.mmio.iter().any(|&(b, l)| addr.0 < b + l && b < end)
+            && !self
+                .roms
+                .iter()
+                .any(|r| addr.0 < r.base + r.data.len() as u64 && r.base < end)
+    }
+
+    /// Reads a little-endian u32 from physical memory (page-table walks).
+    pub fn read_u32(&self, addr: PhysAddr) -> u32 {
+        let mut b = [0u8; 4];
+        self.read_phys(addr, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// Reads a little-endian u64 from physical memory (page-table walks).
+    pub fn read_u64(&self, addr: PhysAddr) -> u64 {
+        let mut b = [0u8; 8];
+        self.read_phys(addr, &mut b);
+        u64::from_le_bytes(b)
+    }
+
+    /// Writes a little-endian u32 to physical RAM (accessed/dirty bits).
+    pub fn write_u32(&mut self, addr: PhysAddr, v: u32) {
+        self.write_phys(addr, &v.to_le_bytes());
+    }
+
+    /// Writes a little-endian u64 to physical RAM (accessed/dirty bits).
+    pub fn write_u64(&mut self, addr: PhysAddr, v: u64) {
+        self.write_phys(addr, &v.to_le_bytes());
+    }
+
+    /// Marks the RAM page holding `addr` as holding code. Returns false when it is not RAM.
+    pub fn mark_code_page(&mut self, addr: PhysAddr) -> bool {
+        let pfn = addr.0 / PAGE_SIZE;
+        match self.code_pages.get_mut(pfn as usize) {
+            Some(m) => {
+                *m = 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the RAM page holding `addr` holds code.
+    pub fn is_code_page(&self, addr: PhysAddr) -> bool {
+        self.code_pages
+            .get((addr.0 / PAGE_SIZE) as usize)
+            .is_some_and(|&m| m != 0)
+    }
+
+    /// Records a write to the page holding `addr`: if it held code, its mark is
+    /// cleared and the page is queued for invalidation. Returns whether it held code.
+    #[inline]
+    pub fn note_write(&mut self, addr: u64) -> bool {
+        let pfn = addr / PAGE_SIZE;
+        if let Some(m) = self.code_pages.get_mut(pfn as usize) {
+            if *m != 0 {
+                *m = 0;
+                self.dirty_code.push(pfn);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether code pages were written since the last [`Memory::take_dirty_code`].
+    #[inline]
+    pub fn has_dirty_code(&self) -> bool {
+        !self.dirty_code.is_empty()
+    }
+
+    /// Takes the list of written code pages (page frame numbers).
+    pub fn take_dirty_code(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.dirty_code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_sizes() {
+        assert!(Memory::new(0).is_err());
+        assert!(Memory::new(MIN_RAM - 1).is_err());
+        assert!(Memory::new(MAX_RAM + 1).is_err());
+        assert!(Memory::new(MIN_RAM).is_ok());
+    }
+
+    #[test]
+    fn ram_rom_mmio_routing() {
+        let mut m = Memory::new(2 << 20).unwrap();
+        m.write_phys(PhysAddr(0x1000), &[1, 2, 3]);
+        let mut b = [0u8; 3];
+        m.read_phys(PhysAddr(0x1000), &mut b);
+        assert_eq!(b, [1, 2, 3]);
+        m.add_rom(PhysAddr(0xf0000), &[0xaa; 16]).unwrap();
+        m.write_phys(PhysAddr(0xf0000), &[0]);
+        m.read_phys(PhysAddr(0xf0000), &mut b);
+        assert_eq!(b, [0xaa; 3]);
+        m.add_mmio(PhysAddr(0xa0000), 0x20000).unwrap();
+        assert_eq!(m.region(PhysAddr(0xb8000)), Region::Mmio);
+        assert_eq!(m.region(PhysAddr(4 << 20)), Region::Mmio);
+        assert!(!m.is_ram(PhysAddr(0xa0000), 1));
+        assert!(m.is_ram(PhysAddr(0), 0xa0000));
+    }
+
+    #[test]
+    fn page_crossing_write_and_a20() {
+        let mut m = Memory::new(2 << 20).unwrap();
+        m.write_phys(PhysAddr(0xffe), &[1, 2, 3, 4]);
+        assert_eq!(m.read_u32(PhysAddr(0xffe)), 0x04030201);
+        assert_eq!(m.a20_mask(), u64::MAX);
+        m.set_a20(false);
+        assert_eq!(0x100000 & m.a20_mask(), 0);
+    }
+
+    #[test]
+    fn code_page_writes_are_reported_once() {
+        let mut m = Memory::new(2 << 20).unwrap();
+        assert!(m.mark_code_page(PhysAddr(0x3000)));
+        assert!(m.is_code_page(PhysAddr(0x3fff)));
+        m.write_phys(PhysAddr(0x3010), &[0x90]);
+        assert!(m.has_dirty_code());
+        assert_eq!(m.take_dirty_code(), vec![3]);
+        m.write_phys(PhysAddr(0x3010), &[0x90]);
+        assert!(!m.has_dirty_code());
+    }
+}

@@ -1,0 +1,1 @@
+//! ox86: a full-system x86 emulator.
