@@ -1,1 +1,131 @@
-//! ox86 cpu crate.
+//! ox86's CPU: the architectural state, the decoded-block cache, lazy flags, and the
+//! interpreter, which is the reference semantics of every instruction.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod access;
+pub mod block;
+pub mod cpuid;
+pub mod exception;
+pub mod exec;
+pub mod flags;
+mod interp;
+pub mod state;
+pub mod testkit;
+
+use ox86_mmu::tlb::Tlb;
+use ox86_mmu::{IoBus, Memory};
+
+pub use block::{BlockCache, Handler};
+pub use exception::{Exception, Fault};
+pub use interp::{CpuExit, RunLimits};
+pub use state::{CpuState, Segment};
+
+/// Counters that describe what the CPU did.
+#[derive(Debug, Clone, Default)]
+pub struct CpuStats {
+    /// Exceptions and interrupts delivered.
+    pub interrupts: u64,
+    /// Code-page writes that invalidated decoded blocks.
+    pub smc_writes: u64,
+    /// Vector of the last exception raised (for diagnostics).
+    pub last_vector: u8,
+}
+
+/// One x86 CPU: its state, its TLB and its decoded-block cache.
+pub struct Cpu {
+    /// Architectural state.
+    pub state: CpuState,
+    /// The software TLB.
+    pub tlb: Box<Tlb>,
+    /// Decoded blocks.
+    pub blocks: BlockCache,
+    /// Statistics.
+    pub stats: CpuStats,
+    /// Set when a triple fault (shutdown) happened; the machine resets.
+    pub shutdown: bool,
+}
+
+impl std::fmt::Debug for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cpu")
+            .field("rip", &self.state.rip)
+            .field("icount", &self.state.icount)
+            .finish()
+    }
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Cpu::new()
+    }
+}
+
+impl Cpu {
+    /// A CPU in its RESET state.
+    pub fn new() -> Cpu {
+        Cpu {
+            state: CpuState::reset(),
+            tlb: Box::default(),
+            blocks: BlockCache::default(),
+            stats: CpuStats::default(),
+            shutdown: false,
+        }
+    }
+
+    /// Resets the CPU (INIT/RESET): state, TLB and decoded blocks.
+    pub fn reset(&mut self) {
+        let icount = self.state.icount;
+        self.state = CpuState::reset();
+        self.state.icount = icount;
+        self.tlb.flush_all();
+        self.blocks.flush_jump_cache();
+        self.shutdown = false;
+    }
+
+    /// Flushes the TLB and the linear-address jump cache (after a paging change or an
+    /// external A20 change).
+    pub fn flush_tlb(&mut self) {
+        self.tlb.flush_all();
+        self.blocks.flush_jump_cache();
+    }
+
+    /// An execution context over this CPU, guest memory and the device bus.
+    pub fn exec<'a>(&'a mut self, mem: &'a mut Memory, io: &'a mut dyn IoBus) -> Exec<'a> {
+        Exec {
+            s: &mut self.state,
+            tlb: &mut self.tlb,
+            blocks: &mut self.blocks,
+            stats: &mut self.stats,
+            shutdown: &mut self.shutdown,
+            mem,
+            io,
+        }
+    }
+}
+
+/// The context every instruction handler runs in: the CPU's parts, guest memory and
+/// the device bus, borrowed for one `run`.
+pub struct Exec<'a> {
+    /// Architectural state.
+    pub s: &'a mut CpuState,
+    /// The TLB.
+    pub tlb: &'a mut Tlb,
+    /// Decoded blocks (for invalidation from system instructions).
+    pub blocks: &'a mut BlockCache,
+    /// Statistics.
+    pub stats: &'a mut CpuStats,
+    /// Set on triple fault.
+    pub shutdown: &'a mut bool,
+    /// Guest physical memory.
+    pub mem: &'a mut Memory,
+    /// Ports, MMIO and the interrupt line.
+    pub io: &'a mut dyn IoBus,
+}
+
+impl Exec<'_> {
+    /// Flushes the TLB and the jump cache.
+    pub fn flush_tlb(&mut self) {
+        self.tlb.flush_all();
+        self.blocks.flush_jump_cache();
+    }
+}

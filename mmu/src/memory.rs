@@ -37,9 +37,14 @@ pub struct Memory {
     a20_enabled: bool,
     /// One byte per RAM page: non-zero when decoded or compiled code came from it.
     code_pages: Vec<u8>,
-    /// Code pages written since the CPU last drained them (page frame numbers).
-    dirty_code: Vec<u64>,
+    /// Writes to code pages since the CPU last drained them: (address, length).
+    dirty_code: Vec<(u64, u32)>,
+    /// More code writes happened than `dirty_code` holds.
+    dirty_overflow: bool,
 }
+
+/// Most pending code-page writes listed before they are reported as "everything".
+const MAX_DIRTY: usize = 1024;
 
 impl std::fmt::Debug for Memory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,6 +78,7 @@ impl Memory {
             a20_enabled: true,
             code_pages: vec![0; (ram_size / PAGE_SIZE) as usize],
             dirty_code: Vec::new(),
+            dirty_overflow: false,
         })
     }
 
@@ -173,7 +179,7 @@ impl Memory {
             let in_page = (PAGE_SIZE - (a % PAGE_SIZE)) as usize;
             let n = in_page.min(data.len() - i);
             if let Region::Ram(p) = self.region(PhysAddr(a)) {
-                self.note_write(a);
+                self.note_write(a, n as u32);
                 // SAFETY: p points into RAM and the n bytes stay within its page.
                 unsafe { std::ptr::copy_nonoverlapping(data[i..].as_ptr(), p, n) };
             }
@@ -237,30 +243,55 @@ impl Memory {
             .is_some_and(|&m| m != 0)
     }
 
-    /// Records a write to the page holding `addr`: if it held code, its mark is
-    /// cleared and the page is queued for invalidation. Returns whether it held code.
+    /// Records a write of `len` bytes at `addr` (within one page): if the page holds
+    /// code, the written range is queued for the CPU, which invalidates the code it
+    /// overlaps and unmarks the page when no code remains on it. Returns whether the
+    /// page held code.
     #[inline]
-    pub fn note_write(&mut self, addr: u64) -> bool {
+    pub fn note_write(&mut self, addr: u64, len: u32) -> bool {
         let pfn = addr / PAGE_SIZE;
-        if let Some(m) = self.code_pages.get_mut(pfn as usize) {
-            if *m != 0 {
-                *m = 0;
-                self.dirty_code.push(pfn);
+        if !self.code_pages.get(pfn as usize).is_some_and(|&m| m != 0) {
+            return false;
+        }
+        let end = addr + len as u64;
+        if let Some(last) = self.dirty_code.last_mut() {
+            if last.0 / PAGE_SIZE == pfn {
+                let lo = last.0.min(addr);
+                let hi = (last.0 + last.1 as u64).max(end);
+                *last = (lo, (hi - lo) as u32);
                 return true;
             }
         }
-        false
+        if self.dirty_code.len() >= MAX_DIRTY {
+            self.dirty_overflow = true;
+        } else {
+            self.dirty_code.push((addr, len));
+        }
+        true
+    }
+
+    /// Unmarks a page that no longer holds code.
+    pub fn unmark_code_page(&mut self, addr: PhysAddr) {
+        if let Some(m) = self.code_pages.get_mut((addr.0 / PAGE_SIZE) as usize) {
+            *m = 0;
+        }
     }
 
     /// Whether code pages were written since the last [`Memory::take_dirty_code`].
     #[inline]
     pub fn has_dirty_code(&self) -> bool {
-        !self.dirty_code.is_empty()
+        !self.dirty_code.is_empty() || self.dirty_overflow
     }
 
-    /// Takes the list of written code pages (page frame numbers).
-    pub fn take_dirty_code(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.dirty_code)
+    /// Takes the list of writes to code pages: (physical address, length), or None
+    /// when there were too many to list and all code must be considered written.
+    pub fn take_dirty_code(&mut self) -> Option<Vec<(u64, u32)>> {
+        let list = std::mem::take(&mut self.dirty_code);
+        if std::mem::take(&mut self.dirty_overflow) {
+            None
+        } else {
+            Some(list)
+        }
     }
 }
 
@@ -305,14 +336,19 @@ mod tests {
     }
 
     #[test]
-    fn code_page_writes_are_reported_once() {
+    fn code_page_writes_are_reported_and_merged() {
         let mut m = Memory::new(2 << 20).unwrap();
         assert!(m.mark_code_page(PhysAddr(0x3000)));
         assert!(m.is_code_page(PhysAddr(0x3fff)));
         m.write_phys(PhysAddr(0x3010), &[0x90]);
+        m.write_phys(PhysAddr(0x3020), &[0x90, 0x90]);
         assert!(m.has_dirty_code());
-        assert_eq!(m.take_dirty_code(), vec![3]);
+        assert_eq!(m.take_dirty_code(), Some(vec![(0x3010, 0x12)]));
+        assert!(!m.has_dirty_code());
+        m.unmark_code_page(PhysAddr(0x3000));
         m.write_phys(PhysAddr(0x3010), &[0x90]);
+        assert!(!m.has_dirty_code());
+        m.write_phys(PhysAddr(0x5010), &[0x90]);
         assert!(!m.has_dirty_code());
     }
 }

@@ -146,12 +146,23 @@ pub fn walk(
     let a20 = mem.a20_mask();
     let base_err = (if access == Access::Write { PF_WRITE } else { 0 })
         | (if user { PF_USER } else { 0 })
-        | (if access == Access::Execute && nxe { PF_FETCH } else { 0 });
-    let not_present = PageFault { addr: lin, error_code: base_err };
-    let reserved = PageFault { addr: lin, error_code: base_err | PF_PRESENT | PF_RSVD };
+        | (if access == Access::Execute && nxe {
+            PF_FETCH
+        } else {
+            0
+        });
+    let not_present = PageFault {
+        addr: lin,
+        error_code: base_err,
+    };
+    let reserved = PageFault {
+        addr: lin,
+        error_code: base_err | PF_PRESENT | PF_RSVD,
+    };
     let phys_mask: u64 = ((1u64 << MAX_PHYS_BITS) - 1) & !0xfff;
     // Reserved bits of 64-bit entries: above MAXPHYADDR (and XD without NXE).
-    let rsvd64: u64 = !((1u64 << MAX_PHYS_BITS) - 1) & !XD & !(0x7ffu64 << 52) | if nxe { 0 } else { XD };
+    let rsvd64: u64 =
+        !((1u64 << MAX_PHYS_BITS) - 1) & !XD & !(0x7ffu64 << 52) | if nxe { 0 } else { XD };
 
     // Collect the entries of the walk: (physical address of the entry, value, is 64-bit).
     let mut entries: [(u64, u64, bool); 4] = [(0, 0, false); 4];
@@ -230,7 +241,11 @@ pub fn walk(
                 n += 1;
                 if large || level == 1 {
                     let size = 1u64 << shift;
-                    lvl_leaf = Some((e, size, ((e & phys_mask) & !(size - 1)) | (lin & (size - 1) & !0xfff)));
+                    lvl_leaf = Some((
+                        e,
+                        size,
+                        ((e & phys_mask) & !(size - 1)) | (lin & (size - 1) & !0xfff),
+                    ));
                     break;
                 }
                 table = e & phys_mask;
@@ -256,7 +271,10 @@ pub fn walk(
     }
     let wp = regs.cr0 & CR0_WP != 0;
     let may_write = if user { rw && us } else { rw || !wp };
-    let protection = PageFault { addr: lin, error_code: base_err | PF_PRESENT };
+    let protection = PageFault {
+        addr: lin,
+        error_code: base_err | PF_PRESENT,
+    };
     if user && !us {
         return Err(protection);
     }
@@ -300,7 +318,12 @@ mod tests {
     fn legacy(mem: &mut Memory, pte_flags: u64, pde_flags: u64) -> PagingRegs {
         mem.write_u32(PhysAddr(PD + 4 * 1), (PT | pde_flags) as u32);
         mem.write_u32(PhysAddr(PT + 4 * 5), (0x0020_0000 | pte_flags) as u32);
-        PagingRegs { cr0: CR0_PG | 1, cr3: PD, cr4: 0, efer: 0 }
+        PagingRegs {
+            cr0: CR0_PG | 1,
+            cr3: PD,
+            cr4: 0,
+            efer: 0,
+        }
     }
 
     // Linear address of page table index 5 in directory slot 1.
@@ -335,7 +358,13 @@ mod tests {
         let mut m = Memory::new(4 << 20).unwrap();
         let regs = legacy(&mut m, 0, P | RW | US);
         let e = walk(&mut m, &regs, LIN, Access::Write, true).unwrap_err();
-        assert_eq!(e, PageFault { addr: LIN, error_code: PF_WRITE | PF_USER });
+        assert_eq!(
+            e,
+            PageFault {
+                addr: LIN,
+                error_code: PF_WRITE | PF_USER
+            }
+        );
         let e = walk(&mut m, &regs, LIN + (1 << 22), Access::Read, false).unwrap_err();
         assert_eq!(e.error_code, 0);
     }
@@ -362,14 +391,23 @@ mod tests {
     fn legacy_pse_4m_pages_and_global() {
         let mut m = Memory::new(8 << 20).unwrap();
         m.write_u32(PhysAddr(PD + 4 * 3), (0x0040_0000 | P | RW | PS | G) as u32);
-        let mut regs = PagingRegs { cr0: CR0_PG | 1, cr3: PD, cr4: CR4_PSE, efer: 0 };
+        let mut regs = PagingRegs {
+            cr0: CR0_PG | 1,
+            cr3: PD,
+            cr4: CR4_PSE,
+            efer: 0,
+        };
         let lin = (3 << 22) | 0x12_3456;
         let t = walk(&mut m, &regs, lin, Access::Read, false).unwrap();
         assert_eq!(t.frame, PhysAddr(0x0040_0000 | 0x12_3000));
         assert_eq!(t.page_size, 4 << 20);
         assert!(!t.global);
         regs.cr4 |= CR4_PGE;
-        assert!(walk(&mut m, &regs, lin, Access::Read, false).unwrap().global);
+        assert!(
+            walk(&mut m, &regs, lin, Access::Read, false)
+                .unwrap()
+                .global
+        );
         // Without CR4.PSE the PS bit is ignored and the entry points to a page table.
         regs.cr4 = 0;
         m.write_u32(PhysAddr(0x0040_0000 + 4 * 0x123), (0x5000 | P) as u32);
@@ -389,7 +427,12 @@ mod tests {
         m.write_u64(PhysAddr(pt + 8 * 7), 0x5000 | P | RW | US | XD);
         // A 2 MiB page at PD index 3.
         m.write_u64(PhysAddr(pd + 8 * 3), 0x20_0000 | P | RW | PS);
-        let mut regs = PagingRegs { cr0: CR0_PG | 1, cr3: pdpt, cr4: CR4_PAE, efer: 0 };
+        let mut regs = PagingRegs {
+            cr0: CR0_PG | 1,
+            cr3: pdpt,
+            cr4: CR4_PAE,
+            efer: 0,
+        };
         let lin = (1 << 30) | (2 << 21) | (7 << 12) | 0x10;
         // Without NXE, bit 63 is reserved.
         let e = walk(&mut m, &regs, lin, Access::Read, true).unwrap_err();
@@ -422,7 +465,12 @@ mod tests {
         m.write_u64(PhysAddr(pdpt + 8), pd | P | RW);
         m.write_u64(PhysAddr(pd + 16), pt | P | RW);
         m.write_u64(PhysAddr(pt + 24), 0x7000 | P | RW);
-        let regs = PagingRegs { cr0: CR0_PG | 1, cr3: pml4, cr4: CR4_PAE, efer: EFER_LME | EFER_LMA };
+        let regs = PagingRegs {
+            cr0: CR0_PG | 1,
+            cr3: pml4,
+            cr4: CR4_PAE,
+            efer: EFER_LME | EFER_LMA,
+        };
         assert_eq!(regs.mode(), PagingMode::Level4);
         let t = walk(&mut m, &regs, lin, Access::Write, false).unwrap();
         assert_eq!(t.frame, PhysAddr(0x7000));

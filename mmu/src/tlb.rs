@@ -32,8 +32,14 @@ pub struct TlbEntry {
 
 impl TlbEntry {
     /// An entry that matches nothing.
-    pub const EMPTY: TlbEntry =
-        TlbEntry { read: TLB_INVALID, write: TLB_INVALID, exec: TLB_INVALID, addend: 0, frame: 0, global: 0 };
+    pub const EMPTY: TlbEntry = TlbEntry {
+        read: TLB_INVALID,
+        write: TLB_INVALID,
+        exec: TLB_INVALID,
+        addend: 0,
+        frame: 0,
+        global: 0,
+    };
 }
 
 /// The TLB of one CPU: table 0 for supervisor accesses (CPL 0-2), table 1 for user.
@@ -49,13 +55,20 @@ pub struct Tlb {
 
 impl std::fmt::Debug for Tlb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tlb").field("misses", &self.misses).field("flushes", &self.flushes).finish()
+        f.debug_struct("Tlb")
+            .field("misses", &self.misses)
+            .field("flushes", &self.flushes)
+            .finish()
     }
 }
 
 impl Default for Tlb {
     fn default() -> Self {
-        Tlb { tables: [[TlbEntry::EMPTY; TLB_ENTRIES]; 2], misses: 0, flushes: 0 }
+        Tlb {
+            tables: [[TlbEntry::EMPTY; TLB_ENTRIES]; 2],
+            misses: 0,
+            flushes: 0,
+        }
     }
 }
 
@@ -130,7 +143,10 @@ impl Tlb {
         for user in [false, true] {
             let e = self.entry_mut(user, lin);
             let page = lin & !PAGE_MASK;
-            if [e.read, e.write, e.exec].iter().any(|&t| t & !PAGE_MASK == page) {
+            if [e.read, e.write, e.exec]
+                .iter()
+                .any(|&t| t & !PAGE_MASK == page)
+            {
                 *e = TlbEntry::EMPTY;
             }
         }
@@ -139,7 +155,10 @@ impl Tlb {
     /// Forces writes to physical frame `frame` through the slow path (it now holds code).
     pub fn protect_frame(&mut self, frame: u64) {
         for t in &mut self.tables {
-            for e in t.iter_mut().filter(|e| e.frame == frame && e.write & TLB_INVALID == 0) {
+            for e in t
+                .iter_mut()
+                .filter(|e| e.frame == frame && e.write & TLB_INVALID == 0)
+            {
                 e.write |= TLB_SLOW;
             }
         }
@@ -169,8 +188,16 @@ mod tests {
         let t = filled(0x1234_5000, 0x7000_0000);
         assert_eq!(t.lookup_read(false, 0x1234_5010, 4), Some(0x7000_0010));
         assert_eq!(t.lookup_write(false, 0x1234_5ffc, 4), Some(0x7000_0ffc));
-        assert_eq!(t.lookup_read(false, 0x1234_5ffd, 4), None, "crossing access goes slow");
-        assert_eq!(t.lookup_read(true, 0x1234_5010, 4), None, "user table is separate");
+        assert_eq!(
+            t.lookup_read(false, 0x1234_5ffd, 4),
+            None,
+            "crossing access goes slow"
+        );
+        assert_eq!(
+            t.lookup_read(true, 0x1234_5010, 4),
+            None,
+            "user table is separate"
+        );
         assert_eq!(t.lookup_read(false, 0x2234_5010, 4), None, "tag mismatch");
         assert_eq!(t.lookup_exec(false, 0x1234_5000), Some(0x5000));
     }

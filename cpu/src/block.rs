@@ -1,0 +1,306 @@
+//! Decoded blocks: straight-line runs of iced-x86 instructions, each with its
+//! interpreter handler chosen once at decode time, cached by physical address and
+//! code size, with a jump cache by linear address in front and per-page indexes for
+//! invalidation when code is written.
+
+use std::collections::HashMap;
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
+
+use crate::exception::Fault;
+use crate::Exec;
+
+/// An interpreter handler: executes one instruction.
+pub type Handler = fn(&mut Exec<'_>, &Instruction) -> Fault;
+
+/// One decoded instruction with its handler.
+#[derive(Clone)]
+pub struct DecodedInsn {
+    /// The decoded instruction (its IP is the EIP it was decoded at).
+    pub insn: Instruction,
+    /// The handler that executes it.
+    pub handler: Handler,
+    /// EIP of the next instruction, wrapped to the code size.
+    pub next_ip: u64,
+}
+
+/// A decoded block.
+pub struct Block {
+    /// EIP of its first instruction.
+    pub eip: u64,
+    /// CS base it was decoded for.
+    pub cs_base: u64,
+    /// Code size in bits (16 or 32).
+    pub bitness: u32,
+    /// Physical address of the first byte.
+    pub phys: u64,
+    /// The instructions.
+    pub insns: std::rc::Rc<[DecodedInsn]>,
+    /// Physical byte ranges the block was decoded from: [start, end).
+    pub ranges: [(u64, u64); 2],
+    /// Times the block was entered.
+    pub execs: u64,
+}
+
+/// Most instructions in one block.
+pub const MAX_BLOCK_INSNS: usize = 64;
+const JUMP_CACHE: usize = 4096;
+const NO_BLOCK: u32 = u32::MAX;
+
+/// The decoded-block cache of one CPU.
+pub struct BlockCache {
+    slab: Vec<Option<Block>>,
+    free: Vec<u32>,
+    by_phys: HashMap<(u64, u32), u32>,
+    by_frame: HashMap<u64, Vec<u32>>,
+    jump: Box<[u32]>,
+    /// Blocks decoded since reset.
+    pub decoded: u64,
+    /// Blocks invalidated by writes to their code.
+    pub invalidated: u64,
+}
+
+impl Default for BlockCache {
+    fn default() -> Self {
+        BlockCache {
+            slab: Vec::new(),
+            free: Vec::new(),
+            by_phys: HashMap::new(),
+            by_frame: HashMap::new(),
+            jump: vec![NO_BLOCK; JUMP_CACHE].into_boxed_slice(),
+            decoded: 0,
+            invalidated: 0,
+        }
+    }
+}
+
+#[inline(always)]
+fn jump_index(lin: u64) -> usize {
+    ((lin ^ (lin >> 12)) as usize) & (JUMP_CACHE - 1)
+}
+
+impl BlockCache {
+    /// The block for a linear PC from the jump cache, if it matches.
+    #[inline(always)]
+    pub fn lookup_jump(&self, lin: u64, eip: u64, cs_base: u64, bitness: u32) -> Option<u32> {
+        let id = self.jump[jump_index(lin)];
+        let b = self.slab.get(id as usize)?.as_ref()?;
+        (b.eip == eip && b.cs_base == cs_base && b.bitness == bitness).then_some(id)
+    }
+
+    /// The block at a physical address, if decoded for the same EIP and CS base.
+    pub fn lookup_phys(
+        &mut self,
+        lin: u64,
+        phys: u64,
+        eip: u64,
+        cs_base: u64,
+        bitness: u32,
+    ) -> Option<u32> {
+        let id = *self.by_phys.get(&(phys, bitness))?;
+        let b = self.slab[id as usize].as_ref()?;
+        if b.eip == eip && b.cs_base == cs_base {
+            self.jump[jump_index(lin)] = id;
+            Some(id)
+        } else {
+            None
+        }
+    }
+
+    /// The block with this id.
+    #[inline(always)]
+    pub fn get(&self, id: u32) -> &Block {
+        self.slab[id as usize].as_ref().expect("live block id")
+    }
+
+    /// Mutable access to the block with this id.
+    #[inline(always)]
+    pub fn get_mut(&mut self, id: u32) -> &mut Block {
+        self.slab[id as usize].as_mut().expect("live block id")
+    }
+
+    /// Inserts a block, replacing any at the same physical address and code size.
+    pub fn insert(&mut self, lin: u64, block: Block) -> u32 {
+        if let Some(old) = self.by_phys.get(&(block.phys, block.bitness)).copied() {
+            self.remove(old);
+        }
+        let key = (block.phys, block.bitness);
+        let frames: Vec<u64> = block
+            .ranges
+            .iter()
+            .filter(|r| r.1 > r.0)
+            .map(|r| r.0 >> 12)
+            .collect();
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slab[id as usize] = Some(block);
+                id
+            }
+            None => {
+                self.slab.push(Some(block));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.by_phys.insert(key, id);
+        for f in frames {
+            self.by_frame.entry(f).or_default().push(id);
+        }
+        self.jump[jump_index(lin)] = id;
+        self.decoded += 1;
+        id
+    }
+
+    fn remove(&mut self, id: u32) {
+        let Some(b) = self.slab[id as usize].take() else {
+            return;
+        };
+        self.by_phys.remove(&(b.phys, b.bitness));
+        for r in b.ranges.iter().filter(|r| r.1 > r.0) {
+            if let Some(v) = self.by_frame.get_mut(&(r.0 >> 12)) {
+                v.retain(|&x| x != id);
+                if v.is_empty() {
+                    self.by_frame.remove(&(r.0 >> 12));
+                }
+            }
+        }
+        self.free.push(id);
+    }
+
+    /// Invalidates the blocks decoded from bytes in `[addr, addr+len)`. Returns whether
+    /// the page still holds code afterwards.
+    pub fn invalidate_range(&mut self, addr: u64, len: u64) -> bool {
+        let frame = addr >> 12;
+        let end = addr + len;
+        let ids: Vec<u32> = self.by_frame.get(&frame).cloned().unwrap_or_default();
+        let mut any = false;
+        for id in ids {
+            let hit = self.slab[id as usize]
+                .as_ref()
+                .is_some_and(|b| b.ranges.iter().any(|r| r.0 < end && addr < r.1));
+            if hit {
+                self.remove(id);
+                self.invalidated += 1;
+                any = true;
+            }
+        }
+        if any {
+            self.flush_jump_cache();
+        }
+        self.by_frame.contains_key(&frame)
+    }
+
+    /// Drops every block.
+    pub fn clear(&mut self) {
+        let n = self.by_phys.len() as u64;
+        *self = BlockCache {
+            decoded: self.decoded,
+            invalidated: self.invalidated + n,
+            ..Default::default()
+        };
+    }
+
+    /// Forgets linear-address lookups (after paging changes).
+    pub fn flush_jump_cache(&mut self) {
+        self.jump.fill(NO_BLOCK);
+    }
+
+    /// Frames that hold decoded code.
+    pub fn code_frames(&self) -> impl Iterator<Item = u64> + '_ {
+        self.by_frame.keys().copied()
+    }
+
+    /// Number of live blocks.
+    pub fn len(&self) -> usize {
+        self.by_phys.len()
+    }
+
+    /// Whether no blocks are cached.
+    pub fn is_empty(&self) -> bool {
+        self.by_phys.is_empty()
+    }
+}
+
+/// Whether an instruction must end its block: it transfers control, or it may change
+/// how later instructions decode or whether interrupts are due.
+pub fn ends_block(insn: &Instruction) -> bool {
+    if insn.flow_control() != FlowControl::Next {
+        return true;
+    }
+    matches!(
+        insn.mnemonic(),
+        Mnemonic::Hlt
+            | Mnemonic::Sti
+            | Mnemonic::Popf
+            | Mnemonic::Popfd
+            | Mnemonic::Lmsw
+            | Mnemonic::Clts
+            | Mnemonic::Invlpg
+            | Mnemonic::Wrmsr
+            | Mnemonic::In
+            | Mnemonic::Out
+            | Mnemonic::Insb
+            | Mnemonic::Insw
+            | Mnemonic::Insd
+            | Mnemonic::Outsb
+            | Mnemonic::Outsw
+            | Mnemonic::Outsd
+            | Mnemonic::Lgdt
+            | Mnemonic::Lidt
+            | Mnemonic::Lldt
+            | Mnemonic::Ltr
+            | Mnemonic::Wbinvd
+            | Mnemonic::Invd
+            | Mnemonic::Cpuid
+            | Mnemonic::Rdtsc
+    ) || (insn.mnemonic() == Mnemonic::Mov
+        && (is_cr_or_dr(insn.op0_register()) || insn.op0_register() == iced_x86::Register::SS))
+        || (insn.mnemonic() == Mnemonic::Pop && insn.op0_register() == iced_x86::Register::SS)
+}
+
+fn is_cr_or_dr(r: iced_x86::Register) -> bool {
+    r.is_cr() || r.is_dr()
+}
+
+/// Decodes instructions from `bytes` (starting at EIP `eip`) until a block ends.
+/// Returns the instructions and how many bytes they cover. `complete` tells whether
+/// `bytes` extends past the end of what may be fetched (so a truncated last
+/// instruction means the next page is needed).
+pub fn decode_block(
+    bytes: &[u8],
+    eip: u64,
+    bitness: u32,
+    select: fn(&Instruction) -> Handler,
+) -> (Vec<DecodedInsn>, usize, bool) {
+    let ip_mask = if bitness == 16 { 0xffff } else { 0xffff_ffff };
+    let mut dec = Decoder::with_ip(bitness, bytes, eip, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    let mut used = 0usize;
+    let mut truncated = false;
+    let mut insn = Instruction::default();
+    while dec.can_decode() && out.len() < MAX_BLOCK_INSNS {
+        let pos = dec.position();
+        dec.decode_out(&mut insn);
+        if insn.is_invalid() && dec.last_error() == iced_x86::DecoderError::NoMoreBytes {
+            truncated = true;
+            break;
+        }
+        used = pos + insn.len();
+        let end = ends_block(&insn);
+        out.push(DecodedInsn {
+            insn,
+            handler: select(&insn),
+            next_ip: insn.next_ip() & ip_mask,
+        });
+        if end || insn.is_invalid() {
+            break;
+        }
+        // Blocks do not wrap around the end of a 16-bit code segment.
+        if insn.next_ip() > ip_mask {
+            break;
+        }
+    }
+    if !dec.can_decode() && out.is_empty() {
+        truncated = true;
+    }
+    (out, used, truncated)
+}

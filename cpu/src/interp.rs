@@ -1,0 +1,208 @@
+//! The interpreter's run loop: interrupt checks, block lookup and decoding, executing
+//! a block's instructions, delivering exceptions, and self-modifying-code handling.
+
+use ox86_mmu::paging::Access;
+use ox86_mmu::{PhysAddr, PAGE_MASK};
+
+use crate::block::{decode_block, Block};
+use crate::exception::{Exception, Fault};
+use crate::state::{CS, IF};
+use crate::{Cpu, Exec};
+
+/// Why `run` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuExit {
+    /// The instruction budget is used up.
+    Budget,
+    /// The CPU executed HLT and no interrupt is pending.
+    Halted,
+    /// A device asked to stop (exit port, reset request, A20 change).
+    Stop,
+    /// Triple fault: the machine must reset.
+    Shutdown,
+}
+
+/// How long `run` may go on.
+#[derive(Debug, Clone, Copy)]
+pub struct RunLimits {
+    /// Most instructions to retire.
+    pub max_insns: u64,
+}
+
+impl Cpu {
+    /// Runs until the budget is used, the CPU halts, a device asks to stop or the
+    /// machine shuts down.
+    pub fn run(
+        &mut self,
+        mem: &mut ox86_mmu::Memory,
+        io: &mut dyn ox86_mmu::IoBus,
+        limits: RunLimits,
+    ) -> CpuExit {
+        self.exec(mem, io).run(limits)
+    }
+}
+
+impl Exec<'_> {
+    /// The run loop.
+    pub fn run(&mut self, limits: RunLimits) -> CpuExit {
+        let end = self.s.icount.saturating_add(limits.max_insns);
+        loop {
+            if *self.shutdown {
+                return CpuExit::Shutdown;
+            }
+            // Maskable interrupts, unless in an interrupt shadow.
+            let shadow = std::mem::take(&mut self.s.irq_shadow) != 0;
+            if !shadow && self.s.flags & IF != 0 && self.io.intr_pending() {
+                let vector = self.io.intr_ack();
+                self.s.halted = 0;
+                self.external_interrupt(vector);
+                continue;
+            }
+            if self.s.halted != 0 {
+                return CpuExit::Halted;
+            }
+            if self.io.stop_requested() {
+                return CpuExit::Stop;
+            }
+            if self.s.icount >= end {
+                return CpuExit::Budget;
+            }
+            let id = match self.current_block() {
+                Ok(id) => id,
+                Err(ex) => {
+                    self.raise(ex);
+                    continue;
+                }
+            };
+            let block = self.blocks.get_mut(id);
+            block.execs += 1;
+            let insns = block.insns.clone();
+            let n = insns.len().min((end - self.s.icount) as usize);
+            let mut retired = 0u64;
+            for d in &insns[..n] {
+                let ip = self.s.rip;
+                self.s.rip = d.next_ip;
+                if let Err(ex) = (d.handler)(self, &d.insn) {
+                    self.s.rip = ip;
+                    self.s.icount += retired;
+                    retired = 0;
+                    self.raise(ex);
+                    break;
+                }
+                retired += 1;
+                if self.mem.has_dirty_code() {
+                    self.process_code_writes();
+                    break;
+                }
+                if self.s.rip != d.next_ip {
+                    break;
+                }
+            }
+            self.s.icount += retired;
+        }
+    }
+
+    /// Invalidates blocks whose bytes were written.
+    pub fn process_code_writes(&mut self) {
+        match self.mem.take_dirty_code() {
+            Some(list) => {
+                for (addr, len) in list {
+                    self.stats.smc_writes += 1;
+                    if !self.blocks.invalidate_range(addr, len as u64) {
+                        self.mem.unmark_code_page(PhysAddr(addr));
+                    }
+                }
+            }
+            None => {
+                let frames: Vec<u64> = self.blocks.code_frames().collect();
+                for f in frames {
+                    self.mem.unmark_code_page(PhysAddr(f << 12));
+                }
+                self.blocks.clear();
+            }
+        }
+    }
+
+    /// Code size of the current CS in bits.
+    #[inline(always)]
+    pub fn bitness(&self) -> u32 {
+        if self.s.seg[CS].big() {
+            32
+        } else {
+            16
+        }
+    }
+
+    /// Finds or decodes the block at CS:EIP.
+    fn current_block(&mut self) -> Fault<u32> {
+        let bitness = self.bitness();
+        let eip = self.s.rip;
+        let cs_base = self.s.seg[CS].base;
+        let lin = cs_base.wrapping_add(eip) & 0xffff_ffff;
+        if let Some(id) = self.blocks.lookup_jump(lin, eip, cs_base, bitness) {
+            return Ok(id);
+        }
+        let cs = self.s.seg[CS];
+        if eip > cs.hi as u64 {
+            return Err(Exception::GP0);
+        }
+        let user = self.user();
+        let phys = self.fetch_phys(lin, user)?;
+        if let Some(id) = self.blocks.lookup_phys(lin, phys, eip, cs_base, bitness) {
+            return Ok(id);
+        }
+        let page_left = PAGE_MASK + 1 - (lin & PAGE_MASK);
+        let lim_left = cs.hi as u64 - eip + 1;
+        let avail = page_left.min(lim_left) as usize;
+        let mut bytes = vec![0u8; avail];
+        self.mem.read_phys(PhysAddr(phys), &mut bytes);
+        let select = crate::exec::select;
+        let (mut insns, mut used, truncated) = decode_block(&bytes, eip, bitness, select);
+        let mut ranges = [(phys, phys + used as u64), (0, 0)];
+        if insns.is_empty() && truncated {
+            // The first instruction crosses the page end or the CS limit.
+            if lim_left <= page_left {
+                return Err(Exception::GP0);
+            }
+            let more = (lim_left - page_left).min(15) as usize;
+            let phys2 = self.fetch_phys((lin + page_left) & 0xffff_ffff, user)?;
+            let mut tail = vec![0u8; more];
+            self.mem.read_phys(PhysAddr(phys2), &mut tail);
+            bytes.extend_from_slice(&tail);
+            let (i2, u2, t2) = decode_block(&bytes, eip, bitness, select);
+            if i2.is_empty() || t2 && i2.is_empty() {
+                return Err(Exception::GP0);
+            }
+            insns = i2.into_iter().take(1).collect();
+            used = insns[0].insn.len();
+            let _ = u2;
+            ranges = [
+                (phys, phys + page_left),
+                (phys2, phys2 + (used as u64 - page_left)),
+            ];
+        }
+        for r in ranges.iter().filter(|r| r.1 > r.0) {
+            if self.mem.mark_code_page(PhysAddr(r.0)) {
+                self.tlb.protect_frame(r.0 & !PAGE_MASK);
+            }
+        }
+        let block = Block {
+            eip,
+            cs_base,
+            bitness,
+            phys,
+            insns: insns.into(),
+            ranges,
+            execs: 0,
+        };
+        Ok(self.blocks.insert(lin, block))
+    }
+
+    /// Translates a linear code address for an instruction fetch.
+    fn fetch_phys(&mut self, lin: u64, user: bool) -> Fault<u64> {
+        match self.tlb.lookup_exec(user, lin) {
+            Some(frame) => Ok(frame | (lin & PAGE_MASK)),
+            None => self.translate(lin, Access::Execute, user),
+        }
+    }
+}

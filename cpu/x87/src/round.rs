@@ -1,0 +1,428 @@
+//! Rounding of exact intermediate results to a destination format, with the
+//! x87 rules for overflow, underflow, precision control and the C1 round-up bit.
+
+use crate::float::{EXT_BIAS, F80};
+use crate::status::{Control, Rounding, OE, PE, UE};
+
+/// A binary floating-point destination format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Format {
+    /// Significand bits, integer bit included.
+    pub prec: u32,
+    /// Unbiased exponent of the smallest normal number.
+    pub emin: i32,
+    /// Unbiased exponent of the largest finite number.
+    pub emax: i32,
+}
+
+/// The extended format with a significand of `prec` bits (x87 precision control).
+pub const fn ext(prec: u32) -> Format {
+    Format {
+        prec,
+        emin: -16382,
+        emax: 16383,
+    }
+}
+/// IEEE double (m64fp).
+pub const DOUBLE: Format = Format {
+    prec: 53,
+    emin: -1022,
+    emax: 1023,
+};
+/// IEEE single (m32fp).
+pub const SINGLE: Format = Format {
+    prec: 24,
+    emin: -126,
+    emax: 127,
+};
+
+/// Exponent bias adjustment for unmasked overflow/underflow to a register.
+pub const BIAS_ADJUST: i32 = 24576;
+
+/// x87 detects tininess after rounding (SoftFloat's x86 convention).
+const TININESS_AFTER_ROUNDING: bool = true;
+
+/// A rounded finite result, or an infinity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Sign of the result.
+    pub sign: bool,
+    /// Unbiased exponent of bit 63 of `sig`; for denormals and zero it is `emin`
+    /// and bit 63 is clear.
+    pub exp: i32,
+    /// Significand, left-aligned: bit 63 is the integer bit.
+    pub sig: u64,
+    /// The result is an infinity.
+    pub inf: bool,
+    /// Exception flags raised (OE, UE, PE).
+    pub exc: u16,
+    /// The magnitude was rounded up (goes to C1 when PE is raised).
+    pub up: bool,
+    /// False when an unmasked overflow/underflow to memory suppresses the store.
+    pub store: bool,
+}
+
+impl Outcome {
+    /// Encodes as an 80-bit value (the format must have the extended exponent range).
+    pub fn to_f80(&self) -> F80 {
+        if self.inf {
+            return F80::infinity(self.sign);
+        }
+        if self.sig >> 63 == 0 {
+            return F80::new(self.sign, 0, self.sig);
+        }
+        let be = self.exp + EXT_BIAS;
+        F80::new(self.sign, be.clamp(0, 0x7FFF) as u16, self.sig)
+    }
+
+    /// Encodes as an IEEE double.
+    pub fn to_f64_bits(&self) -> u64 {
+        let s = (self.sign as u64) << 63;
+        if self.inf {
+            return s | 0x7FF0_0000_0000_0000;
+        }
+        let frac = (self.sig >> 11) & ((1 << 52) - 1);
+        if self.sig >> 63 == 0 {
+            return s | frac;
+        }
+        s | (((self.exp + 1023) as u64 & 0x7FF) << 52) | frac
+    }
+
+    /// Encodes as an IEEE single.
+    pub fn to_f32_bits(&self) -> u32 {
+        let s = (self.sign as u32) << 31;
+        if self.inf {
+            return s | 0x7F80_0000;
+        }
+        let frac = ((self.sig >> 40) as u32) & ((1 << 23) - 1);
+        if self.sig >> 63 == 0 {
+            return s | frac;
+        }
+        s | (((self.exp + 127) as u32 & 0xFF) << 23) | frac
+    }
+}
+
+/// Raw rounding: `kept × 2^lsb_exp`, before range checks.
+struct Raw {
+    kept: u128,
+    lsb_exp: i32,
+    inexact: bool,
+    up: bool,
+}
+
+fn round_raw(
+    sign: bool,
+    e: i32,
+    sig: u128,
+    sticky: bool,
+    prec: u32,
+    emin: Option<i32>,
+    rc: Rounding,
+) -> Raw {
+    let base = match emin {
+        Some(m) if m > e => m,
+        _ => e,
+    };
+    let lsb_exp = base - (prec as i32 - 1);
+    // Bit k of `sig` weighs 2^(e - 127 + k); the kept lsb is bit `k`.
+    let k = i64::from(lsb_exp) - i64::from(e) + 127;
+    let (kept, rb, below) = if k > 128 {
+        (0u128, false, true)
+    } else if k == 128 {
+        (0u128, sig >> 127 != 0, (sig << 1) != 0 || sticky)
+    } else {
+        let k = k as u32;
+        let kept = sig >> k;
+        let rb = (sig >> (k - 1)) & 1 != 0;
+        let below = (k > 1 && sig & ((1u128 << (k - 1)) - 1) != 0) || sticky;
+        (kept, rb, below)
+    };
+    let inexact = rb || below;
+    let up = match rc {
+        Rounding::Nearest => rb && (below || kept & 1 != 0),
+        Rounding::Zero => false,
+        Rounding::Down => inexact && sign,
+        Rounding::Up => inexact && !sign,
+    };
+    Raw {
+        kept: kept + up as u128,
+        lsb_exp,
+        inexact,
+        up,
+    }
+}
+
+/// The largest finite value of `fmt` as an outcome.
+fn max_finite(sign: bool, fmt: Format) -> Outcome {
+    let sig = if fmt.prec >= 64 {
+        u64::MAX
+    } else {
+        ((1u64 << fmt.prec) - 1) << (64 - fmt.prec)
+    };
+    Outcome {
+        sign,
+        exp: fmt.emax,
+        sig,
+        inf: false,
+        exc: 0,
+        up: false,
+        store: true,
+    }
+}
+
+/// Rounds the exact value `(sig × 2^(e − 127)) + sticky·ε` (`sig` non-zero) to `fmt`.
+///
+/// `to_register` selects the x87 register rules for unmasked overflow/underflow
+/// (result scaled by 2^∓24576) instead of the memory rules (no store).
+pub fn round(
+    sign: bool,
+    e: i32,
+    sig: u128,
+    sticky: bool,
+    fmt: Format,
+    ctl: &Control,
+    to_register: bool,
+) -> Outcome {
+    if sig == 0 {
+        // Only sticky bits: an infinitesimal value.
+        return round(
+            sign,
+            e.saturating_sub(200),
+            1 << 127,
+            false,
+            fmt,
+            ctl,
+            to_register,
+        );
+    }
+    let lz = sig.leading_zeros();
+    let sig = sig << lz;
+    let e = e - lz as i32;
+    let rc = ctl.rc;
+
+    let tiny = if e >= fmt.emin {
+        false
+    } else if TININESS_AFTER_ROUNDING {
+        let r = round_raw(sign, e, sig, sticky, fmt.prec, None, rc);
+        let bits = 128 - r.kept.leading_zeros() as i32;
+        r.lsb_exp + bits - 1 < fmt.emin
+    } else {
+        true
+    };
+
+    if tiny && !ctl.masked(UE) {
+        if !to_register {
+            return Outcome {
+                sign,
+                exp: 0,
+                sig: 0,
+                inf: false,
+                exc: UE,
+                up: false,
+                store: false,
+            };
+        }
+        let mut o = finish(
+            sign,
+            round_raw(sign, e + BIAS_ADJUST, sig, sticky, fmt.prec, None, rc),
+            fmt,
+        );
+        o.exc |= UE;
+        return o;
+    }
+
+    let r = round_raw(sign, e, sig, sticky, fmt.prec, Some(fmt.emin), rc);
+    let bits = 128 - r.kept.leading_zeros() as i32;
+    if r.kept != 0 && r.lsb_exp + bits - 1 > fmt.emax {
+        if !ctl.masked(OE) {
+            if !to_register {
+                return Outcome {
+                    sign,
+                    exp: 0,
+                    sig: 0,
+                    inf: false,
+                    exc: OE,
+                    up: false,
+                    store: false,
+                };
+            }
+            let mut o = finish(
+                sign,
+                round_raw(sign, e - BIAS_ADJUST, sig, sticky, fmt.prec, None, rc),
+                fmt,
+            );
+            o.exc |= OE;
+            return o;
+        }
+        let to_inf = match rc {
+            Rounding::Nearest => true,
+            Rounding::Zero => false,
+            Rounding::Down => sign,
+            Rounding::Up => !sign,
+        };
+        let mut o = if to_inf {
+            Outcome {
+                sign,
+                exp: fmt.emax,
+                sig: 0,
+                inf: true,
+                exc: 0,
+                up: true,
+                store: true,
+            }
+        } else {
+            max_finite(sign, fmt)
+        };
+        o.exc |= OE | PE;
+        return o;
+    }
+    let mut o = finish(sign, r, fmt);
+    if tiny && o.exc & PE != 0 {
+        o.exc |= UE;
+    }
+    o
+}
+
+fn finish(sign: bool, r: Raw, fmt: Format) -> Outcome {
+    let exc = if r.inexact { PE } else { 0 };
+    if r.kept == 0 {
+        return Outcome {
+            sign,
+            exp: fmt.emin,
+            sig: 0,
+            inf: false,
+            exc,
+            up: r.up,
+            store: true,
+        };
+    }
+    let bits = 128 - r.kept.leading_zeros() as i32;
+    let exp = r.lsb_exp + bits - 1;
+    let (exp, sig) = if exp >= fmt.emin {
+        (exp, (r.kept << (128 - bits) >> 64) as u64)
+    } else {
+        // Denormal: bit 63 weighs 2^emin.
+        let shift = r.lsb_exp - (fmt.emin - 63);
+        (
+            fmt.emin,
+            if (0..64).contains(&shift) {
+                (r.kept << shift) as u64
+            } else {
+                0
+            },
+        )
+    };
+    Outcome {
+        sign,
+        exp,
+        sig,
+        inf: false,
+        exc,
+        up: r.up && r.inexact,
+        store: true,
+    }
+}
+
+/// Rounds a 64-bit-significand value `sig × 2^(exp − 63)` to `fmt`.
+pub fn round64(
+    sign: bool,
+    exp: i32,
+    sig: u64,
+    fmt: Format,
+    ctl: &Control,
+    to_register: bool,
+) -> Outcome {
+    round(
+        sign,
+        exp,
+        u128::from(sig) << 64,
+        false,
+        fmt,
+        ctl,
+        to_register,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctl(rc: Rounding) -> Control {
+        Control {
+            rc,
+            prec: 64,
+            masks: 0x3F,
+        }
+    }
+
+    #[test]
+    fn rounds_to_nearest_even() {
+        // 1 + 2^-64 (half ulp): ties to even -> 1.0
+        let o = round(
+            false,
+            0,
+            (1u128 << 127) | (1u128 << 63),
+            false,
+            ext(64),
+            &ctl(Rounding::Nearest),
+            true,
+        );
+        assert_eq!(o.to_f80(), F80::ONE);
+        assert_eq!(o.exc, PE);
+        let o = round(
+            false,
+            0,
+            (1u128 << 127) | (1u128 << 63),
+            true,
+            ext(64),
+            &ctl(Rounding::Nearest),
+            true,
+        );
+        assert_eq!(o.to_f80(), F80::new(false, 0x3FFF, (1 << 63) | 1));
+        assert!(o.up);
+    }
+
+    #[test]
+    fn overflow_and_denormals() {
+        let o = round64(
+            false,
+            16384,
+            1 << 63,
+            ext(64),
+            &ctl(Rounding::Nearest),
+            true,
+        );
+        assert!(o.inf);
+        let o = round64(false, 16384, 1 << 63, ext(64), &ctl(Rounding::Zero), true);
+        assert_eq!(o.to_f80(), F80::new(false, 0x7FFE, u64::MAX));
+        let o = round64(
+            false,
+            -16383,
+            1 << 63,
+            ext(64),
+            &ctl(Rounding::Nearest),
+            true,
+        );
+        assert_eq!(o.to_f80(), F80::new(false, 0, 1 << 62));
+        assert_eq!(o.exc, 0);
+        let o = round64(
+            false,
+            -1023,
+            1 << 63,
+            DOUBLE,
+            &ctl(Rounding::Nearest),
+            false,
+        );
+        assert_eq!(o.to_f64_bits(), 1 << 51);
+        let o = round64(
+            true,
+            -127,
+            (1 << 63) | 1,
+            SINGLE,
+            &ctl(Rounding::Nearest),
+            false,
+        );
+        assert_eq!(o.to_f32_bits(), 0x8040_0000);
+        assert_eq!(o.exc, PE | UE);
+    }
+}
