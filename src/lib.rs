@@ -1,6 +1,14 @@
 //! ox86: a full-system x86 emulator. This crate wires the CPU, the MMU, the devices
 //! and the firmware into a [`Machine`], built with a [`MachineBuilder`].
-#![deny(unsafe_op_in_unsafe_fn)]
+#![forbid(unsafe_code)]
+
+mod builder;
+mod error;
+mod machine;
+
+pub use builder::MachineBuilder;
+pub use error::MachineError;
+pub use machine::{ExitReason, Guest, Machine, MachineStats, SerialOut};
 
 pub use ox86_bios as bios;
 pub use ox86_cpu as cpu;

@@ -1,2 +1,20 @@
-//! The `ox86` command.
-fn main() {}
+//! The `ox86` command: runs a guest (a kernel image, or the built-in demo guest).
+
+mod cli;
+mod size;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match cli::parse() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ox86: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Command-line interface: `ox86 run [options]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ox86::{ExitReason, MachineBuilder, SerialOut};
+
+use crate::size::parse_size;
+
+/// ox86: a full-system x86 emulator.
+#[derive(Parser, Debug)]
+#[command(name = "ox86", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a guest: a kernel image, or with no image the built-in demo guest.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Kernel image: a Multiboot ELF, a plain ELF32, or a Linux bzImage.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk (Linux) or Multiboot module.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "")]
+    append: String,
+    /// Guest RAM size (e.g. 64M, 1G; a bare number means MiB).
+    #[arg(short = 'm', long = "memory", default_value = "128M")]
+    memory: String,
+    /// Where COM1 goes: stdio, file:PATH or none.
+    #[arg(long, default_value = "stdio")]
+    serial: String,
+    /// End the run when the guest resets instead of rebooting it (exit status 0).
+    #[arg(long)]
+    no_reboot: bool,
+    /// Print statistics at exit: instructions, wall time, guest MIPS, counters.
+    #[arg(long)]
+    stats: bool,
+    /// Stop after this many guest instructions.
+    #[arg(long)]
+    max_insns: Option<u64>,
+}
+
+/// Parses the command line; on error prints one line and returns the exit code.
+pub fn parse() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+                let _ = e.print();
+                return Err(ExitCode::SUCCESS);
+            }
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+            eprintln!("ox86: {first} (see ox86 --help)");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Runs the chosen command.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Run(a) => run_guest(a),
+    }
+}
+
+fn serial_out(spec: &str) -> Result<SerialOut> {
+    Ok(match spec {
+        "stdio" => SerialOut::Stdout,
+        "none" => SerialOut::None,
+        s if s.starts_with("file:") => {
+            let path = &s[5..];
+            let f = std::fs::File::create(path).with_context(|| format!("cannot create serial output file {path}"))?;
+            SerialOut::Writer(Box::new(f))
+        }
+        s => bail!("bad --serial '{s}' (use stdio, file:PATH or none)"),
+    })
+}
+
+fn read_file(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+}
+
+fn run_guest(a: RunArgs) -> Result<ExitCode> {
+    let ram = parse_size(&a.memory).map_err(anyhow::Error::msg)?;
+    let mut b = MachineBuilder::new().ram_size(ram).serial(serial_out(&a.serial)?).no_reboot(a.no_reboot);
+    if let Some(n) = a.max_insns {
+        b = b.max_insns(n);
+    }
+    b = match &a.kernel {
+        Some(k) => {
+            let image = read_file(k, "kernel")?;
+            let initrd = match &a.initrd {
+                Some(p) => Some(read_file(p, "initrd")?),
+                None => None,
+            };
+            b.kernel(image, a.append.clone(), initrd)
+        }
+        None => {
+            if a.initrd.is_some() {
+                bail!("--initrd needs --kernel");
+            }
+            b.demo()
+        }
+    };
+    let mut m = b.build().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let start = Instant::now();
+    let reason = m.run().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let wall = start.elapsed();
+    if a.stats {
+        let s = m.stats();
+        let secs = wall.as_secs_f64();
+        eprintln!(
+            "ox86 stats: {} instructions in {:.3} s = {:.1} MIPS; blocks decoded {}, TLB misses {}, TLB flushes {}, code invalidations {}, interrupts {}",
+            s.instructions,
+            secs,
+            s.instructions as f64 / secs.max(1e-9) / 1e6,
+            s.blocks_decoded,
+            s.tlb_misses,
+            s.tlb_flushes,
+            s.invalidations,
+            s.interrupts
+        );
+    }
+    Ok(match reason {
+        ExitReason::GuestExit(status) => ExitCode::from(status as u8),
+        ExitReason::Reset => ExitCode::SUCCESS,
+        ExitReason::Halted => {
+            eprintln!("ox86: the guest halted with interrupts disabled");
+            ExitCode::SUCCESS
+        }
+        ExitReason::InstructionLimit => {
+            eprintln!("ox86: instruction limit reached");
+            ExitCode::from(3)
+        }
+    })
+}

@@ -1,0 +1,20 @@
+//! Host-side errors of building and running a machine.
+
+use thiserror::Error;
+
+/// Errors setting up or running a machine.
+#[derive(Debug, Error)]
+pub enum MachineError {
+    /// Guest memory could not be set up.
+    #[error(transparent)]
+    Memory(#[from] ox86_mmu::MemoryError),
+    /// The kernel or firmware could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] ox86_bios::BootError),
+    /// The device configuration is invalid.
+    #[error("device setup failed: {0}")]
+    Devices(String),
+    /// No guest was given.
+    #[error("no guest image given")]
+    NoGuest,
+}

@@ -1,0 +1,48 @@
+//! Guest programs (tests/guests) run through `ox86 run` as a user would: real mode,
+//! protected mode, paging, rings, interrupts and faults, V86, and a bare-metal C
+//! program whose output must equal the same C code run natively on the host.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{guests_dir, run_ox86, text};
+
+/// Runs a self-checking guest and asserts it printed PASS and exited with status 33.
+fn run_checked(name: &str) -> String {
+    let k = guests_dir().join(format!("{name}.elf"));
+    let out = run_ox86(&["run", "--kernel", k.to_str().unwrap(), "-m", "32M"], Duration::from_secs(120));
+    let so = text(&out.stdout);
+    let se = text(&out.stderr);
+    let fails: Vec<&str> = so.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(fails.is_empty(), "{name}: failing checks:\n{}\n--- full output:\n{so}\n--- stderr:\n{se}", fails.join("\n"));
+    assert_eq!(so.lines().last(), Some("PASS"), "{name}: no PASS line\n{so}\n--- stderr:\n{se}");
+    assert_eq!(out.status.code(), Some(33), "{name}: exit status\n{so}\n--- stderr:\n{se}");
+    so
+}
+
+#[test]
+fn modes_real_protected_paging() {
+    run_checked("modes");
+}
+
+#[test]
+fn rings_gates_tasks_faults() {
+    run_checked("rings");
+}
+
+#[test]
+fn v86_mode() {
+    run_checked("v86");
+}
+
+#[test]
+fn c_program_matches_native() {
+    let guest = run_checked("c");
+    let native = Command::new(guests_dir().join("cprog-native")).output().expect("run cprog-native");
+    assert!(native.status.success());
+    let native = text(&native.stdout);
+    let start = guest.find("cprog start").expect("guest printed 'cprog start'");
+    assert_eq!(&guest[start..], native, "guest output differs from the native run of the same C code");
+}
