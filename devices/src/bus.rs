@@ -98,7 +98,13 @@ impl<T: Copy> RangeMap<T> {
         }
     }
 
-    fn insert(&mut self, base: u64, len: u64, first_offset: u64, target: T) -> Result<(), BusError> {
+    fn insert(
+        &mut self,
+        base: u64,
+        len: u64,
+        first_offset: u64,
+        target: T,
+    ) -> Result<(), BusError> {
         if len == 0 || base as u128 + len as u128 > self.limit {
             return Err(BusError::InvalidRange { base, len });
         }
@@ -294,7 +300,10 @@ mod tests {
             })
         );
         assert_eq!(bus.lookup(0x400), None);
-        assert_eq!(bus.lookup(0x61).map(|m| (m.target, m.offset)), Some((DeviceId(2), 4)));
+        assert_eq!(
+            bus.lookup(0x61).map(|m| (m.target, m.offset)),
+            Some((DeviceId(2), 4))
+        );
         assert_eq!(bus.lookup(0x43).map(|m| m.remaining), Some(1));
         assert_eq!(bus.lookup(0x1_0000), None);
         assert_eq!(bus.lookup(u64::MAX), None);
@@ -345,9 +354,16 @@ mod tests {
     #[test]
     fn remove_unmaps() {
         let mut mmio = MmioBus::new();
-        mmio.insert(PhysAddr(0xfee0_0000), 0x1000, DeviceId(3)).unwrap();
-        assert_eq!(mmio.lookup(PhysAddr(0xfee0_0fff)).map(|m| m.offset), Some(0xfff));
-        assert_eq!(mmio.remove(PhysAddr(0xfee0_0001)), Err(BusError::NotMapped(0xfee0_0001)));
+        mmio.insert(PhysAddr(0xfee0_0000), 0x1000, DeviceId(3))
+            .unwrap();
+        assert_eq!(
+            mmio.lookup(PhysAddr(0xfee0_0fff)).map(|m| m.offset),
+            Some(0xfff)
+        );
+        assert_eq!(
+            mmio.remove(PhysAddr(0xfee0_0001)),
+            Err(BusError::NotMapped(0xfee0_0001))
+        );
         assert_eq!(mmio.remove(PhysAddr(0xfee0_0000)), Ok(DeviceId(3)));
         assert_eq!(mmio.lookup(PhysAddr(0xfee0_0000)), None);
     }
@@ -356,6 +372,9 @@ mod tests {
     fn le_value_assembles_bytes() {
         assert_eq!(le_value(&[0x34, 0x12]), 0x1234);
         assert_eq!(le_value(&[]), 0);
-        assert_eq!(le_value(&[1, 2, 3, 4, 5, 6, 7, 8, 9]), 0x0807_0605_0403_0201);
+        assert_eq!(
+            le_value(&[1, 2, 3, 4, 5, 6, 7, 8, 9]),
+            0x0807_0605_0403_0201
+        );
     }
 }

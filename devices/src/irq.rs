@@ -66,7 +66,8 @@ impl IrqLines {
     /// changed.
     #[inline]
     pub fn take_changes(&self) -> Option<IrqChanges> {
-        if !self.state.dirty.load(Ordering::Acquire) || !self.state.dirty.swap(false, Ordering::AcqRel)
+        if !self.state.dirty.load(Ordering::Acquire)
+            || !self.state.dirty.swap(false, Ordering::AcqRel)
         {
             return None;
         }

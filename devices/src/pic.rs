@@ -180,7 +180,10 @@ impl Chip {
         // clears the IMR, assigns IR7 the lowest priority, clears special mask mode, selects
         // IRR for status reads, and when IC4 = 0 clears the ICW4 functions.
         if v & 0x01 == 0 {
-            tracing::warn!(icw1 = v, "8259A ICW1 without ICW4 (8080 mode) is not supported");
+            tracing::warn!(
+                icw1 = v,
+                "8259A ICW1 without ICW4 (8080 mode) is not supported"
+            );
         }
         self.need_icw4 = v & 0x01 != 0;
         self.single = v & 0x02 != 0;
@@ -350,6 +353,23 @@ impl Pic {
                 return;
             }
         }
+        self.update();
+    }
+
+    /// Sets the level of line `irq` without treating it as an edge (initial wiring).
+    pub fn init_line(&mut self, irq: u8, level: bool) {
+        let (chip, bit) = match irq {
+            0..=7 => (&mut self.chips[0], 1u8 << irq),
+            8..=15 => (&mut self.chips[1], 1u8 << (irq - 8)),
+            _ => return,
+        };
+        if level {
+            chip.lines |= bit;
+        } else {
+            chip.lines &= !bit;
+        }
+        let level_mask = chip.level_mask();
+        chip.irr = (chip.irr & !level_mask) | (chip.lines & level_mask);
         self.update();
     }
 
@@ -596,7 +616,10 @@ mod tests {
         edge(&mut p, 12);
         // IRQ 12 comes in through IR2, which outranks IR4.
         assert_eq!(p.ack(), 0x3c);
-        assert!(!p.intr_pending(), "IR4 waits while IR2 (the slave) is in service");
+        assert!(
+            !p.intr_pending(),
+            "IR4 waits while IR2 (the slave) is in service"
+        );
         out(&mut p, 2, 0x20);
         out(&mut p, 0, 0x20);
         assert_eq!(p.ack(), 0x34);
@@ -727,7 +750,10 @@ mod tests {
         edge(&mut p, 12);
         assert_eq!(p.ack(), 0x74);
         edge(&mut p, 9);
-        assert!(p.intr_pending(), "IR1 of the slave outranks its IR4 in service");
+        assert!(
+            p.intr_pending(),
+            "IR1 of the slave outranks its IR4 in service"
+        );
         assert_eq!(p.ack(), 0x71);
         edge(&mut p, 14);
         assert!(!p.intr_pending(), "lower-priority slave request waits");
@@ -764,7 +790,11 @@ mod tests {
         // master puts IR2 in service, the slave answers with IR7's vector (IRQ 15).
         p.chips[1].irr = 0;
         assert_eq!(p.ack(), 0x3f);
-        assert_eq!(p.isr(), 0x0004, "master sets ISR 2, slave does not set ISR 7");
+        assert_eq!(
+            p.isr(),
+            0x0004,
+            "master sets ISR 2, slave does not set ISR 7"
+        );
     }
 
     #[test]

@@ -140,7 +140,7 @@ impl Channel {
             2 => n - k % n,
             3 => {
                 let p = k % n;
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     // Even: loaded with N, decremented by two; OUT flips and N is
                     // reloaded every N/2 clocks.
                     n - 2 * (p % (n / 2))
@@ -463,9 +463,7 @@ impl Channel {
 
 /// Binary value of a 4-digit BCD number (invalid digits count at face value).
 fn bcd_to_bin(v: u16) -> u32 {
-    (0..4).fold(0u32, |acc, i| {
-        acc * 10 + ((v >> (12 - 4 * i)) & 0xf) as u32
-    })
+    (0..4).fold(0u32, |acc, i| acc * 10 + ((v >> (12 - 4 * i)) & 0xf) as u32)
 }
 
 /// 4-digit BCD encoding of `v % 10000`.
@@ -488,6 +486,7 @@ pub struct Pit {
 impl Pit {
     /// A PIT in the power-on state (no channel programmed), driving `irq0` from OUT0.
     pub fn new(irq0: IrqLine) -> Self {
+        irq0.set_level(true);
         Pit {
             channels: [Channel::new(true), Channel::new(true), Channel::new(false)],
             now_ns: 0,
@@ -510,9 +509,7 @@ impl Pit {
 
     /// OUT of channel `ch` (0-2) at the current time.
     pub fn out(&self, ch: usize) -> bool {
-        self.channels
-            .get(ch)
-            .is_some_and(|c| c.out_at(self.tick))
+        self.channels.get(ch).is_some_and(|c| c.out_at(self.tick))
     }
 
     /// The current virtual time.
@@ -743,7 +740,11 @@ mod tests {
         out(&mut p, 0, 0x00);
         let held = latched(&mut p, 0);
         at_tick(&mut p, 0x200);
-        assert_eq!(latched(&mut p, 0), held, "counting disabled after the first byte");
+        assert_eq!(
+            latched(&mut p, 0),
+            held,
+            "counting disabled after the first byte"
+        );
         out(&mut p, 0, 0x01);
         at_tick(&mut p, 0x201 + 0x10);
         assert_eq!(latched(&mut p, 0), 0x100 - 0x10);
@@ -824,8 +825,16 @@ mod tests {
         out(&mut p, CTRL, 0x00);
         at_tick(&mut p, 20);
         out(&mut p, CTRL, 0x00); // ignored: already latched
-        assert_eq!(read_word(&mut p, 0), 0xfff6, "value at the first latch: 65536 - 10");
-        assert_eq!(read_word(&mut p, 0), 0x10000 - 19, "latch consumed: live count");
+        assert_eq!(
+            read_word(&mut p, 0),
+            0xfff6,
+            "value at the first latch: 65536 - 10"
+        );
+        assert_eq!(
+            read_word(&mut p, 0),
+            (0x10000 - 19) as u16,
+            "latch consumed: live count"
+        );
     }
 
     #[test]

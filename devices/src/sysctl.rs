@@ -58,7 +58,11 @@ impl SystemControlA {
 
 impl BusDevice for SystemControlA {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        read_bytewise(offset, data, |o| if o == 0 { self.read_reg() } else { 0xff });
+        read_bytewise(
+            offset,
+            data,
+            |o| if o == 0 { self.read_reg() } else { 0xff },
+        );
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -111,7 +115,11 @@ impl ResetControl {
 
 impl BusDevice for ResetControl {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        read_bytewise(offset, data, |o| if o == 0 { self.read_reg() } else { 0xff });
+        read_bytewise(
+            offset,
+            data,
+            |o| if o == 0 { self.read_reg() } else { 0xff },
+        );
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {

@@ -76,7 +76,9 @@ impl SerialInput {
     /// most [`INPUT_QUEUE_CAPACITY`] bytes).
     pub fn push(&self, bytes: &[u8]) -> usize {
         let mut q = self.lock();
-        let n = bytes.len().min(INPUT_QUEUE_CAPACITY.saturating_sub(q.len()));
+        let n = bytes
+            .len()
+            .min(INPUT_QUEUE_CAPACITY.saturating_sub(q.len()));
         q.extend(&bytes[..n]);
         self.queue.len.store(q.len(), Ordering::Release);
         n
@@ -125,10 +127,7 @@ impl Uart {
     /// Puts bytes from the host into the receive FIFO now; returns how many fit (the FIFO
     /// holds 64 bytes; in loopback mode nothing is accepted).
     pub fn enqueue_raw_bytes(&mut self, bytes: &[u8]) -> usize {
-        let n = match self.serial.enqueue_raw_bytes(bytes) {
-            Ok(n) => n,
-            Err(_) => 0,
-        };
+        let n = self.serial.enqueue_raw_bytes(bytes).unwrap_or_default();
         self.deliver_irq();
         n
     }
@@ -285,7 +284,10 @@ mod tests {
         u.write(1, &[0x00]);
         assert_eq!(inb(&mut u, 0), 0x01);
         u.write(LCR, &[0x03]);
-        assert!(buf.0.lock().unwrap().is_empty(), "divisor write is not output");
+        assert!(
+            buf.0.lock().unwrap().is_empty(),
+            "divisor write is not output"
+        );
         u.write(SCR, &[0x5a]);
         assert_eq!(inb(&mut u, SCR), 0x5a);
         // 16550A FIFOs reported in IIR bits 7-6.
@@ -355,7 +357,9 @@ mod tests {
     #[test]
     fn broken_sink_counts_lost_bytes() {
         let mut u = Uart::new(Box::new(Broken), IrqLine::disconnected());
-        u.write(THR, b"abc");
+        for &b in b"abc" {
+            u.write(THR, &[b]);
+        }
         assert_eq!(u.lost_bytes(), 3);
     }
 

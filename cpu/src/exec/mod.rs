@@ -69,15 +69,13 @@ use stack::{
 };
 use string::exec_string;
 
-/// Operand size of a stack/branch instruction from its iced `Code` name suffix.
+/// Operand size in bytes of an instruction whose operands do not show it (RET,
+/// RETF, PUSH imm, ENTER, LEAVE, PUSH/POP Sreg), from iced's opcode tables.
 fn code_opsize(i: &Instruction) -> u32 {
-    let name = format!("{:?}", i.code());
-    if name.contains("16") && !name.contains("32") {
-        2
-    } else if name.ends_with("16") {
-        2
-    } else {
-        4
+    match i.code().op_code().operand_size() {
+        16 => 2,
+        64 => 8,
+        _ => 4,
     }
 }
 
@@ -201,7 +199,10 @@ pub fn select(i: &Instruction) -> Handler {
         | M::Cmovs => by_size_wd!(s0, exec_cmovcc),
         M::Xlatb => data::exec_xlat,
         M::Salc => data::exec_salc,
-        M::Nop | M::Pause => data::exec_nop,
+        // Hint NOPs: multi-byte NOP, ENDBR (reserved NOP space on CPUs without CET),
+        // PREFETCH hints (0F 18), PAUSE.
+        M::Nop | M::Pause | M::Endbr32 | M::Endbr64 | M::Prefetchnta | M::Prefetcht0 | M::Prefetcht1 | M::Prefetcht2
+        | M::Reservednop => data::exec_nop,
         M::Clc | M::Stc | M::Cmc | M::Cld | M::Std => alu::exec_flag_op,
         M::Lahf => alu::exec_lahf,
         M::Sahf => alu::exec_sahf,

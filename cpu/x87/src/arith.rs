@@ -186,6 +186,12 @@ pub fn binop(op: BinOp, a: Operand, b: Operand, ctl: &Control) -> Res {
         Ok(f) => f,
         Err(r) => return r,
     };
+    // A zero divisor is reported before a denormal dividend (ZE without DE).
+    let de = if op == BinOp::Div && b.v.class() == Class::Zero && a.v.class() != Class::Zero {
+        0
+    } else {
+        de
+    };
     if de != 0 && !ctl.masked(DE) {
         return Res {
             value: a.v,
@@ -338,6 +344,10 @@ pub(crate) fn sqrt_finite(x: Unpacked) -> (u128, i32, bool) {
 pub fn sqrt(a: Operand, ctl: &Control) -> Res {
     if let Some(r) = unary_special(a.v) {
         return r;
+    }
+    if a.v.sign() && a.v.class() != Class::Zero {
+        // Negative operands are invalid before they are denormal.
+        return Res::invalid();
     }
     let de = if a.denormal { DE } else { 0 };
     if de != 0 && !ctl.masked(DE) {

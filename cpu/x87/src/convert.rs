@@ -119,15 +119,7 @@ fn narrow(v: F80, fmt: Format, ctl: &Control) -> Narrowed<u64> {
             store: true,
         },
         _ => {
-            let de = if v.is_denormal() { DE } else { 0 };
-            if de != 0 && !ctl.masked(DE) {
-                return Narrowed {
-                    bits: 0,
-                    exc: DE,
-                    up: false,
-                    store: false,
-                };
-            }
+            // A denormal source does not raise #D here (it underflows instead).
             let Some(x) = v.unpack() else {
                 return invalid(indefinite);
             };
@@ -139,7 +131,7 @@ fn narrow(v: F80, fmt: Format, ctl: &Control) -> Narrowed<u64> {
             };
             Narrowed {
                 bits,
-                exc: o.exc | de,
+                exc: o.exc,
                 up: o.up,
                 store: o.store,
             }
@@ -228,15 +220,8 @@ pub fn f80_to_int(v: F80, bits: u32, rc: Rounding, ctl: &Control) -> Narrowed<i6
         },
         Class::Unsupported | Class::SNaN | Class::QNaN | Class::Infinity => invalid,
         _ => {
-            let de = if v.is_denormal() { DE } else { 0 };
-            if de != 0 && !ctl.masked(DE) {
-                return Narrowed {
-                    bits: 0,
-                    exc: DE,
-                    up: false,
-                    store: false,
-                };
-            }
+            // A denormal source does not raise #D (it is just inexact).
+            let de = 0;
             let Some(x) = v.unpack() else { return invalid };
             let Some((m, inexact, up)) = round_to_int(x, rc) else {
                 return invalid;

@@ -244,8 +244,9 @@ impl X87State {
                     }
                 };
                 if self.is_empty(0) || other.is_some_and(|i| self.is_empty(i)) {
+                    // The condition codes are written even when IE is unmasked.
+                    set(self, ctx, Order::Unordered);
                     if self.stack_underflow() {
-                        set(self, ctx, Order::Unordered);
                         for _ in 0..pops {
                             self.pop();
                         }
@@ -264,10 +265,10 @@ impl X87State {
                 let (o, exc) = compare(a, b, quiet);
                 self.set_c1(false);
                 self.raise(exc);
+                set(self, ctx, o);
                 if self.blocked(exc) {
                     return Ok(());
                 }
-                set(self, ctx, o);
                 for _ in 0..pops {
                     self.pop();
                 }
@@ -294,18 +295,24 @@ impl X87State {
                     },
                     _ => Res::exact(v.v),
                 };
-                self.commit_push(r);
+                // An unmasked #D does not stop the load (the value is exact).
+                self.set_c1(false);
+                self.raise(r.exc);
+                if !self.blocked(r.exc & !DE) {
+                    self.push(r.value);
+                }
             }
             Op::LoadSti => {
                 let i = sti(insn);
-                if !self.is_empty(7) {
-                    if self.stack_overflow() {
+                // An empty source is reported before a full stack.
+                if self.is_empty(i) {
+                    if self.stack_underflow() {
                         self.push(F80::INDEFINITE);
                     }
                     return Ok(());
                 }
-                if self.is_empty(i) {
-                    if self.stack_underflow() {
+                if !self.is_empty(7) {
+                    if self.stack_overflow() {
                         self.push(F80::INDEFINITE);
                     }
                     return Ok(());
@@ -385,7 +392,6 @@ impl X87State {
                     }
                     return Ok(());
                 }
-                self.set_c1(false);
                 if take {
                     let v = self.st(i);
                     self.set_st(0, v);
@@ -470,8 +476,10 @@ impl X87State {
                     Binary01::Prem | Binary01::Prem1 => {
                         let (r, cc) = prem::fprem(x, y, b == Binary01::Prem1, &ctl);
                         if self.commit(0, r, false) {
-                            if let Some(cc) = cc {
-                                self.set_cc(C0 | C1 | C2 | C3, cc);
+                            match cc {
+                                Some(cc) => self.set_cc(C0 | C1 | C2 | C3, cc),
+                                // NaN or invalid operands: only C2 is cleared.
+                                None => self.set_cc(C2, 0),
                             }
                         }
                     }
@@ -529,7 +537,7 @@ impl X87State {
                 let p = self.phys(sti(insn));
                 self.tag_valid &= !(1 << p);
                 if pop {
-                    self.set_top(self.top() + 1);
+                    self.pop();
                 }
             }
             Op::Nop | Op::Wait => {}

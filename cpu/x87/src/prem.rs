@@ -61,7 +61,13 @@ pub fn fprem(a: Operand, b: Operand, ieee: bool, ctl: &Control) -> (Res, Option<
     };
     let d = x.exp - y.exp;
     if d < -1 || (d == -1 && !ieee) {
-        return done(a.v);
+        // Returned as is, but a pseudo-denormal comes back normalized.
+        let v = if a.v.class() == Class::PseudoDenormal {
+            F80::new(a.v.sign(), 1, a.v.signif)
+        } else {
+            a.v
+        };
+        return done(v);
     }
     let (partial, n, den, unit) = if d >= 64 {
         let n = (d & 31) | 32;

@@ -224,7 +224,15 @@ pub fn round(
         }
         let mut o = finish(
             sign,
-            round_raw(sign, e + BIAS_ADJUST, sig, sticky, fmt.prec, None, rc),
+            round_raw(
+                sign,
+                e + BIAS_ADJUST,
+                sig,
+                sticky,
+                fmt.prec,
+                Some(fmt.emin),
+                rc,
+            ),
             fmt,
         );
         o.exc |= UE;
@@ -234,7 +242,9 @@ pub fn round(
     let r = round_raw(sign, e, sig, sticky, fmt.prec, Some(fmt.emin), rc);
     let bits = 128 - r.kept.leading_zeros() as i32;
     if r.kept != 0 && r.lsb_exp + bits - 1 > fmt.emax {
-        if !ctl.masked(OE) {
+        // Still out of range after the bias adjustment: the masked response.
+        let hopeless = e - BIAS_ADJUST > fmt.emax;
+        if !ctl.masked(OE) && !hopeless {
             if !to_register {
                 return Outcome {
                     sign,

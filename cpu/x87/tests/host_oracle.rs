@@ -17,6 +17,8 @@ const U_NONE: u16 = 0;
 const U_ARITH: u16 = 0x4500;
 /// C0, C3 undefined (FSIN, FCOS, FSINCOS, FPTAN: C2 is defined).
 const U_TRIG: u16 = 0x4100;
+/// FCOMI family: the SDM says C1 is cleared; AMD hosts leave it unchanged.
+const U_FCOMI: u16 = 0x0200;
 /// C0-C3 undefined (FFREE, FNCLEX, FINIT-like).
 const U_ALL: u16 = 0x4700;
 
@@ -61,17 +63,65 @@ enum Domain {
     Trig,
 }
 
-const fn sp(name: &'static str, bytes: &'static [u8], mem: MemIn, mem_len: usize, undefined: u16) -> Spec {
-    Spec { name, bytes, sti: false, mem, mem_len, undefined, ulps: 0, domain: Domain::Any }
+const fn sp(
+    name: &'static str,
+    bytes: &'static [u8],
+    mem: MemIn,
+    mem_len: usize,
+    undefined: u16,
+) -> Spec {
+    Spec {
+        name,
+        bytes,
+        sti: false,
+        mem,
+        mem_len,
+        undefined,
+        ulps: 0,
+        domain: Domain::Any,
+    }
 }
 const fn reg(name: &'static str, bytes: &'static [u8], undefined: u16) -> Spec {
-    Spec { name, bytes, sti: true, mem: MemIn::None, mem_len: 0, undefined, ulps: 0, domain: Domain::Any }
+    Spec {
+        name,
+        bytes,
+        sti: true,
+        mem: MemIn::None,
+        mem_len: 0,
+        undefined,
+        ulps: 0,
+        domain: Domain::Any,
+    }
 }
 const fn op(name: &'static str, bytes: &'static [u8], undefined: u16) -> Spec {
-    Spec { name, bytes, sti: false, mem: MemIn::None, mem_len: 0, undefined, ulps: 0, domain: Domain::Any }
+    Spec {
+        name,
+        bytes,
+        sti: false,
+        mem: MemIn::None,
+        mem_len: 0,
+        undefined,
+        ulps: 0,
+        domain: Domain::Any,
+    }
 }
-const fn tr(name: &'static str, bytes: &'static [u8], undefined: u16, ulps: u64, domain: Domain) -> Spec {
-    Spec { name, bytes, sti: false, mem: MemIn::None, mem_len: 0, undefined, ulps, domain }
+const fn tr(
+    name: &'static str,
+    bytes: &'static [u8],
+    undefined: u16,
+    ulps: u64,
+    domain: Domain,
+) -> Spec {
+    Spec {
+        name,
+        bytes,
+        sti: false,
+        mem: MemIn::None,
+        mem_len: 0,
+        undefined,
+        ulps,
+        domain,
+    }
 }
 
 fn gen_mem(rng: &mut Rng, kind: MemIn) -> MemBuf {
@@ -124,8 +174,16 @@ fn run(specs: &[Spec], cases: u64, seed: u64, unmask_pct: u64) {
     let mut all_failures = Vec::new();
     let mut total = 0;
     for (k, spec) in specs.iter().enumerate() {
-        let variants: Vec<u8> = if spec.sti { vec![0, 1, 2, 3, 5, 7] } else { vec![0] };
-        let mut stats = Stats { cases: 0, ulp_off: 0, failures: Vec::new() };
+        let variants: Vec<u8> = if spec.sti {
+            vec![0, 1, 2, 3, 5, 7]
+        } else {
+            vec![0]
+        };
+        let mut stats = Stats {
+            cases: 0,
+            ulp_off: 0,
+            failures: Vec::new(),
+        };
         let mut rng = Rng::new(seed ^ (k as u64) << 32);
         for &i in &variants {
             let mut bytes = spec.bytes.to_vec();
@@ -134,19 +192,41 @@ fn run(specs: &[Spec], cases: u64, seed: u64, unmask_pct: u64) {
             }
             let native = Native::new(&bytes);
             let insn = decode32(&bytes);
-            assert!(ox86_x87::X87State::is_x87(insn.code()), "{} decodes to {:?}", spec.name, insn.code());
+            assert!(
+                ox86_x87::X87State::is_x87(insn.code()),
+                "{} decodes to {:?}",
+                spec.name,
+                insn.code()
+            );
             for _ in 0..cases / variants.len() as u64 {
-                let room = matches!(spec.mem, MemIn::F32 | MemIn::F64 | MemIn::F80 | MemIn::I16 | MemIn::I32 | MemIn::I64 | MemIn::Bcd)
-                    && spec.mem_len == 0
+                let room = matches!(
+                    spec.mem,
+                    MemIn::F32
+                        | MemIn::F64
+                        | MemIn::F80
+                        | MemIn::I16
+                        | MemIn::I32
+                        | MemIn::I64
+                        | MemIn::Bcd
+                ) && spec.mem_len == 0
                     || spec.name.starts_with("fld")
                     || matches!(spec.name, "fptan" | "fsincos" | "fxtract");
-                let mut init = gen_state(&mut rng, StateGen { unmask_pct, room_to_push: room });
+                let mut init = gen_state(
+                    &mut rng,
+                    StateGen {
+                        unmask_pct,
+                        room_to_push: room,
+                    },
+                );
                 if spec.domain != Domain::Any {
                     if let Some(v) = domain_value(&mut rng, spec.domain) {
                         init.set_st(0, v);
                     }
                     if spec.domain == Domain::Positive && rng.below(4) == 0 {
-                        init.set_st(0, f80(false, 0x3FFF, 1 << 63 | (rng.next() >> rng.range(1, 63))));
+                        init.set_st(
+                            0,
+                            f80(false, 0x3FFF, 1 << 63 | (rng.next() >> rng.range(1, 63))),
+                        );
                     }
                 }
                 let mem = gen_mem(&mut rng, spec.mem);
@@ -155,13 +235,30 @@ fn run(specs: &[Spec], cases: u64, seed: u64, unmask_pct: u64) {
                 native.run(&mut ni, &mut nm, &mut na);
                 let (mut ei, mut em, mut ea) = (init, mem, [eflags, 0]);
                 emulate(&insn, &mut ei, &mut em, &mut ea);
-                let chk = Check { undefined_fsw: spec.undefined, ulps: spec.ulps, mem_len: spec.mem_len, ax: spec.name == "fnstsw ax" };
-                compare(spec.name, chk, &init, &mem, eflags, (&ni, &nm, &na), (&ei, &em, &ea), &mut stats);
+                let chk = Check {
+                    undefined_fsw: spec.undefined,
+                    ulps: spec.ulps,
+                    mem_len: spec.mem_len,
+                    ax: spec.name == "fnstsw ax",
+                };
+                compare(
+                    spec.name,
+                    chk,
+                    &init,
+                    &mem,
+                    eflags,
+                    (&ni, &nm, &na),
+                    (&ei, &em, &ea),
+                    &mut stats,
+                );
             }
         }
         total += stats.cases;
         if stats.ulp_off > 0 {
-            eprintln!("{}: {} of {} cases within {} ulp but not exact", spec.name, stats.ulp_off, stats.cases, spec.ulps);
+            eprintln!(
+                "{}: {} of {} cases within {} ulp but not exact",
+                spec.name, stats.ulp_off, stats.cases, spec.ulps
+            );
         }
         all_failures.extend(stats.failures);
     }
@@ -170,7 +267,10 @@ fn run(specs: &[Spec], cases: u64, seed: u64, unmask_pct: u64) {
         for f in all_failures.iter().take(40) {
             eprintln!("{f}");
         }
-        panic!("{} mismatching instruction forms/cases (first shown above)", all_failures.len());
+        panic!(
+            "{} mismatching instruction forms/cases (first shown above)",
+            all_failures.len()
+        );
     }
 }
 
@@ -257,10 +357,10 @@ fn compares() {
         op("fucompp", &[0xDA, 0xE9], U_NONE),
         op("ftst", &[0xD9, 0xE4], U_NONE),
         op("fxam", &[0xD9, 0xE5], U_NONE),
-        reg("fcomi", &[0xDB, 0xF0], U_NONE),
-        reg("fucomi", &[0xDB, 0xE8], U_NONE),
-        reg("fcomip", &[0xDF, 0xF0], U_NONE),
-        reg("fucomip", &[0xDF, 0xE8], U_NONE),
+        reg("fcomi", &[0xDB, 0xF0], U_FCOMI),
+        reg("fucomi", &[0xDB, 0xE8], U_FCOMI),
+        reg("fcomip", &[0xDF, 0xF0], U_FCOMI),
+        reg("fucomip", &[0xDF, 0xE8], U_FCOMI),
     ];
     run(&specs, N, 3, 30);
 }

@@ -66,14 +66,23 @@ pub fn gen_f80(rng: &mut Rng) -> [u8; 10] {
                 f80(s, 0x7FFF, rng.next() | (3 << 62))
             }
         }
-        72..=74 => f80(s, 0x7FFF, ((rng.next() | 1) >> rng.below(3)) & !(1 << 62) | (1 << 63)),
+        72..=74 => f80(
+            s,
+            0x7FFF,
+            ((rng.next() | 1) >> rng.below(3)) & !(1 << 62) | (1 << 63),
+        ),
         75..=76 => f80(s, rng.range(1, 0x7FFE) as u16, rng.next() >> 1),
         77 => f80(s, 0x7FFF, rng.next() >> 1),
         78..=87 => {
-            let v = [1.0f64, 2.0, 0.5, 3.0, 10.0, 0.25, 1.5, 100.0, 7.0, 1024.0][rng.below(10) as usize];
+            let v = [1.0f64, 2.0, 0.5, 3.0, 10.0, 0.25, 1.5, 100.0, 7.0, 1024.0]
+                [rng.below(10) as usize];
             let b = v.to_bits();
             let e = ((b >> 52) & 0x7FF) as i32 - 1023;
-            f80(s, (e + 16383) as u16, (1 << 63) | ((b & ((1 << 52) - 1)) << 11))
+            f80(
+                s,
+                (e + 16383) as u16,
+                (1 << 63) | ((b & ((1 << 52) - 1)) << 11),
+            )
         }
         _ => f80(s, (0x3FFF + rng.range(-4, 2)) as u16, rand_sig(rng)),
     }
@@ -158,7 +167,11 @@ pub struct StateGen {
 
 pub fn gen_state(rng: &mut Rng, g: StateGen) -> Image {
     let mut img = [0u8; 108];
-    let masks = if rng.below(100) < g.unmask_pct { rng.next() as u16 & 0x3F } else { 0x3F };
+    let masks = if rng.below(100) < g.unmask_pct {
+        rng.next() as u16 & 0x3F
+    } else {
+        0x3F
+    };
     let pc = [0u16, 1, 2, 3, 3, 3][rng.below(6) as usize];
     let rc = rng.below(4) as u16;
     let fcw = 0x40 | masks | (pc << 8) | (rc << 10);
@@ -169,7 +182,11 @@ pub fn gen_state(rng: &mut Rng, g: StateGen) -> Image {
     // Tags: usually a contiguous stack ST0..ST(k-1) valid.
     let mut valid = [false; 8];
     if rng.below(10) < 8 {
-        let k = if g.room_to_push && rng.below(10) < 9 { rng.below(7) + 1 } else { rng.below(9) };
+        let k = if g.room_to_push && rng.below(10) < 9 {
+            rng.below(7) + 1
+        } else {
+            rng.below(9)
+        };
         for (i, v) in valid.iter_mut().enumerate().take(k as usize) {
             let _ = i;
             *v = true;
@@ -234,7 +251,14 @@ impl Native {
         // SAFETY: the page is writable and `code` is far shorter than a page.
         unsafe {
             std::ptr::copy_nonoverlapping(code.as_ptr(), page, code.len());
-            assert_eq!(libc::mprotect(page as *mut libc::c_void, len, libc::PROT_READ | libc::PROT_EXEC), 0);
+            assert_eq!(
+                libc::mprotect(
+                    page as *mut libc::c_void,
+                    len,
+                    libc::PROT_READ | libc::PROT_EXEC
+                ),
+                0
+            );
         }
         Native { page, len }
     }
@@ -286,7 +310,11 @@ impl X87Context for Ctx {
     }
     fn write_mem(&mut self, offset: u32, data: &[u8]) -> Result<(), ()> {
         let o = offset as usize;
-        self.mem.0.get_mut(o..o + data.len()).ok_or(())?.copy_from_slice(data);
+        self.mem
+            .0
+            .get_mut(o..o + data.len())
+            .ok_or(())?
+            .copy_from_slice(data);
         Ok(())
     }
     fn eflags(&self) -> u32 {
@@ -323,7 +351,11 @@ pub fn emulate(insn: &Instruction, img: &mut Image, mem: &mut MemBuf, aux: &mut 
     let mut s = X87State::default();
     let frstor = decode32(&[0xDD, 0x26]);
     let fnsave = decode32(&[0xDD, 0x36]);
-    let mut c = Ctx { mem: MemBuf([0; 512]), eflags: aux[0] as u32, ax: None };
+    let mut c = Ctx {
+        mem: MemBuf([0; 512]),
+        eflags: aux[0] as u32,
+        ax: None,
+    };
     c.mem.0[..108].copy_from_slice(&img.0);
     s.execute(&frstor, &mut c).expect("frstor");
     c.mem = *mem;
@@ -333,7 +365,11 @@ pub fn emulate(insn: &Instruction, img: &mut Image, mem: &mut MemBuf, aux: &mut 
     if let Some(ax) = c.ax {
         aux[1] = (aux[1] & !0xFFFF) | u64::from(ax);
     }
-    let mut c2 = Ctx { mem: MemBuf([0; 512]), eflags: 0, ax: None };
+    let mut c2 = Ctx {
+        mem: MemBuf([0; 512]),
+        eflags: 0,
+        ax: None,
+    };
     s.execute(&fnsave, &mut c2).expect("fnsave");
     img.0.copy_from_slice(&c2.mem.0[..108]);
 }
@@ -360,7 +396,12 @@ pub fn ulp_diff(a: [u8; 10], b: [u8; 10]) -> Option<u64> {
         if e == 0x7FFF {
             return None;
         }
-        Some((se >> 15 != 0, (e << 63) + i128::from(sig & !(1 << 63)) + if sig >> 63 != 0 && e == 0 { 1 << 63 } else { 0 }))
+        Some((
+            se >> 15 != 0,
+            (e << 63)
+                + i128::from(sig & !(1 << 63))
+                + if sig >> 63 != 0 && e == 0 { 1 << 63 } else { 0 },
+        ))
     };
     let (sa, ka) = key(a)?;
     let (sb, kb) = key(b)?;
@@ -377,7 +418,12 @@ pub struct Stats {
 }
 
 pub fn fmt_img(img: &Image) -> String {
-    let mut s = format!("fcw={:04x} fsw={:04x} ftw={:04x}", img.fcw(), img.fsw(), img.ftw());
+    let mut s = format!(
+        "fcw={:04x} fsw={:04x} ftw={:04x}",
+        img.fcw(),
+        img.fsw(),
+        img.ftw()
+    );
     for i in 0..8 {
         let v = img.st(i);
         let sig = u64::from_le_bytes(v[..8].try_into().unwrap_or([0; 8]));
