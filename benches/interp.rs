@@ -44,12 +44,18 @@ fn memory_loop() -> (Vec<u8>, u64) {
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("interpreter");
     g.sample_size(10);
-    for (name, (code, insns)) in [("integer_loop", integer_loop()), ("memory_loop", memory_loop())] {
+    for (name, (code, insns)) in [
+        ("integer_loop", integer_loop()),
+        ("memory_loop", memory_loop()),
+    ] {
         g.throughput(Throughput::Elements(insns));
         let mut sn = Snippet::new();
         g.bench_function(name, |b| {
             b.iter(|| {
-                let mut r = Regs32 { gpr: [0, 0, 0, 0, 0x2f_f000, 0, 0, 0], eflags: 2 };
+                let mut r = Regs32 {
+                    gpr: [0, 0, 0, 0, 0x2f_f000, 0, 0, 0],
+                    eflags: 2,
+                };
                 let mut data = vec![0u8; 0x4000];
                 let end = sn.run(&code, &mut r, &mut data, insns + 10);
                 assert_eq!(end, SnippetEnd::Done);

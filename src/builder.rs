@@ -22,7 +22,13 @@ impl Default for MachineBuilder {
 impl MachineBuilder {
     /// A builder for a machine with 128 MiB of RAM and COM1 on stdout.
     pub fn new() -> MachineBuilder {
-        MachineBuilder { ram: 128 << 20, serial: SerialOut::Stdout, guest: None, no_reboot: false, max_insns: None }
+        MachineBuilder {
+            ram: 128 << 20,
+            serial: SerialOut::Stdout,
+            guest: None,
+            no_reboot: false,
+            max_insns: None,
+        }
     }
 
     /// Guest RAM size in bytes.
@@ -51,7 +57,11 @@ impl MachineBuilder {
 
     /// Boot a kernel image (Multiboot ELF, plain ELF32; the format is detected).
     pub fn kernel(mut self, image: Vec<u8>, cmdline: String, initrd: Option<Vec<u8>>) -> Self {
-        self.guest = Some(Guest::Kernel { image, cmdline, initrd });
+        self.guest = Some(Guest::Kernel {
+            image,
+            cmdline,
+            initrd,
+        });
         self
     }
 

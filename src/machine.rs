@@ -5,7 +5,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use ox86_bios::{EntryMode, EntryState};
-use ox86_cpu::state::{attr, Segment, CR0_PE, CS, DS, ES, FS, GS, IF, RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP, SS};
+use ox86_cpu::state::{
+    attr, Segment, CR0_PE, CS, DS, ES, FS, GS, IF, RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP, SS,
+};
 use ox86_cpu::{Cpu, CpuExit, RunLimits};
 use ox86_devices::{Platform, PlatformConfig};
 use ox86_mmu::{Memory, PhysAddr};
@@ -93,30 +95,63 @@ pub struct Machine {
 
 impl std::fmt::Debug for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Machine").field("cpu", &self.cpu).field("mem", &self.mem).finish()
+        f.debug_struct("Machine")
+            .field("cpu", &self.cpu)
+            .field("mem", &self.mem)
+            .finish()
     }
 }
 
 impl Machine {
     /// Creates the machine and loads the guest.
-    pub(crate) fn new(ram: u64, serial: SerialOut, guest: Guest, no_reboot: bool, max_insns: Option<u64>) -> Result<Machine, MachineError> {
+    pub(crate) fn new(
+        ram: u64,
+        serial: SerialOut,
+        guest: Guest,
+        no_reboot: bool,
+        max_insns: Option<u64>,
+    ) -> Result<Machine, MachineError> {
         let mem = Memory::new(ram)?;
         let out: Box<dyn Write + Send> = match serial {
             SerialOut::Stdout => Box::new(std::io::stdout()),
             SerialOut::None => Box::new(std::io::sink()),
             SerialOut::Writer(w) => w,
         };
-        let platform = Platform::new(PlatformConfig::new(out, ram)).map_err(|e| MachineError::Devices(e.to_string()))?;
-        let mut m = Machine { cpu: Cpu::new(), mem, platform, guest, no_reboot, max_insns };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let config = PlatformConfig::default()
+            .with_com1(out)
+            .with_ram_size(ram)
+            .with_rtc_start(now);
+        let platform = Platform::new(config).map_err(|e| MachineError::Devices(e.to_string()))?;
+        let mut m = Machine {
+            cpu: Cpu::new(),
+            mem,
+            platform,
+            guest,
+            no_reboot,
+            max_insns,
+        };
         m.load_guest()?;
         Ok(m)
     }
 
     fn load_guest(&mut self) -> Result<(), MachineError> {
         let entry = match &self.guest {
-            Guest::Kernel { image, cmdline, initrd } => {
-                let modules: Vec<ox86_bios::Module<'_>> =
-                    initrd.iter().map(|d| ox86_bios::Module { data: d, cmdline: "initrd" }).collect();
+            Guest::Kernel {
+                image,
+                cmdline,
+                initrd,
+            } => {
+                let modules: Vec<ox86_bios::Module<'_>> = initrd
+                    .iter()
+                    .map(|d| ox86_bios::Module {
+                        data: d,
+                        cmdline: "initrd",
+                    })
+                    .collect();
                 ox86_bios::load_kernel(&mut self.mem, image, cmdline, &modules)?
             }
             Guest::Demo => {
@@ -163,10 +198,14 @@ impl Machine {
                 }
                 budget = budget.min(left);
             }
-            let exit = self.cpu.run(&mut self.mem, &mut self.platform, RunLimits { max_insns: budget });
+            let exit = self.cpu.run(
+                &mut self.mem,
+                &mut self.platform,
+                RunLimits { max_insns: budget },
+            );
             // Virtual time follows the instruction count (1 instruction = 1 ns).
             self.platform.advance_to(self.cpu.state.icount);
-            let req = self.platform.requests().take();
+            let req = self.platform.take_requests();
             if let Some(a20) = req.a20 {
                 self.mem.set_a20(a20);
                 self.cpu.flush_tlb();
@@ -207,12 +246,28 @@ impl Machine {
 /// Sets the CPU state a loader asked for.
 fn apply_entry(cpu: &mut Cpu, e: &EntryState) {
     let s = &mut cpu.state;
-    for (r, v) in [(RAX, e.eax), (RBX, e.ebx), (RCX, e.ecx), (RDX, e.edx), (RSI, e.esi), (RDI, e.edi), (RBP, e.ebp), (RSP, e.esp)] {
+    for (r, v) in [
+        (RAX, e.eax),
+        (RBX, e.ebx),
+        (RCX, e.ecx),
+        (RDX, e.edx),
+        (RSI, e.esi),
+        (RDI, e.edi),
+        (RBP, e.ebp),
+        (RSP, e.esp),
+    ] {
         s.regs[r] = v as u64;
     }
     s.rip = e.eip as u64;
     match e.mode {
-        EntryMode::Real { cs, ds, es, fs, gs, ss } => {
+        EntryMode::Real {
+            cs,
+            ds,
+            es,
+            fs,
+            gs,
+            ss,
+        } => {
             for (seg, sel) in [(CS, cs), (DS, ds), (ES, es), (FS, fs), (GS, gs), (SS, ss)] {
                 s.seg[seg] = Segment::real(sel);
             }
@@ -227,7 +282,12 @@ fn apply_entry(cpu: &mut Cpu, e: &EntryState) {
                 if code {
                     a |= attr::CODE;
                 }
-                let mut sg = Segment { selector: if code { 0x10 } else { 0x18 }, attr: a, limit: 0xffff_ffff, ..Default::default() };
+                let mut sg = Segment {
+                    selector: if code { 0x10 } else { 0x18 },
+                    attr: a,
+                    limit: 0xffff_ffff,
+                    ..Default::default()
+                };
                 sg.update_rights();
                 s.seg[seg] = sg;
             }

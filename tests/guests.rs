@@ -12,13 +12,28 @@ use common::{guests_dir, run_ox86, text};
 /// Runs a self-checking guest and asserts it printed PASS and exited with status 33.
 fn run_checked(name: &str) -> String {
     let k = guests_dir().join(format!("{name}.elf"));
-    let out = run_ox86(&["run", "--kernel", k.to_str().unwrap(), "-m", "32M"], Duration::from_secs(120));
+    let out = run_ox86(
+        &["run", "--kernel", k.to_str().unwrap(), "-m", "32M"],
+        Duration::from_secs(120),
+    );
     let so = text(&out.stdout);
     let se = text(&out.stderr);
     let fails: Vec<&str> = so.lines().filter(|l| l.starts_with("FAIL")).collect();
-    assert!(fails.is_empty(), "{name}: failing checks:\n{}\n--- full output:\n{so}\n--- stderr:\n{se}", fails.join("\n"));
-    assert_eq!(so.lines().last(), Some("PASS"), "{name}: no PASS line\n{so}\n--- stderr:\n{se}");
-    assert_eq!(out.status.code(), Some(33), "{name}: exit status\n{so}\n--- stderr:\n{se}");
+    assert!(
+        fails.is_empty(),
+        "{name}: failing checks:\n{}\n--- full output:\n{so}\n--- stderr:\n{se}",
+        fails.join("\n")
+    );
+    assert_eq!(
+        so.lines().last(),
+        Some("PASS"),
+        "{name}: no PASS line\n{so}\n--- stderr:\n{se}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(33),
+        "{name}: exit status\n{so}\n--- stderr:\n{se}"
+    );
     so
 }
 
@@ -40,9 +55,17 @@ fn v86_mode() {
 #[test]
 fn c_program_matches_native() {
     let guest = run_checked("c");
-    let native = Command::new(guests_dir().join("cprog-native")).output().expect("run cprog-native");
+    let native = Command::new(guests_dir().join("cprog-native"))
+        .output()
+        .expect("run cprog-native");
     assert!(native.status.success());
     let native = text(&native.stdout);
-    let start = guest.find("cprog start").expect("guest printed 'cprog start'");
-    assert_eq!(&guest[start..], native, "guest output differs from the native run of the same C code");
+    let start = guest
+        .find("cprog start")
+        .expect("guest printed 'cprog start'");
+    assert_eq!(
+        &guest[start..],
+        native,
+        "guest output differs from the native run of the same C code"
+    );
 }

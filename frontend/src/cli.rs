@@ -58,12 +58,21 @@ pub fn parse() -> Result<Cli, ExitCode> {
         Ok(c) => Ok(c),
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
                 return Err(ExitCode::SUCCESS);
             }
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("bad arguments")
+                .trim_start_matches("error: ");
             eprintln!("ox86: {first} (see ox86 --help)");
             Err(ExitCode::from(2))
         }
@@ -83,7 +92,8 @@ fn serial_out(spec: &str) -> Result<SerialOut> {
         "none" => SerialOut::None,
         s if s.starts_with("file:") => {
             let path = &s[5..];
-            let f = std::fs::File::create(path).with_context(|| format!("cannot create serial output file {path}"))?;
+            let f = std::fs::File::create(path)
+                .with_context(|| format!("cannot create serial output file {path}"))?;
             SerialOut::Writer(Box::new(f))
         }
         s => bail!("bad --serial '{s}' (use stdio, file:PATH or none)"),
@@ -96,7 +106,10 @@ fn read_file(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
 
 fn run_guest(a: RunArgs) -> Result<ExitCode> {
     let ram = parse_size(&a.memory).map_err(anyhow::Error::msg)?;
-    let mut b = MachineBuilder::new().ram_size(ram).serial(serial_out(&a.serial)?).no_reboot(a.no_reboot);
+    let mut b = MachineBuilder::new()
+        .ram_size(ram)
+        .serial(serial_out(&a.serial)?)
+        .no_reboot(a.no_reboot);
     if let Some(n) = a.max_insns {
         b = b.max_insns(n);
     }

@@ -3,7 +3,10 @@
 /// Parses a memory size; a bare number means MiB.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, mult) = match t.chars().last() {
         Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
         Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
@@ -11,8 +14,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some(c) if c.is_ascii_digit() => (t, 1 << 20),
         _ => return Err(format!("bad memory size '{s}' (use e.g. 64M, 1G)")),
     };
-    let n: u64 = num.parse().map_err(|_| format!("bad memory size '{s}' (use e.g. 64M, 1G)"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("memory size '{s}' is too large"))
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad memory size '{s}' (use e.g. 64M, 1G)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("memory size '{s}' is too large"))
 }
 
 #[cfg(test)]

@@ -17,9 +17,16 @@ pub fn root() -> PathBuf {
 /// ox86-frontend` first; `.ci/run` does that).
 pub fn ox86_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = dir.join("ox86");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p ox86-frontend` (same profile) first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p ox86-frontend` (same profile) first",
+        bin.display()
+    );
     bin
 }
 
@@ -33,7 +40,10 @@ pub fn guests_dir() -> &'static Path {
             .arg(&out)
             .status()
             .expect("run scripts/build-guests");
-        assert!(st.success(), "scripts/build-guests failed (needs nasm and gcc-multilib)");
+        assert!(
+            st.success(),
+            "scripts/build-guests failed (needs nasm and gcc-multilib)"
+        );
         out
     })
 }

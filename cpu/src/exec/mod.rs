@@ -201,7 +201,14 @@ pub fn select(i: &Instruction) -> Handler {
         M::Salc => data::exec_salc,
         // Hint NOPs: multi-byte NOP, ENDBR (reserved NOP space on CPUs without CET),
         // PREFETCH hints (0F 18), PAUSE.
-        M::Nop | M::Pause | M::Endbr32 | M::Endbr64 | M::Prefetchnta | M::Prefetcht0 | M::Prefetcht1 | M::Prefetcht2
+        M::Nop
+        | M::Pause
+        | M::Endbr32
+        | M::Endbr64
+        | M::Prefetchnta
+        | M::Prefetcht0
+        | M::Prefetcht1
+        | M::Prefetcht2
         | M::Reservednop => data::exec_nop,
         M::Clc | M::Stc | M::Cmc | M::Cld | M::Std => alu::exec_flag_op,
         M::Lahf => alu::exec_lahf,

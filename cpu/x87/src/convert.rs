@@ -312,15 +312,8 @@ pub fn f80_to_bcd(v: F80, ctl: &Control) -> Narrowed<[u8; 10]> {
         Class::Zero => (0u64, 0u16, false),
         Class::Unsupported | Class::SNaN | Class::QNaN | Class::Infinity => return invalid,
         _ => {
-            let de = if v.is_denormal() { DE } else { 0 };
-            if de != 0 && !ctl.masked(DE) {
-                return Narrowed {
-                    bits: [0; 10],
-                    exc: DE,
-                    up: false,
-                    store: false,
-                };
-            }
+            // A denormal source does not raise #D (it is just inexact).
+            let de = 0;
             let Some(x) = v.unpack() else { return invalid };
             let Some((m, inexact, up)) = round_to_int(x, ctl.rc) else {
                 return invalid;

@@ -117,7 +117,7 @@ impl X87State {
             self.fdp = u64::from(get32(b, 20));
             self.fds = get16(b, 24);
         }
-        self.fcw = fcw;
+        self.set_fcw(fcw);
         self.fsw = fsw;
         self.set_ftw_full(ftw);
         self.update_es();
@@ -181,7 +181,7 @@ impl X87State {
     /// Loads an FXRSTOR image (MXCSR reserved bits are dropped: raising #GP for
     /// them is the CPU's job).
     pub fn load_fxrstor(&mut self, rex_w: bool, b: &[u8; 416]) {
-        self.fcw = get16(b, 0);
+        self.set_fcw(get16(b, 0));
         self.fsw = get16(b, 2);
         self.tag_valid = b[4];
         self.fop = get16(b, 6) & 0x7FF;

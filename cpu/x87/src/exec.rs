@@ -330,9 +330,9 @@ impl X87State {
                 self.commit_push(Res::exact(constant(c, ctl.rc)));
             }
             Op::StoreMem { fmt, pop, trunc } => self.exec_store(ctx, fmt, pop, trunc)?,
-            Op::StoreSti { pop } => {
+            Op::StoreSti { pop, nce } => {
                 let i = sti(insn);
-                if self.is_empty(0) {
+                if self.is_empty(0) && !nce {
                     if self.stack_underflow() {
                         self.set_st(i, F80::INDEFINITE);
                         if pop {
@@ -342,7 +342,9 @@ impl X87State {
                     return Ok(());
                 }
                 let v = self.st(0);
-                self.set_c1(false);
+                if !nce {
+                    self.set_c1(false);
+                }
                 self.set_st(i, v);
                 if pop {
                     self.pop();
@@ -444,8 +446,10 @@ impl X87State {
                 if self.is_empty(0) || self.is_empty(1) {
                     if self.stack_underflow() {
                         match b {
-                            Binary01::Scale | Binary01::Prem | Binary01::Prem1 => {
-                                self.set_st(0, F80::INDEFINITE)
+                            Binary01::Scale => self.set_st(0, F80::INDEFINITE),
+                            Binary01::Prem | Binary01::Prem1 => {
+                                self.set_cc(C2, 0);
+                                self.set_st(0, F80::INDEFINITE);
                             }
                             _ => {
                                 self.set_st(1, F80::INDEFINITE);
@@ -545,7 +549,7 @@ impl X87State {
             Op::Clex => self.clear_exceptions(),
             Op::Ldcw => {
                 let b = read::<C, 2>(ctx)?;
-                self.fcw = u16::from_le_bytes(b);
+                self.set_fcw(u16::from_le_bytes(b));
                 self.update_es();
             }
             Op::Stcw => write(ctx, &self.fcw.to_le_bytes())?,

@@ -138,7 +138,12 @@ pub enum Op {
     /// FST/FSTP/FIST/FISTP/FBSTP to memory; `trunc` for FISTTP.
     StoreMem { fmt: Mem, pop: bool, trunc: bool },
     /// FST/FSTP ST(i).
-    StoreSti { pop: bool },
+    StoreSti {
+        /// Pop afterwards.
+        pop: bool,
+        /// FSTPNCE (D9 D8+i): no stack-underflow check.
+        nce: bool,
+    },
     /// FXCH.
     Xch,
     /// FCMOVcc.
@@ -409,8 +414,18 @@ pub fn classify(code: Code) -> Option<Op> {
             pop: true,
             trunc: false,
         },
-        Fst_sti => Op::StoreSti { pop: false },
-        Fstp_sti | Fstpnce_sti | Fstp_sti_DFD0 | Fstp_sti_DFD8 => Op::StoreSti { pop: true },
+        Fst_sti => Op::StoreSti {
+            pop: false,
+            nce: false,
+        },
+        Fstp_sti | Fstp_sti_DFD0 | Fstp_sti_DFD8 => Op::StoreSti {
+            pop: true,
+            nce: false,
+        },
+        Fstpnce_sti => Op::StoreSti {
+            pop: true,
+            nce: true,
+        },
 
         Fxch_st0_sti | Fxch_st0_sti_DDC8 | Fxch_st0_sti_DFC8 => Op::Xch,
         Fcmovb_st0_sti => Op::Cmov(Cond::B),

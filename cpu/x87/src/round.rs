@@ -210,6 +210,18 @@ pub fn round(
         true
     };
 
+    if tiny && !ctl.masked(UE) && e + BIAS_ADJUST < fmt.emin {
+        // Still tiny after the bias adjustment: a signed zero.
+        return Outcome {
+            sign,
+            exp: fmt.emin,
+            sig: 0,
+            inf: false,
+            exc: UE | PE,
+            up: false,
+            store: to_register,
+        };
+    }
     if tiny && !ctl.masked(UE) {
         if !to_register {
             return Outcome {

@@ -113,6 +113,11 @@ impl X87State {
         self.tag_valid = v;
     }
 
+    /// Loads the control word (reserved bits 13-15 read as 0, bit 6 as 1).
+    pub fn set_fcw(&mut self, fcw: u16) {
+        self.fcw = (fcw & 0x1F3F) | 0x40;
+    }
+
     /// TOP of stack.
     pub fn top(&self) -> usize {
         usize::from((self.fsw >> 11) & 7)

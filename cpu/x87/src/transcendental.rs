@@ -135,7 +135,7 @@ fn sqrt3() -> Quad {
 /// atan(t) for 0 ≤ t ≤ 1.
 fn atan01(t: Quad) -> Quad {
     let lim = div(qi(268), qi(1000));
-    if t.cmp_abs_normal(lim) == std::cmp::Ordering::Greater {
+    if t.abs() > lim {
         let r3 = sqrt3();
         let u = div(sub(mul(r3, t), qi(1)), add(r3, t));
         add(div(pi(), qi(6)), atan_series(u))
@@ -475,7 +475,7 @@ pub fn fpatan(x: Operand, y: Operand, ctl: &Control) -> Res {
                 } else {
                     let dd = d.clamp(-20000, 20000);
                     let t = div(qy, qx).scalbn(dd);
-                    let a = if t.cmp_abs_normal(qi(1)) == std::cmp::Ordering::Greater {
+                    let a = if t.abs() > qi(1) {
                         sub(pio2(), atan01(div(qi(1), t)))
                     } else {
                         atan01(t)
