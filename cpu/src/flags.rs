@@ -60,7 +60,7 @@ pub fn sign_bit(size: u32) -> u64 {
 /// Even parity of the low byte (PF).
 #[inline(always)]
 pub fn parity(v: u64) -> bool {
-    (v as u8).count_ones() % 2 == 0
+    (v as u8).count_ones().is_multiple_of(2)
 }
 
 impl CpuState {

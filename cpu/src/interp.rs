@@ -46,15 +46,24 @@ impl Exec<'_> {
     /// The run loop.
     pub fn run(&mut self, limits: RunLimits) -> CpuExit {
         let end = self.s.icount.saturating_add(limits.max_insns);
+        // Exceptions retire no instruction; they count against the budget here so that
+        // a guest stuck in a fault loop still returns control to the machine.
+        let mut events = 0u64;
         loop {
             if *self.shutdown {
                 return CpuExit::Shutdown;
+            }
+            // Code written since the last instruction (by the guest, a faulting
+            // instruction, DMA or a loader) is invalidated before anything is fetched.
+            if self.mem.has_dirty_code() {
+                self.process_code_writes();
             }
             // Maskable interrupts, unless in an interrupt shadow.
             let shadow = std::mem::take(&mut self.s.irq_shadow) != 0;
             if !shadow && self.s.flags & IF != 0 && self.io.intr_pending() {
                 let vector = self.io.intr_ack();
                 self.s.halted = 0;
+                events += 1;
                 self.external_interrupt(vector);
                 continue;
             }
@@ -64,12 +73,13 @@ impl Exec<'_> {
             if self.io.stop_requested() {
                 return CpuExit::Stop;
             }
-            if self.s.icount >= end {
+            if self.s.icount.saturating_add(events) >= end {
                 return CpuExit::Budget;
             }
             let id = match self.current_block() {
                 Ok(id) => id,
                 Err(ex) => {
+                    events += 1;
                     self.raise(ex);
                     continue;
                 }
@@ -86,6 +96,7 @@ impl Exec<'_> {
                     self.s.rip = ip;
                     self.s.icount += retired;
                     retired = 0;
+                    events += 1;
                     self.raise(ex);
                     break;
                 }

@@ -86,8 +86,9 @@ impl Snippet {
         data: &mut [u8],
         max_insns: u64,
     ) -> SnippetEnd {
+        self.cpu.reset();
         let s = &mut self.cpu.state;
-        *s = crate::CpuState::reset();
+        s.icount = 0;
         s.cr0 = CR0_PE | CR0_ET | CR0_NE;
         s.seg[CS] = flat(8, true);
         for seg in [DS, ES, FS, GS, SS] {

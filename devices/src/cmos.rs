@@ -481,7 +481,8 @@ impl Cmos {
                 let old = self.ram[reg::B as usize];
                 let mut v = v;
                 if v & B_SET != 0 {
-                    // Datasheet: UIE is cleared while SET is one.
+                    // MC146818A, register B: "the RESET pin going low or the SET bit
+                    // going high clears the UIE bit".
                     v &= !B_UIE;
                     if old & B_SET == 0 {
                         self.snapshot_time();

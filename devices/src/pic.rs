@@ -190,6 +190,8 @@ impl Chip {
         self.ltim = v & 0x08 != 0;
         self.init = Init::Icw2;
         self.imr = 0;
+        // Not in the datasheet's list, but PC emulators (and firmware expectations)
+        // clear the in-service register on re-initialization too.
         self.isr = 0;
         self.irr = self.lines & self.level_mask();
         self.lowest = 7;

@@ -90,7 +90,7 @@ impl Memory {
     /// Maps a ROM image at `base`. ROM overrides RAM where the two overlap.
     pub fn add_rom(&mut self, base: PhysAddr, data: &[u8]) -> Result<(), MemoryError> {
         let len = data.len().div_ceil(PAGE_SIZE as usize) * PAGE_SIZE as usize;
-        if base.0 % PAGE_SIZE != 0
+        if !base.0.is_multiple_of(PAGE_SIZE)
             || len == 0
             || base.0.checked_add(len as u64).is_none_or(|e| e > 1 << 32)
         {
@@ -108,7 +108,7 @@ impl Memory {
 
     /// Routes `[base, base+len)` to MMIO. MMIO overrides ROM and RAM.
     pub fn add_mmio(&mut self, base: PhysAddr, len: u64) -> Result<(), MemoryError> {
-        if base.0 % PAGE_SIZE != 0 || len == 0 || len % PAGE_SIZE != 0 {
+        if !base.0.is_multiple_of(PAGE_SIZE) || len == 0 || !len.is_multiple_of(PAGE_SIZE) {
             return Err(MemoryError::BadRegion(base.0, len));
         }
         self.mmio.push((base.0, len));
@@ -250,7 +250,7 @@ impl Memory {
     #[inline]
     pub fn note_write(&mut self, addr: u64, len: u32) -> bool {
         let pfn = addr / PAGE_SIZE;
-        if !self.code_pages.get(pfn as usize).is_some_and(|&m| m != 0) {
+        if self.code_pages.get(pfn as usize).is_none_or(|&m| m == 0) {
             return false;
         }
         let end = addr + len as u64;

@@ -225,7 +225,7 @@ pub fn walk(
                 if e & P == 0 {
                     return Err(not_present);
                 }
-                let large = level <= 3 && level >= 2 && e & PS != 0;
+                let large = (2..=3).contains(&level) && e & PS != 0;
                 let mut rsvd = rsvd64;
                 if level == 4 {
                     rsvd |= PS;

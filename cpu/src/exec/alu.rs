@@ -9,6 +9,8 @@ use crate::flags::Lazy;
 use crate::state::{AF, CF, DF, PF, SF, ZF};
 use crate::Exec;
 
+use super::operand::{reg_read, reg_write};
+
 /// ALU operation numbers (the /r field of opcodes 80-83).
 pub mod op {
     /// ADD
@@ -61,6 +63,25 @@ pub fn exec_alu<W: Word, const OP: u8>(e: &mut Exec<'_>, i: &Instruction) -> Fau
         let (lazy, raw) = alu_result::<OP>(d, src, carry);
         (writes.then(|| W::from_u64(raw)), (d, lazy, raw))
     })?;
+    e.s.set_lazy(lazy, W::SIZE, d, src, raw);
+    Ok(())
+}
+
+/// The register-destination form of [`exec_alu`] (register or immediate source):
+/// no operand-kind dispatch for the destination, the hottest ALU path.
+pub fn exec_alu_reg<W: Word, const OP: u8>(e: &mut Exec<'_>, i: &Instruction) -> Fault {
+    let src = e.rd::<W>(i, 1)?.to_u64();
+    let r = i.op0_register();
+    let d = reg_read(e.s, r);
+    let carry = if OP == op::ADC || OP == op::SBB {
+        e.s.cf() as u64
+    } else {
+        0
+    };
+    let (lazy, raw) = alu_result::<OP>(d, src, carry);
+    if OP != op::CMP && OP != op::TEST {
+        reg_write(e.s, r, raw);
+    }
     e.s.set_lazy(lazy, W::SIZE, d, src, raw);
     Ok(())
 }

@@ -67,8 +67,8 @@ pub fn exec_aaa_aas(e: &mut Exec<'_>, i: &Instruction) -> Fault {
     let mut new_ax = ax;
     if adjust {
         if sub {
-            new_ax = new_ax.wrapping_sub(6);
-            new_ax = (new_ax & 0x00ff) | (((ax >> 8).wrapping_sub(1) & 0xff) << 8);
+            // SDM: AX = AX - 6 (AL's borrow reaches AH), then AH = AH - 1.
+            new_ax = new_ax.wrapping_sub(6).wrapping_sub(0x100);
         } else {
             new_ax = new_ax.wrapping_add(0x106);
         }

@@ -65,16 +65,27 @@ pub fn exec_xchg<W: Word>(e: &mut Exec<'_>, i: &Instruction) -> Fault {
     Ok(())
 }
 
-/// XADD: temp = dst + src; src = dst; dst = temp.
+/// XADD: temp = dst + src; src = dst; dst = temp (the destination is written last,
+/// so `xadd eax, eax` leaves the sum).
 pub fn exec_xadd<W: Word>(e: &mut Exec<'_>, i: &Instruction) -> Fault {
     let r1 = i.op_register(1);
     let src = reg_read(e.s, r1) & crate::flags::size_mask(W::SIZE);
-    let (d, sum) = e.rmw::<W, _>(i, |_, d| {
-        let d = d.to_u64();
+    let (d, sum) = if i.op_kind(0) == OpKind::Register {
+        let r0 = i.op_register(0);
+        let d = reg_read(e.s, r0);
         let sum = d.wrapping_add(src);
-        (Some(W::from_u64(sum)), (d, sum))
-    })?;
-    reg_write(e.s, r1, d);
+        reg_write(e.s, r1, d);
+        reg_write(e.s, r0, sum);
+        (d, sum)
+    } else {
+        let (d, sum) = e.rmw::<W, _>(i, |_, d| {
+            let d = d.to_u64();
+            let sum = d.wrapping_add(src);
+            (Some(W::from_u64(sum)), (d, sum))
+        })?;
+        reg_write(e.s, r1, d);
+        (d, sum)
+    };
     e.s.set_lazy(Lazy::Add, W::SIZE, d, src, sum);
     Ok(())
 }

@@ -51,7 +51,7 @@ macro_rules! by_size_wd {
     };
 }
 
-use alu::{exec_alu, exec_incdec, exec_neg, exec_not};
+use alu::{exec_alu, exec_alu_reg, exec_incdec, exec_neg, exec_not};
 use bits::{exec_bsf_bsr, exec_bt};
 use control::{exec_call_ind, exec_call_rel, exec_jcxz, exec_jmp_ind, exec_loop, exec_ret};
 use data::{
@@ -117,14 +117,23 @@ pub fn select(i: &Instruction) -> Handler {
     }
     let s0 = if i.op_count() > 0 { op_size(i, 0) } else { 0 };
     match i.mnemonic() {
+        M::Add if i.op0_kind() == OpKind::Register => by_size!(s0, exec_alu_reg, { op::ADD }),
         M::Add => by_size!(s0, exec_alu, { op::ADD }),
+        M::Or if i.op0_kind() == OpKind::Register => by_size!(s0, exec_alu_reg, { op::OR }),
         M::Or => by_size!(s0, exec_alu, { op::OR }),
+        M::Adc if i.op0_kind() == OpKind::Register => by_size!(s0, exec_alu_reg, { op::ADC }),
         M::Adc => by_size!(s0, exec_alu, { op::ADC }),
+        M::Sbb if i.op0_kind() == OpKind::Register => by_size!(s0, exec_alu_reg, { op::SBB }),
         M::Sbb => by_size!(s0, exec_alu, { op::SBB }),
+        M::And if i.op0_kind() == OpKind::Register => by_size!(s0, exec_alu_reg, { op::AND }),
         M::And => by_size!(s0, exec_alu, { op::AND }),
+        M::Sub if i.op0_kind() == OpKind::Register => by_size!(s0, exec_alu_reg, { op::SUB }),
         M::Sub => by_size!(s0, exec_alu, { op::SUB }),
+        M::Xor if i.op0_kind() == OpKind::Register => by_size!(s0, exec_alu_reg, { op::XOR }),
         M::Xor => by_size!(s0, exec_alu, { op::XOR }),
+        M::Cmp if i.op0_kind() == OpKind::Register => by_size!(s0, exec_alu_reg, { op::CMP }),
         M::Cmp => by_size!(s0, exec_alu, { op::CMP }),
+        M::Test if i.op0_kind() == OpKind::Register => by_size!(s0, exec_alu_reg, { op::TEST }),
         M::Test => by_size!(s0, exec_alu, { op::TEST }),
         M::Inc => by_size!(s0, exec_incdec, false),
         M::Dec => by_size!(s0, exec_incdec, true),

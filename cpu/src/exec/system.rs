@@ -431,7 +431,7 @@ pub fn exec_prot_query(e: &mut Exec<'_>, i: &Instruction) -> Fault {
         (_, None) => None,
         (Mnemonic::Lar, Some(d)) => {
             let sys_ok = !d.s() && matches!(d.typ(), 1 | 2 | 3 | 4 | 5 | 9 | 11 | 12);
-            ((d.s() || sys_ok) && visible(&d)).then(|| (d.0 >> 32) & 0x00f0_ff00)
+            ((d.s() || sys_ok) && visible(&d)).then_some((d.0 >> 32) & 0x00f0_ff00)
         }
         (Mnemonic::Lsl, Some(d)) => {
             let sys_ok = !d.s() && matches!(d.typ(), 1 | 2 | 3 | 9 | 11);

@@ -183,7 +183,9 @@ impl Native {
         l.b(&[0xdb, 0xe3]); // fninit
         l.a(&[0xd9, 0x2c, 0x25], c(R_FCW)); // fldcw [FCW]
         l.b(&[0xfc]); // cld
-        l.b(&[0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, 0x5d, 0x5b, 0xc3]);
+        l.b(&[
+            0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, 0x5d, 0x5b, 0xc3,
+        ]);
         assert!(l.0.len() <= (RECOVER64 - LAND64) as usize);
         // Recovery pad (64-bit, entered from the signal handler): same as landing.
         let recover = l.0.clone();
@@ -194,7 +196,15 @@ impl Native {
         s.a(&[0xff, 0x35], c(R_EFLAGS)); // push dword [EFLAGS]
         s.b(&[0x9d]); // popfd
         s.a(&[0xa1], c(R_REGS)); // mov eax, [..]
-        for (r, modrm) in [(1u32, 0x0du8), (2, 0x15), (3, 0x1d), (5, 0x2d), (6, 0x35), (7, 0x3d), (4, 0x25)] {
+        for (r, modrm) in [
+            (1u32, 0x0du8),
+            (2, 0x15),
+            (3, 0x1d),
+            (5, 0x2d),
+            (6, 0x35),
+            (7, 0x3d),
+            (4, 0x25),
+        ] {
             s.a(&[0x8b, modrm], c(R_REGS + 4 * r));
         }
         let jmp_at = STUB32 + s.0.len() as u32;
@@ -203,20 +213,32 @@ impl Native {
         // 32-bit exit.
         let mut x = Emit(Vec::new());
         x.a(&[0xa3], c(R_REGS)); // mov [..], eax
-        for (r, modrm) in [(1u32, 0x0du8), (2, 0x15), (3, 0x1d), (4, 0x25), (5, 0x2d), (6, 0x35), (7, 0x3d)] {
+        for (r, modrm) in [
+            (1u32, 0x0du8),
+            (2, 0x15),
+            (3, 0x1d),
+            (4, 0x25),
+            (5, 0x2d),
+            (6, 0x35),
+            (7, 0x3d),
+        ] {
             x.a(&[0x89, modrm], c(R_REGS + 4 * r));
         }
         x.a(&[0x8b, 0x25], c(R_STUBESP)); // mov esp, [STUBESP]
         x.b(&[0x9c]); // pushfd
         x.a(&[0x8f, 0x05], c(R_EFLAGS)); // pop dword [EFLAGS]
         x.b(&[0xfc, 0xcb]); // cld; retf
-        // SAFETY: CTL is mapped RWX and CTL_SIZE covers all offsets.
+                            // SAFETY: CTL is mapped RWX and CTL_SIZE covers all offsets.
         unsafe {
             let base = CTL as *mut u8;
             std::ptr::write_bytes(base, 0xcc, CTL_SIZE);
             std::ptr::copy_nonoverlapping(entry.as_ptr(), base.add(ENTRY64 as usize), entry.len());
             std::ptr::copy_nonoverlapping(l.0.as_ptr(), base.add(LAND64 as usize), l.0.len());
-            std::ptr::copy_nonoverlapping(recover.as_ptr(), base.add(RECOVER64 as usize), recover.len());
+            std::ptr::copy_nonoverlapping(
+                recover.as_ptr(),
+                base.add(RECOVER64 as usize),
+                recover.len(),
+            );
             std::ptr::copy_nonoverlapping(s.0.as_ptr(), base.add(STUB32 as usize), s.0.len());
             std::ptr::copy_nonoverlapping(x.0.as_ptr(), base.add(EXIT32 as usize), x.0.len());
             std::ptr::write_bytes(base, 0, 0x100);
@@ -228,7 +250,13 @@ impl Native {
             sa.sa_sigaction = on_fault as *const () as usize;
             sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
             libc::sigemptyset(&mut sa.sa_mask);
-            for sig in [libc::SIGSEGV, libc::SIGILL, libc::SIGFPE, libc::SIGBUS, libc::SIGTRAP] {
+            for sig in [
+                libc::SIGSEGV,
+                libc::SIGILL,
+                libc::SIGFPE,
+                libc::SIGBUS,
+                libc::SIGTRAP,
+            ] {
                 libc::sigaction(sig, &sa, std::ptr::null_mut());
             }
         }

@@ -81,12 +81,9 @@ pub fn propagate_nan(a: F80, b: F80) -> Res {
     let b_nan = b_snan || cb == Class::QNaN;
     let exc = if a_snan || b_snan { IE } else { 0 };
     let (qa, qb) = (a.quieted(), b.quieted());
+    // The larger significand wins; on a tie, the smaller sign/exponent word.
     let larger = || {
-        if qa.signif < qb.signif {
-            qb
-        } else if qb.signif < qa.signif {
-            qa
-        } else if qa.sign_exp < qb.sign_exp {
+        if (qa.signif, qb.sign_exp) > (qb.signif, qa.sign_exp) {
             qa
         } else {
             qb

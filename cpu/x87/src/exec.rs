@@ -332,7 +332,13 @@ impl X87State {
             Op::StoreMem { fmt, pop, trunc } => self.exec_store(ctx, fmt, pop, trunc)?,
             Op::StoreSti { pop, nce } => {
                 let i = sti(insn);
-                if self.is_empty(0) && !nce {
+                if self.is_empty(0) && nce {
+                    // FSTPNCE with an empty ST(0): no exception, no copy, just the pop.
+                    self.set_c1(false);
+                    self.pop();
+                    return Ok(());
+                }
+                if self.is_empty(0) {
                     if self.stack_underflow() {
                         self.set_st(i, F80::INDEFINITE);
                         if pop {
@@ -342,9 +348,7 @@ impl X87State {
                     return Ok(());
                 }
                 let v = self.st(0);
-                if !nce {
-                    self.set_c1(false);
-                }
+                self.set_c1(false);
                 self.set_st(i, v);
                 if pop {
                     self.pop();
@@ -401,6 +405,9 @@ impl X87State {
             }
             Op::Unary(u) => {
                 if self.is_empty(0) {
+                    if matches!(u, Unary::Sin | Unary::Cos) {
+                        self.set_cc(C2, 0);
+                    }
                     if self.stack_underflow() {
                         self.set_st(0, F80::INDEFINITE);
                     }
@@ -444,11 +451,13 @@ impl X87State {
             }
             Op::Binary01(b) => {
                 if self.is_empty(0) || self.is_empty(1) {
+                    if matches!(b, Binary01::Prem | Binary01::Prem1) {
+                        self.set_cc(C2, 0);
+                    }
                     if self.stack_underflow() {
                         match b {
                             Binary01::Scale => self.set_st(0, F80::INDEFINITE),
                             Binary01::Prem | Binary01::Prem1 => {
-                                self.set_cc(C2, 0);
                                 self.set_st(0, F80::INDEFINITE);
                             }
                             _ => {
@@ -479,18 +488,20 @@ impl X87State {
                     }
                     Binary01::Prem | Binary01::Prem1 => {
                         let (r, cc) = prem::fprem(x, y, b == Binary01::Prem1, &ctl);
-                        if self.commit(0, r, false) {
-                            match cc {
-                                Some(cc) => self.set_cc(C0 | C1 | C2 | C3, cc),
-                                // NaN or invalid operands: only C2 is cleared.
-                                None => self.set_cc(C2, 0),
-                            }
+                        let stored = self.commit(0, r, false);
+                        match cc {
+                            Some(cc) if stored => self.set_cc(C0 | C1 | C2 | C3, cc),
+                            // NaN or invalid operands: only C2 is cleared.
+                            _ => self.set_cc(C2, 0),
                         }
                     }
                 }
             }
             Op::Ptan | Op::Sincos | Op::Xtract => {
                 if self.is_empty(0) || !self.is_empty(7) {
+                    if op != Op::Xtract {
+                        self.set_cc(C2, 0);
+                    }
                     let masked = if self.is_empty(0) {
                         self.stack_underflow()
                     } else {

@@ -27,6 +27,11 @@ pub fn fprem(a: Operand, b: Operand, ieee: bool, ctl: &Control) -> (Res, Option<
         Ok(f) => f,
         Err(r) => return (r, None),
     };
+    let (ca, cb) = (a.v.class(), b.v.class());
+    // An infinite dividend or a zero divisor is invalid before any #D.
+    if ca == Class::Infinity || cb == Class::Zero {
+        return (Res::invalid(), None);
+    }
     if de != 0 && !ctl.masked(DE) {
         return (
             Res {
@@ -36,12 +41,6 @@ pub fn fprem(a: Operand, b: Operand, ieee: bool, ctl: &Control) -> (Res, Option<
             },
             None,
         );
-    }
-    let (ca, cb) = (a.v.class(), b.v.class());
-    if ca == Class::Infinity || cb == Class::Zero {
-        let mut r = Res::invalid();
-        r.exc |= de;
-        return (r, None);
     }
     let done = |v: F80| {
         (
@@ -61,13 +60,20 @@ pub fn fprem(a: Operand, b: Operand, ieee: bool, ctl: &Control) -> (Res, Option<
     };
     let d = x.exp - y.exp;
     if d < -1 || (d == -1 && !ieee) {
-        // Returned as is, but a pseudo-denormal comes back normalized.
-        let v = if a.v.class() == Class::PseudoDenormal {
-            F80::new(a.v.sign(), 1, a.v.signif)
-        } else {
-            a.v
-        };
-        return done(v);
+        // The dividend itself, through the usual rounding (normalizes
+        // pseudo-denormals; a tiny value underflows when #U is unmasked).
+        let o = round(
+            x.sign,
+            x.exp,
+            u128::from(x.sig) << 64,
+            false,
+            ext(64),
+            ctl,
+            true,
+        );
+        let mut res = Res::from_outcome(&o);
+        res.exc |= de;
+        return (res, Some(0));
     }
     let (partial, n, den, unit) = if d >= 64 {
         let n = (d & 31) | 32;

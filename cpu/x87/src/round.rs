@@ -255,8 +255,19 @@ pub fn round(
     let bits = 128 - r.kept.leading_zeros() as i32;
     if r.kept != 0 && r.lsb_exp + bits - 1 > fmt.emax {
         // Still out of range after the bias adjustment: the masked response.
-        let hopeless = e - BIAS_ADJUST > fmt.emax;
-        if !ctl.masked(OE) && !hopeless {
+        if !ctl.masked(OE) && e - BIAS_ADJUST > fmt.emax {
+            // Still out of range after the bias adjustment: an infinity.
+            return Outcome {
+                sign,
+                exp: fmt.emax,
+                sig: 0,
+                inf: true,
+                exc: OE | PE,
+                up: true,
+                store: to_register,
+            };
+        }
+        if !ctl.masked(OE) {
             if !to_register {
                 return Outcome {
                     sign,

@@ -158,12 +158,28 @@ fn sin_cos_series(r: Quad) -> (Quad, Quad) {
             (add(s, ts), add(c, tc))
         };
         if ns.bitwise_eq(s) && nc.bitwise_eq(c) {
+            // The first lost term still decides the direction of rounding.
+            if n == 1 {
+                s = toward_zero(s, !ts.is_zero());
+                c = toward_zero(c, !tc.is_zero());
+            }
             break;
         }
         s = ns;
         c = nc;
     }
     (s, c)
+}
+
+/// One quad ulp toward zero when `lost` (a term too small to change the sum).
+fn toward_zero(q: Quad, lost: bool) -> Quad {
+    if !lost || q.is_zero() {
+        q
+    } else if q.is_negative() {
+        q.next_up().value
+    } else {
+        q.next_down().value
+    }
 }
 
 /// Converts a finite value exactly to quad.
@@ -262,21 +278,31 @@ pub fn f2xm1(a: Operand, ctl: &Control) -> Res {
             }
         }
         _ => match a.v.unpack() {
-            Some(x) if x.exp > 10 => {
-                // Far outside the defined domain: saturate like 2^x − 1 would.
-                if x.sign {
-                    from_quad(qi(-1), 0, true, ctl)
-                } else {
-                    from_quad(qi(1), 1 << 14, true, ctl)
+            Some(x) if x.exp > 0 || (x.exp == 0 && x.sig != 1 << 63) => {
+                // |x| > 1 is outside the defined domain: the operand is
+                // returned unchanged, as the reference hardware does.
+                Res {
+                    value: a.v,
+                    exc: crate::status::PE,
+                    up: false,
                 }
             }
             Some(x) if x.exp == 0 && x.sig == 1 << 63 => {
-                // 2^±1 − 1 is exact.
-                Res::exact(if x.sign {
-                    F80::new(true, 0x3FFE, 1 << 63)
-                } else {
-                    F80::ONE
-                })
+                // 2^±1 − 1 is exact, but the hardware still reports PE.
+                Res {
+                    value: if x.sign {
+                        F80::new(true, 0x3FFE, 1 << 63)
+                    } else {
+                        F80::ONE
+                    },
+                    exc: crate::status::PE,
+                    up: false,
+                }
+            }
+            Some(x) if x.exp < -100 => {
+                // 2^x − 1 = x·ln2·(1 + x·ln2/2 …): scaled to avoid quad denormals.
+                let (qx, ex) = split(x);
+                from_quad(mul(qx, ln2()), ex, true, ctl)
             }
             Some(x) => {
                 let t = mul(to_quad(x), ln2());
@@ -299,6 +325,19 @@ pub fn f2xm1(a: Operand, ctl: &Control) -> Res {
 }
 
 /// log2 of a finite positive value as (quad, exact integer result if any).
+/// log2 of a positive finite quad.
+fn log2_q(q: Quad) -> Quad {
+    let mut e = 0;
+    let m = q.frexp(&mut e); // m in [0.5, 1)
+    let (mut m, mut e) = (m.scalbn(1), e - 1);
+    if m > div(qi(1_414_213_562_373), qi(1_000_000_000_000)) {
+        m = m.scalbn(-1);
+        e += 1;
+    }
+    let s = div(sub(m, qi(1)), add(m, qi(1)));
+    add(qi(i64::from(e)), div(mul(atanh_series(s), qi(2)), ln2()))
+}
+
 fn log2_quad(x: Unpacked) -> Quad {
     let mut m = to_quad(Unpacked {
         sign: false,
@@ -316,12 +355,30 @@ fn log2_quad(x: Unpacked) -> Quad {
     add(qi(i64::from(e)), div(ln_m, ln2()))
 }
 
+/// tan = sin/cos, with tiny arguments rounded away from zero (tan x > x).
+fn tan_of(x: Unpacked, s: Quad, c: Quad) -> Quad {
+    if x.exp < -60 {
+        let q = to_quad(x);
+        if q.is_negative() {
+            q.next_down().value
+        } else {
+            q.next_up().value
+        }
+    } else {
+        div(s, c)
+    }
+}
+
 /// FYL2X: y·log2(x) with x = ST(0), y = ST(1).
 pub fn fyl2x(x: Operand, y: Operand, ctl: &Control) -> Res {
     let de = match screen2(x, y) {
         Ok(f) => f,
         Err(r) => return r,
     };
+    // A negative x is invalid before any #D.
+    if x.v.sign() && x.v.class() != Class::Zero {
+        return Res::invalid();
+    }
     if de != 0 && !ctl.masked(DE) {
         return Res {
             value: y.v,
@@ -364,7 +421,11 @@ pub fn fyl2x(x: Operand, y: Operand, ctl: &Control) -> Res {
                     n,
                     &Control { prec: 64, ..*ctl },
                 );
+                // Exact, but the hardware reports PE for every FYL2X result.
                 r.exc &= !DE;
+                if ux.exp != 0 {
+                    r.exc |= crate::status::PE;
+                }
                 r
             }
             Some(ux) => {
@@ -411,11 +472,26 @@ pub fn fyl2xp1(x: Operand, y: Operand, ctl: &Control) -> Res {
             (Some(ux), Some(uy)) => {
                 let qx = to_quad(ux);
                 if ux.sign && ux.exp >= 0 {
-                    // x ≤ −1: outside the domain.
-                    Res::invalid()
+                    // x ≤ −1 is outside the domain: the reference hardware
+                    // returns x (inexact).
+                    Res {
+                        value: x.v,
+                        exc: crate::status::PE,
+                        up: false,
+                    }
                 } else {
-                    let s = div(qx, add(qi(2), qx));
-                    let l = div(mul(atanh_series(s), qi(2)), ln2());
+                    let l = if ux.exp < -100 {
+                        // ln(1 + x) = x·(1 − x/2 …): scale x to avoid quad denormals.
+                        let (qxs, ex) = split(ux);
+                        let (qy, ey) = split(uy);
+                        return or_exc(from_quad(mul(qy, div(qxs, ln2())), ey + ex, true, ctl), de);
+                    } else if ux.exp >= -2 {
+                        // |x| ≥ 1/4: log2 of 1 + x directly.
+                        log2_q(add(qi(1), qx))
+                    } else {
+                        let s = div(qx, add(qi(2), qx));
+                        div(mul(atanh_series(s), qi(2)), ln2())
+                    };
                     let (qy, ey) = split(uy);
                     from_quad(mul(qy, l), ey, true, ctl)
                 }
@@ -470,7 +546,7 @@ pub fn fpatan(x: Operand, y: Operand, ctl: &Control) -> Res {
                 let d = ey - ex;
                 if d < -40 && !x.v.sign() {
                     // atan(t) = t·(1 − t²/3 …) with t tiny: the correction is below 2^-80.
-                    let t = div(qy, qx);
+                    let t = toward_zero(div(qy, qx), true);
                     from_quad(signed(t), d, true, ctl)
                 } else {
                     let dd = d.clamp(-20000, 20000);
@@ -494,14 +570,20 @@ pub fn fpatan(x: Operand, y: Operand, ctl: &Control) -> Res {
 fn reduce(x: Unpacked) -> (Quad, u32) {
     let ax = to_quad(Unpacked { sign: false, ..x });
     let c = pio2_chunks();
-    let k = div(ax, pio2()).round_to_integral(RN).value;
+    // The FPU reduces with π/2 truncated to 66 significant bits (Intel
+    // documents a 66-bit π; the reference host matches it bit for bit), so
+    // results near multiples of π/2 carry the same error as real hardware.
+    let c1 = c[1]
+        .scalbn(65)
+        .round_to_integral(Round::TowardZero)
+        .value
+        .scalbn(-65);
+    let p = add(c[0], c1);
+    let k = div(ax, p).round_to_integral(RN).value;
     if k.is_zero() {
         return (ax, 0);
     }
-    let mut r = ax;
-    for ci in c {
-        r = sub(r, mul(k, ci));
-    }
+    let r = sub(sub(ax, mul(k, c[0])), mul(k, c1));
     let kb = k.to_bits();
     let be = ((kb >> 112) & 0x7FFF) as i32 - 16383;
     let kint = ((kb & ((1u128 << 112) - 1)) | (1u128 << 112)) >> (112 - be.clamp(0, 112));
@@ -586,7 +668,7 @@ pub fn fptan(a: Operand, ctl: &Control) -> Option<(Res, Res)> {
         Err(r) => r.map(|r| (r, r)),
         Ok((de, x)) => sin_cos(x).map(|(s, c)| {
             (
-                or_exc(from_quad(div(s, c), 0, true, ctl), de),
+                or_exc(from_quad(tan_of(x, s, c), 0, true, ctl), de),
                 Res::exact(F80::ONE),
             )
         }),

@@ -224,11 +224,13 @@ pub struct MemBuf(pub [u8; 512]);
 
 /// Native executor: a page holding `frstor [rdi]; push [rdx]; popfq; INSN;
 /// pushfq; pop [rdx]; mov [rdx+8], ax; fnsave [rdi]; ret`.
+#[cfg(all(target_arch = "x86_64", unix))]
 pub struct Native {
     page: *mut u8,
     len: usize,
 }
 
+#[cfg(all(target_arch = "x86_64", unix))]
 impl Native {
     pub fn new(insn: &[u8]) -> Native {
         let mut code = vec![0xDD, 0x27, 0xFF, 0x32, 0x9D];
@@ -285,6 +287,7 @@ impl Native {
     }
 }
 
+#[cfg(all(target_arch = "x86_64", unix))]
 impl Drop for Native {
     fn drop(&mut self) {
         // SAFETY: unmapping the page mapped in `new`.
