@@ -1,0 +1,91 @@
+//! The `ox86` command as a user meets it: the demo guest, and bad input that must give
+//! one clear line on stderr and a non-zero exit, never a panic.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{root, run_ox86, text};
+
+#[test]
+fn demo_guest_runs_and_matches_qemu_recording() {
+    let out = run_ox86(&["run"], Duration::from_secs(60));
+    assert_eq!(
+        out.status.code(),
+        Some(ox86::bios::DEMO_EXIT_STATUS),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    // The fixture was recorded from the same image under QEMU (bios/tests/demo_qemu.rs
+    // checks that it still matches QEMU's output).
+    let want = std::fs::read_to_string(root().join("bios/tests/fixtures/demo_serial.txt")).unwrap();
+    assert_eq!(text(&out.stdout), want.replace('\r', ""));
+}
+
+fn assert_one_line_error(args: &[&str], needle: &str) {
+    let out = run_ox86(args, Duration::from_secs(30));
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded; stderr: {err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "{args:?}: want one line on stderr, got:\n{err}"
+    );
+    assert!(err.starts_with("ox86: "), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: '{needle}' not in: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{args:?}: {err}"
+    );
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let dir = std::env::temp_dir().join(format!("ox86-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("junk.bin");
+    std::fs::write(&junk, b"this is not a kernel image at all").unwrap();
+    // A truncated ELF: the header of a real guest program cut short.
+    let elf = std::fs::read(common::guests_dir().join("c.elf")).unwrap();
+    let truncated = dir.join("truncated.elf");
+    std::fs::write(&truncated, &elf[..200]).unwrap();
+    // A corrupt ELF: program headers pointing far outside the file.
+    let mut bad = elf.clone();
+    bad[0x1c..0x20].copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
+    let corrupt = dir.join("corrupt.elf");
+    std::fs::write(&corrupt, &bad).unwrap();
+    let empty = dir.join("empty.bin");
+    std::fs::write(&empty, b"").unwrap();
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+
+    assert_one_line_error(
+        &["run", "--kernel", "/nonexistent/kernel"],
+        "cannot read kernel",
+    );
+    assert_one_line_error(&["run", "--kernel", &p(&junk)], "");
+    assert_one_line_error(&["run", "--kernel", &p(&empty)], "");
+    assert_one_line_error(&["run", "--kernel", &p(&truncated)], "");
+    assert_one_line_error(&["run", "--kernel", &p(&corrupt)], "");
+    assert_one_line_error(&["run", "-m", "12X"], "memory size");
+    assert_one_line_error(&["run", "-m", "0"], "RAM size");
+    assert_one_line_error(&["run", "-m", "5G"], "RAM size");
+    assert_one_line_error(&["run", "--bogus-option"], "unexpected argument");
+    assert_one_line_error(&["frobnicate"], "unrecognized subcommand");
+    assert_one_line_error(&["run", "--serial", "tcp:1234"], "--serial");
+    assert_one_line_error(&["run", "--initrd", &p(&junk)], "--initrd needs --kernel");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn stats_report_instructions_and_mips() {
+    let out = run_ox86(
+        &["run", "--stats", "--serial", "none"],
+        Duration::from_secs(60),
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("instructions in") && err.contains("MIPS"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "--serial none still printed");
+}
