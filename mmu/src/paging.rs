@@ -316,7 +316,7 @@ mod tests {
     const PT: u64 = 0x11000;
 
     fn legacy(mem: &mut Memory, pte_flags: u64, pde_flags: u64) -> PagingRegs {
-        mem.write_u32(PhysAddr(PD + 4 * 1), (PT | pde_flags) as u32);
+        mem.write_u32(PhysAddr(PD + 4), (PT | pde_flags) as u32);
         mem.write_u32(PhysAddr(PT + 4 * 5), (0x0020_0000 | pte_flags) as u32);
         PagingRegs {
             cr0: CR0_PG | 1,
