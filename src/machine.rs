@@ -230,10 +230,8 @@ impl Machine {
                 // Idle: jump virtual time to the next device event, or wait for input.
                 match self.platform.next_event_ns() {
                     Some(t) if t > self.cpu.state.icount => {
-                        let skip = t - self.cpu.state.icount;
                         self.cpu.state.icount = t;
                         self.platform.advance_to(t);
-                        let _ = skip;
                     }
                     Some(_) => {}
                     None => std::thread::sleep(Duration::from_millis(5)),

@@ -180,13 +180,13 @@ impl Exec<'_> {
             let mut tail = vec![0u8; more];
             self.mem.read_phys(PhysAddr(phys2), &mut tail);
             bytes.extend_from_slice(&tail);
-            let (i2, u2, t2) = decode_block(&bytes, eip, bitness, select);
-            if i2.is_empty() || t2 && i2.is_empty() {
+            // Still nothing decodable: the instruction runs past the CS limit.
+            let (i2, _, _) = decode_block(&bytes, eip, bitness, select);
+            if i2.is_empty() {
                 return Err(Exception::GP0);
             }
             insns = i2.into_iter().take(1).collect();
             used = insns[0].insn.len();
-            let _ = u2;
             ranges = [
                 (phys, phys + page_left),
                 (phys2, phys2 + (used as u64 - page_left)),

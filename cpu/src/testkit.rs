@@ -33,6 +33,8 @@ pub enum SnippetEnd {
     Exception(u8),
     /// It ran past the instruction limit.
     Timeout,
+    /// It executed a HLT of its own (not the one placed after it).
+    Halted,
 }
 
 /// A flat 32-bit machine for snippets.
@@ -123,7 +125,7 @@ impl Snippet {
             CpuExit::Halted if s.rip == end_ip + 1 => SnippetEnd::Done,
             CpuExit::Shutdown => SnippetEnd::Exception(self.cpu.stats.last_vector),
             CpuExit::Budget => SnippetEnd::Timeout,
-            _ => SnippetEnd::Exception(self.cpu.stats.last_vector),
+            CpuExit::Halted | CpuExit::Stop => SnippetEnd::Halted,
         }
     }
 }

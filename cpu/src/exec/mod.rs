@@ -294,14 +294,11 @@ pub fn select(i: &Instruction) -> Handler {
         },
         M::Ret => by_size_wd!(code_opsize(i), exec_ret),
         M::Retf => by_size_wd!(code_opsize(i), exec_retf),
-        M::Loop | M::Loope | M::Loopne => {
-            let name = format!("{:?}", i.code());
-            if name.ends_with("_CX") {
-                exec_loop::<u16>
-            } else {
-                exec_loop::<u32>
-            }
-        }
+        // The counter is CX or ECX by the address size.
+        M::Loop | M::Loope | M::Loopne => match i.code().op_code().address_size() {
+            16 => exec_loop::<u16>,
+            _ => exec_loop::<u32>,
+        },
         M::Jcxz => exec_jcxz::<u16>,
         M::Jecxz => exec_jcxz::<u32>,
         M::Push => {

@@ -1,7 +1,7 @@
 //! Segment descriptors and segment-register loads: MOV/POP to a segment register,
 //! LDS/LES/LFS/LGS/LSS, with the protection checks of protected mode.
 
-use iced_x86::{Instruction, Register};
+use iced_x86::Instruction;
 
 use crate::access::Word;
 use crate::exception::{Exception, Fault};
@@ -290,9 +290,4 @@ pub fn exec_lxs<W: Word>(e: &mut Exec<'_>, i: &Instruction) -> Fault {
     e.load_seg(seg, sel)?;
     reg_write(e.s, i.op0_register(), v.to_u64());
     Ok(())
-}
-
-/// The register operand of a segment instruction (for select()).
-pub fn is_seg_reg(r: Register) -> bool {
-    r.is_segment_register()
 }

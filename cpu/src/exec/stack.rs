@@ -1,6 +1,6 @@
 //! Stack instructions: PUSH, POP, PUSHA, POPA, PUSHF, POPF, ENTER, LEAVE.
 
-use iced_x86::{Instruction, OpKind, Register};
+use iced_x86::{Instruction, OpKind};
 
 use crate::access::Word;
 use crate::exception::{Exception, Fault};
@@ -54,47 +54,18 @@ pub fn exec_popa<W: Word>(e: &mut Exec<'_>, _i: &Instruction) -> Fault {
     }
     for (k, &v) in vals.iter().enumerate() {
         let r = 7 - k;
-        if r != RSP {
-            let reg = if W::SIZE == 2 {
-                Register::AX
-            } else {
-                Register::EAX
-            };
-            reg_write(e.s, gpr_of(reg, r), v);
+        if r == RSP {
+            continue;
+        }
+        if W::SIZE == 2 {
+            e.s.set_r16(r, v as u16);
+        } else {
+            e.s.set_r32(r, v as u32);
         }
     }
     let sp = e.sp().wrapping_add(8 * n);
     e.set_sp(sp);
     Ok(())
-}
-
-/// `base + k` as a register (AX+k or EAX+k, in encoding order).
-fn gpr_of(base: Register, k: usize) -> Register {
-    let all = [
-        Register::AX,
-        Register::CX,
-        Register::DX,
-        Register::BX,
-        Register::SP,
-        Register::BP,
-        Register::SI,
-        Register::DI,
-    ];
-    let all32 = [
-        Register::EAX,
-        Register::ECX,
-        Register::EDX,
-        Register::EBX,
-        Register::ESP,
-        Register::EBP,
-        Register::ESI,
-        Register::EDI,
-    ];
-    if base == Register::AX {
-        all[k]
-    } else {
-        all32[k]
-    }
 }
 
 /// PUSHF/PUSHFD. In V86 mode with IOPL < 3 it faults (no VME).

@@ -5,7 +5,7 @@
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
 use crate::exception::{Exception, Fault};
-use crate::state::{attr, Segment, CR0_ET, CR0_PE, CR0_PG, CR0_TS, IF, RAX, RBX, RCX, RDX, ZF};
+use crate::state::{Segment, CR0_ET, CR0_PE, CR0_PG, CR0_TS, IF, RAX, RBX, RCX, RDX, ZF};
 use crate::Exec;
 
 use super::operand::{reg_read, reg_write};
@@ -451,7 +451,6 @@ pub fn exec_prot_query(e: &mut Exec<'_>, i: &Instruction) -> Fault {
         }
         None => e.s.set_arith_flags(ZF, 0),
     }
-    let _ = attr::P;
     Ok(())
 }
 
