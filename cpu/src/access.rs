@@ -88,7 +88,22 @@ impl Exec<'_> {
             }
             return Err(seg_fault(seg));
         }
-        Ok(s.base.wrapping_add(off32 as u64) & 0xffff_ffff)
+        let lin = s.base.wrapping_add(off32 as u64) & 0xffff_ffff;
+        if self.s.cpl == 3
+            && lin & (size as u64 - 1) != 0
+            && size.is_power_of_two()
+            && size <= 8
+            && self.alignment_checked()
+        {
+            return Err(Exception::with_code(vec::AC, 0));
+        }
+        Ok(lin)
+    }
+
+    /// Whether misaligned CPL-3 accesses raise #AC (CR0.AM and EFLAGS.AC).
+    #[cold]
+    fn alignment_checked(&self) -> bool {
+        self.s.cr0 & crate::state::CR0_AM != 0 && self.s.flags & crate::state::AC != 0
     }
 
     /// Whether accesses are checked as user-mode accesses (CPL 3).
@@ -175,9 +190,10 @@ impl Exec<'_> {
             }
         };
         let code = ram && self.mem.is_code_page(PhysAddr(frame));
+        let watched = self.page_has_data_breakpoint(page);
         *self.tlb.entry_mut(user, lin) = TlbEntry {
-            read: tag(true, !fast),
-            write: tag(t.writable, !ram || code),
+            read: tag(true, !fast || watched),
+            write: tag(t.writable, !ram || code || watched),
             exec: tag(t.executable, false),
             addend: host.wrapping_sub(page),
             frame,
@@ -205,6 +221,9 @@ impl Exec<'_> {
     /// The slow read path: any size, page-crossing, MMIO.
     pub fn read_slow(&mut self, lin: u64, buf: &mut [u8], user: bool, access: Access) -> Fault {
         let len = buf.len() as u64;
+        if access == Access::Read {
+            self.note_data_access(lin, len, false);
+        }
         let first = (PAGE_MASK + 1 - (lin & PAGE_MASK)).min(len);
         let p0 = self.phys_for(lin, access, user)?;
         let p1 = if first < len {
@@ -240,6 +259,7 @@ impl Exec<'_> {
     /// is written.
     pub fn write_slow(&mut self, lin: u64, data: &[u8], user: bool) -> Fault {
         let len = data.len() as u64;
+        self.note_data_access(lin, len, true);
         let first = (PAGE_MASK + 1 - (lin & PAGE_MASK)).min(len);
         let p0 = self.phys_for(lin, Access::Write, user)?;
         let p1 = if first < len {

@@ -6,8 +6,9 @@ use ox86_mmu::{PhysAddr, PAGE_MASK};
 
 use crate::block::{decode_block, Block};
 use crate::exception::{Exception, Fault};
-use crate::state::{CS, IF};
+use crate::state::{CS, IF, TF};
 use crate::{Cpu, Exec};
+use iced_x86::Mnemonic;
 
 /// Why `run` returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,20 +88,49 @@ impl Exec<'_> {
             let block = self.blocks.get_mut(id);
             block.execs += 1;
             let insns = block.insns.clone();
-            let n = insns.len().min((end - self.s.icount) as usize);
+            let debug = self.debug_armed();
+            let n = if debug {
+                1
+            } else {
+                insns.len().min((end - self.s.icount) as usize)
+            };
+            if debug {
+                let lin = self.s.seg[CS].base.wrapping_add(self.s.rip) & 0xffff_ffff;
+                if let Some(ex) = self.instruction_breakpoint(lin) {
+                    events += 1;
+                    self.raise(ex);
+                    continue;
+                }
+            }
             let mut retired = 0u64;
             for d in &insns[..n] {
                 let ip = self.s.rip;
+                let tf = self.s.flags & TF != 0;
                 self.s.rip = d.next_ip;
                 if let Err(ex) = (d.handler)(self, &d.insn) {
                     self.s.rip = ip;
                     self.s.icount += retired;
                     retired = 0;
                     events += 1;
+                    self.s.dbg_pending = 0;
                     self.raise(ex);
                     break;
                 }
                 retired += 1;
+                if debug {
+                    let soft_int = matches!(
+                        d.insn.mnemonic(),
+                        Mnemonic::Int | Mnemonic::Int3 | Mnemonic::Int1
+                    ) || (d.insn.mnemonic() == Mnemonic::Into
+                        && self.s.rip != d.next_ip);
+                    if let Some(ex) = self.debug_trap_after(tf, soft_int) {
+                        self.s.icount += retired;
+                        retired = 0;
+                        events += 1;
+                        self.raise(ex);
+                        break;
+                    }
+                }
                 if self.mem.has_dirty_code() {
                     self.process_code_writes();
                     break;

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod block;
 pub mod cpuid;
+mod debug;
 pub mod exception;
 pub mod exec;
 pub mod flags;

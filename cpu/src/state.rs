@@ -285,8 +285,9 @@ pub struct CpuState {
     pub halted: u32,
     /// Interrupts are inhibited for one instruction (after STI, MOV SS, POP SS).
     pub irq_shadow: u32,
-    /// Reserved for alignment.
-    pub _pad: u32,
+    /// DR6 B0-B3 bits of data breakpoints hit by the current instruction (a #DB trap
+    /// is raised after it).
+    pub dbg_pending: u32,
     /// Instructions retired since reset.
     pub icount: u64,
     /// The x87 FPU.
@@ -357,7 +358,7 @@ impl CpuState {
             cpl: 0,
             halted: 0,
             irq_shadow: 0,
-            _pad: 0,
+            dbg_pending: 0,
             icount: 0,
             fpu: X87State::default(),
         }

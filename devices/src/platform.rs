@@ -567,7 +567,16 @@ impl IoBus for Platform {
     fn stop_requested(&self) -> bool {
         self.requests.is_pending()
     }
+
+    /// FERR# from the x87 (CR0.NE=0) raises IRQ13, as on the PC/AT.
+    fn fpu_error(&mut self) {
+        self.irqs.line(FERR_IRQ).pulse();
+        self.sync_irqs();
+    }
 }
+
+/// The interrupt line the PC wires the x87's FERR# to.
+const FERR_IRQ: u8 = 13;
 
 #[cfg(test)]
 mod tests {
@@ -713,6 +722,17 @@ mod tests {
         outb(&mut p, 0x20, 0x20);
         assert!(!p.intr_pending());
         assert!(p.next_event_ns().unwrap() > t);
+    }
+
+    #[test]
+    fn ferr_raises_irq13() {
+        // PC/AT: the x87's FERR# drives IRQ13 (slave input 5).
+        let (mut p, _b) = platform();
+        init_pic(&mut p, 0xfb, 0xdf);
+        assert!(!p.intr_pending());
+        p.fpu_error();
+        assert!(p.intr_pending());
+        assert_eq!(p.intr_ack(), 0x3d);
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub trait IoBus {
     fn intr_ack(&mut self) -> u8 {
         0x0f
     }
+    /// The x87 signals an unmasked exception on FERR# (CR0.NE=0): on a PC this raises
+    /// IRQ13 through the interrupt controller.
+    fn fpu_error(&mut self) {}
     /// Whether a device asks the CPU to stop running (exit port, reset, host request).
     /// The CPU checks this after every I/O instruction and at block boundaries.
     fn stop_requested(&self) -> bool {

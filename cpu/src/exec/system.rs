@@ -278,6 +278,11 @@ pub fn exec_mov_dr(e: &mut Exec<'_>, i: &Instruction) -> Fault {
             7 => (v | 0x400) & !0x2000,
             _ => v,
         };
+        // Pages holding data breakpoints must leave the TLB fast path (and the others
+        // may return to it).
+        if n != 6 {
+            e.flush_tlb();
+        }
     } else {
         reg_write(e.s, i.op0_register(), e.s.dr[n]);
     }

@@ -88,9 +88,9 @@ pub fn exec_x87(e: &mut Exec<'_>, i: &Instruction) -> Fault {
         if cr0 & CR0_NE != 0 {
             return Err(Exception::MF);
         }
-        // CR0.NE=0 reports through FERR#/IRQ13, which this machine does not wire:
-        // the instruction proceeds, as on a PC whose chipset ignores FERR#.
-        tracing::debug!(target: "ox86::cpu", "x87 exception pending with CR0.NE=0");
+        // CR0.NE=0: the error goes out on FERR#, which a PC routes to IRQ13; the
+        // instruction proceeds (IGNNE# is asserted by the chipset).
+        e.io.fpu_error();
     }
     if wait {
         return Ok(());
