@@ -31,7 +31,8 @@ pub mod edx {
     pub const FXSR: u32 = 1 << 24;
 }
 
-/// The features ox86 advertises in leaf 1 EDX.
+/// The features ox86 advertises in leaf 1 EDX. DE is left out: CR4.DE works (DR4/DR5
+/// raise #UD) but I/O breakpoints are not implemented.
 pub const FEATURES_EDX: u32 = edx::FPU
     | edx::DE
     | edx::PSE
