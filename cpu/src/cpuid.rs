@@ -34,7 +34,6 @@ pub mod edx {
 /// The features ox86 advertises in leaf 1 EDX. DE is left out: CR4.DE works (DR4/DR5
 /// raise #UD) but I/O breakpoints are not implemented.
 pub const FEATURES_EDX: u32 = edx::FPU
-    | edx::DE
     | edx::PSE
     | edx::TSC
     | edx::MSR
@@ -74,6 +73,11 @@ mod tests {
             cpuid(1, 0)[3] & edx::VME,
             0,
             "VME is not implemented and must not be advertised"
+        );
+        assert_eq!(
+            cpuid(1, 0)[3] & edx::DE,
+            0,
+            "I/O breakpoints are not implemented"
         );
     }
 }
