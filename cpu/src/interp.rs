@@ -4,7 +4,10 @@
 use ox86_mmu::paging::Access;
 use ox86_mmu::{PhysAddr, PAGE_MASK};
 
-use crate::block::{decode_block, Block};
+use crate::block::{decode_block, Block, MAX_BLOCK_INSNS};
+
+/// Most bytes a block can span.
+const MAX_BLOCK_BYTES: u64 = MAX_BLOCK_INSNS as u64 * 15;
 use crate::exception::{Exception, Fault};
 use crate::state::{CS, IF, TF};
 use crate::{Cpu, Exec};
@@ -194,7 +197,8 @@ impl Exec<'_> {
         }
         let page_left = PAGE_MASK + 1 - (lin & PAGE_MASK);
         let lim_left = cs.hi as u64 - eip + 1;
-        let avail = page_left.min(lim_left) as usize;
+        // A block holds at most MAX_BLOCK_INSNS instructions of at most 15 bytes.
+        let avail = page_left.min(lim_left).min(MAX_BLOCK_BYTES) as usize;
         let mut bytes = vec![0u8; avail];
         self.mem.read_phys(PhysAddr(phys), &mut bytes);
         let select = crate::exec::select;

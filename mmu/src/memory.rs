@@ -158,15 +158,24 @@ impl Memory {
     /// Reads guest RAM or ROM bytes; MMIO and unmapped bytes read as 0xff.
     /// For loaders, debuggers and DMA: no device side effects.
     pub fn read_phys(&self, addr: PhysAddr, buf: &mut [u8]) {
-        for (i, b) in buf.iter_mut().enumerate() {
+        // Regions are page-aligned, so one lookup serves a whole page.
+        let mut i = 0usize;
+        while i < buf.len() {
             let a = addr.0.wrapping_add(i as u64);
-            *b = match self.region(PhysAddr(a)) {
-                // SAFETY: region() returns pointers inside RAM or ROM for this exact address.
-                Region::Ram(p) => unsafe { *p },
-                // SAFETY: as above.
-                Region::Rom(p) => unsafe { *p },
-                Region::Mmio => 0xff,
+            let n = ((PAGE_SIZE - (a % PAGE_SIZE)) as usize).min(buf.len() - i);
+            let src = match self.region(PhysAddr(a)) {
+                Region::Ram(p) => p as *const u8,
+                Region::Rom(p) => p,
+                Region::Mmio => {
+                    buf[i..i + n].fill(0xff);
+                    i += n;
+                    continue;
+                }
             };
+            // SAFETY: region() returns a pointer valid to the end of its page, and the
+            // n bytes stay within that page.
+            unsafe { std::ptr::copy_nonoverlapping(src, buf[i..].as_mut_ptr(), n) };
+            i += n;
         }
     }
 
