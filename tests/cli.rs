@@ -89,3 +89,75 @@ fn stats_report_instructions_and_mips() {
     );
     assert!(out.stdout.is_empty(), "--serial none still printed");
 }
+
+/// Assembles a tiny Multiboot kernel (a.out kludge, loaded at 1 MiB) with nasm.
+fn tiny_kernel(name: &str, body: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ox86-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("k.asm");
+    let out = dir.join("k.bin");
+    let asm = format!(
+        "bits 32\norg 0x100000\nmb: dd 0x1BADB002, 0x00010000, -(0x1BADB002 + 0x00010000)\n\
+         dd mb, mb, end, end, start\nstart:\n{body}\nend:\n"
+    );
+    std::fs::write(&src, asm).unwrap();
+    let st = std::process::Command::new("nasm")
+        .args(["-f", "bin", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("nasm");
+    assert!(st.success());
+    out
+}
+
+#[test]
+fn no_reboot_ends_on_reset_and_triple_fault() {
+    // Fast reset through port 0x92.
+    let k = tiny_kernel("reset", "mov al, 1\nout 0x92, al\njmp $");
+    let out = run_ox86(
+        &["run", "--kernel", k.to_str().unwrap(), "--no-reboot"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Triple fault: an empty IDT and a breakpoint.
+    let k = tiny_kernel("triple", "lidt [idt]\nint3\njmp $\nidt: dw 0\ndd 0");
+    let out = run_ox86(
+        &["run", "--kernel", k.to_str().unwrap(), "--no-reboot"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Without --no-reboot the guest is rebooted (and resets again, until the limit).
+    let out = run_ox86(
+        &[
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--max-insns",
+            "100000",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("instruction limit"));
+}
+
+#[test]
+fn serial_to_file_and_exit_status() {
+    let k = tiny_kernel(
+        "serial",
+        "mov dx, 0x3f8\nmov al, 'h'\nout dx, al\nmov al, 'i'\nout dx, al\nmov al, 0x2a\nout 0xf4, al\njmp $",
+    );
+    let dir = std::env::temp_dir().join(format!("ox86-cli-{}-serialfile", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("com1.txt");
+    let spec = format!("file:{}", f.display());
+    let out = run_ox86(
+        &["run", "--kernel", k.to_str().unwrap(), "--serial", &spec],
+        Duration::from_secs(30),
+    );
+    // isa-debug-exit: status (0x2a << 1) | 1 = 85.
+    assert_eq!(out.status.code(), Some(85), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "hi");
+}
