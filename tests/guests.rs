@@ -1,6 +1,7 @@
 //! Guest programs (tests/guests) run through `ox86 run` as a user would: real mode,
-//! protected mode, paging, rings, interrupts and faults, V86, and a bare-metal C
-//! program whose output must equal the same C code run natively on the host.
+//! protected mode, paging, rings, interrupts and faults, V86, debug exceptions and
+//! breakpoints, #AC and x87 IRQ 13, and a bare-metal C program whose output must
+//! equal the same C code run natively on the host.
 
 mod common;
 
@@ -50,6 +51,18 @@ fn rings_gates_tasks_faults() {
 #[test]
 fn v86_mode() {
     run_checked("v86");
+}
+
+#[test]
+fn debug_single_step_breakpoints() {
+    run_checked("debug");
+}
+
+/// #AC and x87 errors through IRQ 13 (CR0.NE=0): checked against the SDM only, as
+/// QEMU does not implement #AC and aborts on FERR# (see tests/guests/align.asm).
+#[test]
+fn align_check_and_x87_irq13() {
+    run_checked("align");
 }
 
 #[test]

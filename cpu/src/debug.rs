@@ -89,13 +89,18 @@ impl Exec<'_> {
     }
 
     /// After an instruction ran with debugging armed: the #DB trap for a single step
-    /// (TF was set when it started) or a data breakpoint, if any. RF is cleared.
+    /// (TF was set when it started) or a data breakpoint, if any. RF, if it was set
+    /// when the instruction started, has done its job and is cleared; RF set by the
+    /// instruction itself (IRET) stays for the next one.
     pub fn debug_trap_after(
         &mut self,
         tf_before: bool,
+        rf_before: bool,
         software_interrupt: bool,
     ) -> Option<Exception> {
-        self.s.flags &= !RF;
+        if rf_before {
+            self.s.flags &= !RF;
+        }
         let data = std::mem::take(&mut self.s.dbg_pending) as u64;
         let step = tf_before && !software_interrupt;
         if data == 0 && !step {

@@ -9,7 +9,7 @@ use crate::block::{decode_block, Block, MAX_BLOCK_INSNS};
 /// Most bytes a block can span.
 const MAX_BLOCK_BYTES: u64 = MAX_BLOCK_INSNS as u64 * 15;
 use crate::exception::{Exception, Fault};
-use crate::state::{CS, IF, TF};
+use crate::state::{CS, IF, RF, TF};
 use crate::{Cpu, Exec};
 use iced_x86::Mnemonic;
 
@@ -92,7 +92,9 @@ impl Exec<'_> {
             block.execs += 1;
             let insns = block.insns.clone();
             let debug = self.debug_armed();
-            let n = if debug {
+            // One instruction at a time while debugging, and in an interrupt shadow (so
+            // that an interrupt is taken right after the instruction following STI).
+            let n = if debug || shadow {
                 1
             } else {
                 insns.len().min((end - self.s.icount) as usize)
@@ -109,6 +111,7 @@ impl Exec<'_> {
             for d in &insns[..n] {
                 let ip = self.s.rip;
                 let tf = self.s.flags & TF != 0;
+                let rf = self.s.flags & RF != 0;
                 self.s.rip = d.next_ip;
                 if let Err(ex) = (d.handler)(self, &d.insn) {
                     self.s.rip = ip;
@@ -126,7 +129,7 @@ impl Exec<'_> {
                         Mnemonic::Int | Mnemonic::Int3 | Mnemonic::Int1
                     ) || (d.insn.mnemonic() == Mnemonic::Into
                         && self.s.rip != d.next_ip);
-                    if let Some(ex) = self.debug_trap_after(tf, soft_int) {
+                    if let Some(ex) = self.debug_trap_after(tf, rf, soft_int) {
                         self.s.icount += retired;
                         retired = 0;
                         events += 1;
