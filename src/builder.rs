@@ -1,5 +1,6 @@
 //! Building a [`Machine`] in small steps.
 
+use crate::clock::ClockMode;
 use crate::error::MachineError;
 use crate::machine::{Guest, Machine, SerialOut};
 
@@ -11,6 +12,7 @@ pub struct MachineBuilder {
     guest: Option<Guest>,
     no_reboot: bool,
     max_insns: Option<u64>,
+    clock: ClockMode,
 }
 
 impl Default for MachineBuilder {
@@ -28,6 +30,7 @@ impl MachineBuilder {
             guest: None,
             no_reboot: false,
             max_insns: None,
+            clock: ClockMode::Realtime,
         }
     }
 
@@ -65,6 +68,15 @@ impl MachineBuilder {
         self
     }
 
+    /// Derive guest time from the instruction count: 2^shift ns per instruction. Runs
+    /// are then deterministic.
+    pub fn icount(mut self, shift: u32) -> Self {
+        self.clock = ClockMode::Icount {
+            shift: shift.min(10),
+        };
+        self
+    }
+
     /// Boot the built-in demo guest.
     pub fn demo(mut self) -> Self {
         self.guest = Some(Guest::Demo);
@@ -74,6 +86,13 @@ impl MachineBuilder {
     /// Creates the machine and loads its guest.
     pub fn build(self) -> Result<Machine, MachineError> {
         let guest = self.guest.ok_or(MachineError::NoGuest)?;
-        Machine::new(self.ram, self.serial, guest, self.no_reboot, self.max_insns)
+        Machine::new(
+            self.ram,
+            self.serial,
+            guest,
+            self.no_reboot,
+            self.max_insns,
+            self.clock,
+        )
     }
 }

@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 mod builder;
+mod bus;
+pub mod clock;
 mod error;
 mod machine;
 

@@ -2,6 +2,8 @@
 //! on a virtual clock.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ox86_bios::{EntryMode, EntryState};
@@ -9,9 +11,12 @@ use ox86_cpu::state::{
     attr, Segment, CR0_PE, CS, DS, ES, FS, GS, IF, RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP, SS,
 };
 use ox86_cpu::{Cpu, CpuExit, RunLimits};
+use ox86_devices::uart::SerialInput;
 use ox86_devices::{Platform, PlatformConfig};
 use ox86_mmu::{Memory, PhysAddr};
 
+use crate::bus::MachineBus;
+use crate::clock::{Clock, ClockMode};
 use crate::error::MachineError;
 
 /// Where the guest's COM1 output goes.
@@ -61,6 +66,8 @@ pub enum ExitReason {
     Halted,
     /// The instruction limit was reached.
     InstructionLimit,
+    /// The host asked to quit (the console's Ctrl-A x).
+    Quit,
 }
 
 /// Counters for `--stats`.
@@ -80,15 +87,18 @@ pub struct MachineStats {
     pub interrupts: u64,
 }
 
-/// How many instructions the CPU runs between device/timer checks.
-const SLICE: u64 = 200_000;
+/// Most instructions the CPU runs between device, timer and quit checks.
+const SLICE: u64 = 100_000;
+/// Longest host sleep of an idle guest before input and quit are looked at again.
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(10);
 
 /// A whole PC.
 pub struct Machine {
     pub(crate) cpu: Cpu,
     pub(crate) mem: Memory,
-    pub(crate) platform: Platform,
+    pub(crate) bus: MachineBus,
     pub(crate) guest: Guest,
+    pub(crate) quit: Arc<AtomicBool>,
     pub(crate) no_reboot: bool,
     pub(crate) max_insns: Option<u64>,
 }
@@ -110,6 +120,7 @@ impl Machine {
         guest: Guest,
         no_reboot: bool,
         max_insns: Option<u64>,
+        clock: ClockMode,
     ) -> Result<Machine, MachineError> {
         let mem = Memory::new(ram)?;
         let out: Box<dyn Write + Send> = match serial {
@@ -126,11 +137,17 @@ impl Machine {
             .with_ram_size(ram)
             .with_rtc_start(now);
         let platform = Platform::new(config).map_err(|e| MachineError::Devices(e.to_string()))?;
+        let bus = MachineBus {
+            platform,
+            clock: Clock::new(clock),
+        };
+        let quit = Arc::new(AtomicBool::new(false));
         let mut m = Machine {
             cpu: Cpu::new(),
             mem,
-            platform,
+            bus,
             guest,
+            quit,
             no_reboot,
             max_insns,
         };
@@ -186,13 +203,34 @@ impl Machine {
         &self.mem
     }
 
-    /// Runs the guest until it exits, resets (with `no_reboot`), halts for good, or
-    /// reaches the instruction limit.
+    /// A handle that feeds host input to COM1.
+    pub fn serial_input(&self) -> Option<SerialInput> {
+        self.bus.platform.serial_input(0)
+    }
+
+    /// A flag that, once set (from any thread), ends the run with [`ExitReason::Quit`].
+    pub fn quit_flag(&self) -> Arc<AtomicBool> {
+        self.quit.clone()
+    }
+
+    /// Runs the guest until it exits, resets (with `no_reboot`), halts for good,
+    /// reaches the instruction limit, or the host asks to quit.
     pub fn run(&mut self) -> Result<ExitReason, MachineError> {
         loop {
+            if self.quit.load(Ordering::Relaxed) {
+                return Ok(ExitReason::Quit);
+            }
+            let icount = self.cpu.state.icount;
+            self.bus.advance(icount);
             let mut budget = SLICE;
+            // With time derived from instructions, stop exactly at the next device event.
+            if let Some(t) = self.bus.platform.next_event_ns() {
+                if let Some(n) = self.bus.clock.insns_until(icount, t) {
+                    budget = budget.min(n);
+                }
+            }
             if let Some(max) = self.max_insns {
-                let left = max.saturating_sub(self.cpu.state.icount);
+                let left = max.saturating_sub(icount);
                 if left == 0 {
                     return Ok(ExitReason::InstructionLimit);
                 }
@@ -200,12 +238,11 @@ impl Machine {
             }
             let exit = self.cpu.run(
                 &mut self.mem,
-                &mut self.platform,
+                &mut self.bus,
                 RunLimits { max_insns: budget },
             );
-            // Virtual time follows the instruction count (1 instruction = 1 ns).
-            self.platform.advance_to(self.cpu.state.icount);
-            let req = self.platform.take_requests();
+            self.bus.advance(self.cpu.state.icount);
+            let req = self.bus.platform.take_requests();
             if let Some(a20) = req.a20 {
                 self.mem.set_a20(a20);
                 self.cpu.flush_tlb();
@@ -214,12 +251,12 @@ impl Machine {
                 let _ = std::io::stdout().flush();
                 return Ok(ExitReason::GuestExit(status));
             }
-            let reset = req.reset.is_some() || exit == CpuExit::Shutdown;
-            if reset {
+            if req.reset.is_some() || exit == CpuExit::Shutdown {
                 if self.no_reboot {
                     return Ok(ExitReason::Reset);
                 }
                 tracing::info!(target: "ox86::machine", "guest reset: reloading the guest");
+                self.bus.platform.reset();
                 self.load_guest()?;
                 continue;
             }
@@ -227,14 +264,13 @@ impl Machine {
                 if self.cpu.state.flags & IF == 0 {
                     return Ok(ExitReason::Halted);
                 }
-                // Idle: jump virtual time to the next device event, or wait for input.
-                match self.platform.next_event_ns() {
-                    Some(t) if t > self.cpu.state.icount => {
-                        self.cpu.state.icount = t;
-                        self.platform.advance_to(t);
-                    }
-                    Some(_) => {}
-                    None => std::thread::sleep(Duration::from_millis(5)),
+                // Idle: wait for the next device event (or input), costing no host CPU.
+                let next = self.bus.platform.next_event_ns();
+                let icount = self.cpu.state.icount;
+                self.bus.clock.idle_until(icount, next, MAX_IDLE_WAIT);
+                if next.is_none() && matches!(self.bus.clock.mode(), ClockMode::Icount { .. }) {
+                    // Nothing but host input can wake the guest.
+                    std::thread::sleep(MAX_IDLE_WAIT);
                 }
             }
         }

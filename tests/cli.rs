@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{root, run_ox86, text};
+use common::{root, run_ox86, run_ox86_input, text};
 
 #[test]
 fn demo_guest_runs_and_matches_qemu_recording() {
@@ -160,4 +160,38 @@ fn serial_to_file_and_exit_status() {
     assert_eq!(out.status.code(), Some(85), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty());
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "hi");
+}
+
+/// A guest that echoes COM1 input back until it reads 'q', then exits with status 3.
+const ECHO: &str = "mov dx, 0x3fd\npoll: in al, dx\ntest al, 1\njz poll\nmov dx, 0x3f8\nin al, dx\n\
+                    cmp al, 'q'\nje done\nout dx, al\nmov dx, 0x3fd\njmp poll\ndone: mov al, 1\nout 0xf4, al\njmp $";
+
+#[test]
+fn console_input_reaches_the_guest() {
+    let k = tiny_kernel("echo", ECHO);
+    let out = run_ox86_input(
+        &["run", "--kernel", k.to_str().unwrap()],
+        Some(b"hello, guest\x01\x01!q"),
+        Duration::from_secs(30),
+    );
+    // Ctrl-A Ctrl-A sends one Ctrl-A.
+    assert_eq!(out.stdout, b"hello, guest\x01!");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+}
+
+#[test]
+fn ctrl_a_x_quits_at_any_moment() {
+    let k = tiny_kernel("spin", "spin: jmp spin");
+    let start = std::time::Instant::now();
+    let out = run_ox86_input(
+        &["run", "--kernel", k.to_str().unwrap()],
+        Some(b"\x01x"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "quit took {:?}",
+        start.elapsed()
+    );
 }

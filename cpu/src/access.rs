@@ -241,6 +241,7 @@ impl Exec<'_> {
     fn read_phys_range(&mut self, pa: u64, buf: &mut [u8]) {
         match self.mem.region(PhysAddr(pa)) {
             Region::Mmio => {
+                self.io.sync(self.s.icount);
                 let n = buf.len();
                 if matches!(n, 1 | 2 | 4 | 8) {
                     let v = self.io.mmio_read(PhysAddr(pa), n as u8);
@@ -277,6 +278,7 @@ impl Exec<'_> {
     fn write_phys_range(&mut self, pa: u64, data: &[u8]) {
         match self.mem.region(PhysAddr(pa)) {
             Region::Mmio => {
+                self.io.sync(self.s.icount);
                 let n = data.len();
                 if matches!(n, 1 | 2 | 4 | 8) {
                     let mut b = [0u8; 8];

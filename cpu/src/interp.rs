@@ -107,7 +107,8 @@ impl Exec<'_> {
                     continue;
                 }
             }
-            let mut retired = 0u64;
+            // The instruction count is kept exact at every instruction, so that device
+            // time seen by I/O (and RDTSC) is a function of it.
             for d in &insns[..n] {
                 let ip = self.s.rip;
                 let tf = self.s.flags & TF != 0;
@@ -115,14 +116,12 @@ impl Exec<'_> {
                 self.s.rip = d.next_ip;
                 if let Err(ex) = (d.handler)(self, &d.insn) {
                     self.s.rip = ip;
-                    self.s.icount += retired;
-                    retired = 0;
                     events += 1;
                     self.s.dbg_pending = 0;
                     self.raise(ex);
                     break;
                 }
-                retired += 1;
+                self.s.icount += 1;
                 if debug {
                     let soft_int = matches!(
                         d.insn.mnemonic(),
@@ -130,8 +129,6 @@ impl Exec<'_> {
                     ) || (d.insn.mnemonic() == Mnemonic::Into
                         && self.s.rip != d.next_ip);
                     if let Some(ex) = self.debug_trap_after(tf, rf, soft_int) {
-                        self.s.icount += retired;
-                        retired = 0;
                         events += 1;
                         self.raise(ex);
                         break;
@@ -145,7 +142,6 @@ impl Exec<'_> {
                     break;
                 }
             }
-            self.s.icount += retired;
         }
     }
 

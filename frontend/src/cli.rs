@@ -50,6 +50,10 @@ struct RunArgs {
     /// Stop after this many guest instructions.
     #[arg(long)]
     max_insns: Option<u64>,
+    /// Derive guest time from the instruction count (2^SHIFT ns per instruction), so
+    /// that runs are deterministic.
+    #[arg(long, value_name = "SHIFT", num_args = 0..=1, default_missing_value = "0")]
+    icount: Option<u32>,
 }
 
 /// Parses the command line; on error prints one line and returns the exit code.
@@ -113,6 +117,12 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
     if let Some(n) = a.max_insns {
         b = b.max_insns(n);
     }
+    if let Some(shift) = a.icount {
+        if shift > 10 {
+            bail!("--icount shift {shift} is too large (0-10)");
+        }
+        b = b.icount(shift);
+    }
     b = match &a.kernel {
         Some(k) => {
             let image = read_file(k, "kernel")?;
@@ -130,8 +140,19 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
         }
     };
     let mut m = b.build().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The terminal is the serial console when COM1 is on stdio; the guard restores it
+    // on every way out of this function.
+    let raw = if a.serial == "stdio" {
+        if let Some(input) = m.serial_input() {
+            crate::console::spawn_input(input, m.quit_flag());
+        }
+        Some(crate::console::raw_mode())
+    } else {
+        None
+    };
     let start = Instant::now();
     let reason = m.run().map_err(|e| anyhow::anyhow!("{e}"))?;
+    drop(raw);
     let wall = start.elapsed();
     if a.stats {
         let s = m.stats();
@@ -155,6 +176,7 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
             eprintln!("ox86: the guest halted with interrupts disabled");
             ExitCode::SUCCESS
         }
+        ExitReason::Quit => ExitCode::SUCCESS,
         ExitReason::InstructionLimit => {
             eprintln!("ox86: instruction limit reached");
             ExitCode::from(3)

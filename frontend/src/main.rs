@@ -1,6 +1,7 @@
 //! The `ox86` command: runs a guest (a kernel image, or the built-in demo guest).
 
 mod cli;
+mod console;
 mod size;
 
 use std::process::ExitCode;

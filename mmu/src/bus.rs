@@ -16,6 +16,14 @@ pub trait IoBus {
     fn mmio_read(&mut self, addr: PhysAddr, size: u8) -> u64;
     /// Writes `size` (1, 2, 4 or 8) bytes of MMIO space.
     fn mmio_write(&mut self, addr: PhysAddr, size: u8, value: u64);
+    /// Tells the bus how many instructions have retired, before every port or MMIO
+    /// access, so that device time can follow the guest exactly.
+    fn sync(&mut self, _icount: u64) {}
+    /// The time-stamp counter at this instruction count (RDTSC), before the guest's
+    /// IA32_TSC adjustment. Without a clock, one tick per instruction.
+    fn tsc(&mut self, icount: u64) -> u64 {
+        icount
+    }
     /// Whether a maskable interrupt is being requested (the INTR pin).
     fn intr_pending(&self) -> bool {
         false

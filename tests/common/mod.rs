@@ -50,13 +50,31 @@ pub fn guests_dir() -> &'static Path {
 
 /// Runs `ox86` with `args`, killing it after `timeout`. Returns its output.
 pub fn run_ox86(args: &[&str], timeout: Duration) -> Output {
+    run_ox86_input(args, None, timeout)
+}
+
+/// Runs `ox86` with `args` and `input` on its standard input (then kept open, as a
+/// terminal would be), killing it after `timeout`.
+pub fn run_ox86_input(args: &[&str], input: Option<&[u8]>, timeout: Duration) -> Output {
     let mut child = Command::new(ox86_bin())
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ox86");
+    // Keep stdin open until the process ends: EOF is not a user action.
+    let _stdin = input.map(|bytes| {
+        use std::io::Write;
+        let mut w = child.stdin.take().expect("stdin");
+        w.write_all(bytes).expect("write stdin");
+        w.flush().expect("flush stdin");
+        w
+    });
     let start = Instant::now();
     loop {
         if child.try_wait().expect("wait").is_some() {

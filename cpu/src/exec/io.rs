@@ -34,6 +34,20 @@ impl Exec<'_> {
     }
 }
 
+impl Exec<'_> {
+    /// Reads a port, with device time brought up to this instruction.
+    pub fn port_in(&mut self, port: u16, size: u32) -> u32 {
+        self.io.sync(self.s.icount);
+        self.io.port_read(Port(port), size as u8)
+    }
+
+    /// Writes a port, with device time brought up to this instruction.
+    pub fn port_out(&mut self, port: u16, size: u32, v: u32) {
+        self.io.sync(self.s.icount);
+        self.io.port_write(Port(port), size as u8, v);
+    }
+}
+
 fn port_of(e: &Exec<'_>, i: &Instruction, n: u32) -> u16 {
     match i.op_kind(n) {
         OpKind::Register => e.s.regs[RDX] as u16,
@@ -45,7 +59,7 @@ fn port_of(e: &Exec<'_>, i: &Instruction, n: u32) -> u16 {
 pub fn exec_in<W: Word>(e: &mut Exec<'_>, i: &Instruction) -> Fault {
     let port = port_of(e, i, 1);
     e.check_io(port, W::SIZE)?;
-    let v = e.io.port_read(Port(port), W::SIZE as u8) as u64;
+    let v = e.port_in(port, W::SIZE) as u64;
     let m = size_mask(W::SIZE);
     e.s.regs[RAX] = if W::SIZE == 4 {
         v & m
@@ -60,6 +74,6 @@ pub fn exec_out<W: Word>(e: &mut Exec<'_>, i: &Instruction) -> Fault {
     let port = port_of(e, i, 0);
     e.check_io(port, W::SIZE)?;
     let v = e.s.regs[RAX] & size_mask(W::SIZE);
-    e.io.port_write(Port(port), W::SIZE as u8, v as u32);
+    e.port_out(port, W::SIZE, v as u32);
     Ok(())
 }

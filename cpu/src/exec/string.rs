@@ -121,14 +121,14 @@ pub fn exec_string<W: Word>(e: &mut Exec<'_>, i: &Instruction) -> Fault {
                 // The destination is checked before the port is read (no lost input).
                 e.probe_write(ES, di, W::SIZE)?;
                 let port = e.s.regs[RDX] as u16;
-                let v = e.io.port_read(ox86_mmu::Port(port), W::SIZE as u8) as u64;
+                let v = e.port_in(port, W::SIZE) as u64;
                 e.write::<W>(ES, di, W::from_u64(v))?;
                 adv(e, RDI, step, am);
             }
             Op::Outs => {
                 let v = e.read::<W>(src_seg, si)?.to_u64();
                 let port = e.s.regs[RDX] as u16;
-                e.io.port_write(ox86_mmu::Port(port), W::SIZE as u8, v as u32);
+                e.port_out(port, W::SIZE, v as u32);
                 adv(e, RSI, step, am);
             }
         }

@@ -342,9 +342,12 @@ pub fn exec_cpuid(e: &mut Exec<'_>, _i: &Instruction) -> Fault {
 }
 
 impl Exec<'_> {
-    /// The time-stamp counter: derived from the retired-instruction count.
-    pub fn tsc(&self) -> u64 {
-        self.s.icount.wrapping_add(self.s.msr.tsc_offset)
+    /// The time-stamp counter: the machine's clock at this instruction, plus the
+    /// guest's IA32_TSC adjustment.
+    pub fn tsc(&mut self) -> u64 {
+        self.io
+            .tsc(self.s.icount)
+            .wrapping_add(self.s.msr.tsc_offset)
     }
 }
 
@@ -381,7 +384,7 @@ pub fn exec_rdmsr(e: &mut Exec<'_>, _i: &Instruction) -> Fault {
 pub fn exec_wrmsr(e: &mut Exec<'_>, _i: &Instruction) -> Fault {
     e.require_cpl0()?;
     let v = (e.s.regs[RDX] & 0xffff_ffff) << 32 | (e.s.regs[RAX] & 0xffff_ffff);
-    let tsc_now = e.s.icount;
+    let tsc_now = e.io.tsc(e.s.icount);
     let m = &mut e.s.msr;
     match e.s.regs[RCX] as u32 {
         0x10 => m.tsc_offset = v.wrapping_sub(tsc_now),
