@@ -293,6 +293,10 @@ fn apply_entry(cpu: &mut Cpu, e: &EntryState) {
         s.regs[r] = v as u64;
     }
     s.rip = e.eip as u64;
+    if let Some(g) = e.gdtr {
+        s.gdtr.base = g.base as u64;
+        s.gdtr.limit = g.limit as u32;
+    }
     match e.mode {
         EntryMode::Real {
             cs,

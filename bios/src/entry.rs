@@ -19,10 +19,12 @@ pub enum EntryMode {
         /// Stack segment (ESP is the offset in it).
         ss: u16,
     },
-    /// 32-bit protected mode as Multiboot specifies: CS is flat 32-bit ring-0 code
-    /// (base 0, limit 4 GiB), DS/ES/FS/GS/SS flat 32-bit writable data, CR0.PE=1,
-    /// paging off, EFLAGS.IF=0 and EFLAGS.VM=0. The GDTR/IDTR contents are
-    /// undefined: the guest loads its own before it reloads a segment register.
+    /// 32-bit protected mode as Multiboot and the Linux 32-bit boot protocol
+    /// specify: CS is flat 32-bit ring-0 code (base 0, limit 4 GiB, selector 0x10),
+    /// DS/ES/FS/GS/SS flat 32-bit writable data (selector 0x18), CR0.PE=1, paging
+    /// off, EFLAGS.IF=0 and EFLAGS.VM=0. The GDTR is [`EntryState::gdtr`] when
+    /// that is set, else undefined (the guest loads its own before it reloads a
+    /// segment register); the IDTR is undefined.
     Flat32,
 }
 
@@ -38,6 +40,16 @@ impl EntryMode {
             ss: seg,
         }
     }
+}
+
+/// A descriptor-table register value (GDTR): the table's linear base address and
+/// its limit (size in bytes minus one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gdtr {
+    /// Linear address of the table.
+    pub base: u32,
+    /// Size of the table in bytes, minus one.
+    pub limit: u16,
 }
 
 /// The CPU state a loader hands over. The machine converts it into its `CpuState`:
@@ -64,6 +76,11 @@ pub struct EntryState {
     pub ebp: u32,
     /// ESP (0 when the boot protocol leaves it undefined).
     pub esp: u32,
+    /// The GDTR to load before entry, when the loader put a GDT in guest memory
+    /// whose descriptors match the segment state of `mode` (Linux: entries 2 and
+    /// 3 are the flat code and data segments for selectors 0x10 and 0x18).
+    /// `None`: GDTR is left in its reset state.
+    pub gdtr: Option<Gdtr>,
 }
 
 impl EntryState {
@@ -93,6 +110,7 @@ impl EntryState {
             edi: 0,
             ebp: 0,
             esp: 0,
+            gdtr: None,
         }
     }
 }

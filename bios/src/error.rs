@@ -60,4 +60,41 @@ pub enum BootError {
     /// The boot information structure does not fit anywhere in free RAM.
     #[error("no room in RAM for the boot information ({0} bytes)")]
     NoRoomForInfo(u64),
+    /// The Linux bzImage is truncated or its setup header is inconsistent.
+    #[error("bad Linux bzImage: {0}")]
+    BadBzImage(String),
+    /// The bzImage speaks a boot protocol older than 2.10.
+    #[error(
+        "Linux boot protocol {}.{:02} is too old: ox86 needs 2.10 or later (Linux 2.6.31+)",
+        .0 >> 8,
+        .0 & 0xff
+    )]
+    OldBootProtocol(u16),
+    /// The kernel's load area and decompression buffer (`init_size`) end beyond RAM.
+    #[error("RAM too small for the kernel: needs {needs_mib} MiB")]
+    RamTooSmall {
+        /// RAM the kernel needs, in MiB, rounded up.
+        needs_mib: u64,
+    },
+    /// No page-aligned room for the initrd between the kernel and the limit
+    /// `min(initrd_addr_max, RAM end)`.
+    #[error("initrd of {mib} MiB does not fit in RAM")]
+    InitrdTooLarge {
+        /// Size of the initrd in MiB, rounded up.
+        mib: u64,
+    },
+    /// The command line is longer than the kernel accepts (`cmdline_size`).
+    #[error("kernel command line is {len} bytes; this kernel accepts at most {max}")]
+    CmdlineTooLong {
+        /// Its length in bytes, without the terminating NUL.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The command line contains a NUL byte, which would cut it short.
+    #[error("kernel command line contains a NUL byte")]
+    CmdlineNul,
+    /// More than one module was given to a Linux kernel.
+    #[error("a Linux kernel takes one initrd, {0} were given")]
+    TooManyInitrds(usize),
 }

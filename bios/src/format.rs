@@ -5,6 +5,7 @@ use ox86_mmu::Memory;
 use crate::elf::{load_elf, ELF_MAGIC};
 use crate::entry::EntryState;
 use crate::error::BootError;
+use crate::linux::load_linux;
 use crate::multiboot::{find_header, load_multiboot, Module};
 
 /// Offset of the Linux setup header signature.
@@ -37,7 +38,9 @@ pub fn detect(image: &[u8]) -> KernelFormat {
 }
 
 /// Detects the format of `image` and loads it with its command line and modules.
-/// A bare ELF takes neither a command line nor modules; they are ignored with a warning.
+/// A Linux bzImage takes at most one module, its initrd (the module's command line
+/// is ignored). A bare ELF takes neither a command line nor modules; they are
+/// ignored with a warning.
 pub fn load_kernel(
     mem: &mut Memory,
     image: &[u8],
@@ -55,9 +58,11 @@ pub fn load_kernel(
             }
             load_elf(mem, image)
         }
-        KernelFormat::LinuxBzImage => Err(BootError::Unsupported(
-            "Linux bzImage (boot protocol not implemented yet)",
-        )),
+        KernelFormat::LinuxBzImage => match modules {
+            [] => load_linux(mem, image, cmdline, None),
+            [initrd] => load_linux(mem, image, cmdline, Some(initrd.data)),
+            _ => Err(BootError::TooManyInitrds(modules.len())),
+        },
         KernelFormat::Unknown => Err(BootError::UnknownFormat),
     }
 }
@@ -66,8 +71,10 @@ pub fn load_kernel(
 mod tests {
     use super::*;
     use crate::elf::tests::build_elf32;
+    use crate::linux::tests::{build_bzimage, Bz};
     use crate::multiboot::tests::mb_elf_kernel;
     use goblin::elf::program_header::PT_LOAD;
+    use ox86_mmu::PhysAddr;
 
     #[test]
     fn detects_formats() {
@@ -104,8 +111,25 @@ mod tests {
         bz[0x202..0x206].copy_from_slice(b"HdrS");
         assert!(matches!(
             load_kernel(&mut mem, &bz, "", &[]),
-            Err(BootError::Unsupported(_))
+            Err(BootError::BadBzImage(_))
         ));
+        let bz = build_bzimage(&Bz {
+            relocatable: false,
+            pref_address: 0x10_0000,
+            init_size: 0x8000,
+            ..Bz::default()
+        });
+        let m = Module {
+            data: b"initrd!",
+            cmdline: "ignored",
+        };
+        let st = load_kernel(&mut mem, &bz, "quiet", &[m]).unwrap();
+        assert_eq!((st.eip, st.esi), (0x10_0000, 0x7000));
+        assert_eq!(mem.read_u32(PhysAddr(0x7000 + 0x21c)), 7, "initrd size");
+        assert_eq!(
+            load_kernel(&mut mem, &bz, "", &[m, m]),
+            Err(BootError::TooManyInitrds(2))
+        );
         assert_eq!(
             load_kernel(&mut mem, b"junk", "", &[]),
             Err(BootError::UnknownFormat)

@@ -8,6 +8,8 @@ use ox86_mmu::Memory;
 use crate::elf::load_elf;
 use crate::elf::tests::{build_elf32, build_elf64};
 use crate::format::{detect, load_kernel};
+use crate::linux::load_linux;
+use crate::linux::tests::{build_bzimage, Bz};
 use crate::multiboot::tests::{mb_elf_kernel, mb_header};
 use crate::multiboot::{load_multiboot, Module, HF_AOUT_KLUDGE};
 use goblin::elf::program_header::PT_LOAD;
@@ -71,16 +73,46 @@ fn seeds() -> Vec<Vec<u8>> {
             &[0x90; 0x20],
         ),
         build_elf64(u64::from(l), u64::from(l), u64::from(l), &mb64, 0x20),
+        // bzImages that fit the fuzzer's 2 MiB: relocatable (1 MiB-aligned)
+        // and not, with a small decompression buffer.
+        build_bzimage(&Bz {
+            kernel_alignment: 0x10_0000,
+            pref_address: 0x10_0000,
+            init_size: 0x4_0000,
+            kernel_len: 0x800,
+            ..Bz::default()
+        }),
+        build_bzimage(&Bz {
+            setup_sects: 1,
+            relocatable: false,
+            pref_address: 0x10_0000,
+            init_size: 0x2_0000,
+            initrd_addr_max: 0x1f_ffff,
+            cmdline_size: 255,
+            kernel_len: 0x400,
+            ..Bz::default()
+        }),
     ]
 }
 
 fn mutate(rng: &mut Rng, img: &mut Vec<u8>) {
     for _ in 0..=rng.below(4) {
-        match rng.below(6) {
-            // A header-ish field gets an interesting value.
+        match rng.below(7) {
+            // A header-ish field gets an interesting value: the first 0x140
+            // bytes (ELF, Multiboot) or the Linux setup header (0x1f0..0x270).
             0 | 1 if img.len() >= 4 => {
-                let off = (rng.below(img.len().min(0x140) as u64 - 3) as usize) & !3;
+                let off = if img.len() >= 0x270 && rng.below(2) == 0 {
+                    0x1f0 + (rng.below(0x80) as usize & !3)
+                } else {
+                    (rng.below(img.len().min(0x140) as u64 - 3) as usize) & !3
+                };
                 img[off..off + 4].copy_from_slice(&rng.value().to_le_bytes());
+            }
+            // A Linux setup-header byte (setup_sects, jump, loadflags...) gets a
+            // random value.
+            5 if img.len() >= 0x270 => {
+                const BYTES: [usize; 6] = [0x1f1, 0x201, 0x206, 0x207, 0x211, 0x234];
+                img[BYTES[rng.below(6) as usize]] = rng.next() as u8;
             }
             2 if !img.is_empty() => {
                 let off = rng.below(img.len() as u64) as usize;
@@ -106,10 +138,12 @@ fn run_all(mem: &mut Memory, img: &[u8], kinds: &mut BTreeSet<String>) -> bool {
         cmdline: "mod",
     }];
     let _ = detect(img);
+    let long = "x".repeat(300);
     let results = [
         load_kernel(mem, img, "cmdline", &mods),
         load_multiboot(mem, img, "", &[]),
         load_elf(mem, img),
+        load_linux(mem, img, &long, Some(&[0x5a; 0x10_0000])),
     ];
     for e in results.iter().filter_map(|r| r.as_ref().err()) {
         let name = format!("{e:?}");
@@ -173,6 +207,11 @@ fn loaders_never_panic() {
         "Unsupported",
         "Empty",
         "ModuleTooLarge",
+        "BadBzImage",
+        "OldBootProtocol",
+        "RamTooSmall",
+        "InitrdTooLarge",
+        "CmdlineTooLong",
     ] {
         assert!(kinds.contains(k), "no {k} error reached: {kinds:?}");
     }

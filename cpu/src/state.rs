@@ -227,6 +227,11 @@ pub struct Msrs {
     pub sysenter_eip: u64,
     /// IA32_MISC_ENABLE.
     pub misc_enable: u64,
+    /// IA32_BIOS_SIGN_ID: the microcode update signature (0: none loaded).
+    pub bios_sign_id: u64,
+    /// P6 performance-monitoring MSRs: PERFEVTSEL0/1 (0x186/0x187) and PERFCTR0/1
+    /// (0xC1/0xC2). They hold what the guest writes; the counters do not count.
+    pub perf: [u64; 4],
     /// IA32_PAT.
     pub pat: u64,
     /// MTRR default type.

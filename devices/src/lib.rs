@@ -9,7 +9,9 @@
 pub mod bus;
 pub mod cmos;
 pub mod debug_exit;
+pub mod i8042;
 pub mod irq;
+pub mod pci;
 pub mod pic;
 pub mod pit;
 pub mod platform;
@@ -19,6 +21,8 @@ pub mod sysctl;
 pub mod uart;
 
 pub use bus::{BusDevice, BusError, DeviceId, MmioBus, PortBus};
+pub use i8042::{KeyboardInput, I8042};
 pub use irq::{IrqLine, IrqLines};
+pub use pci::{PciFunction, PciHost};
 pub use platform::{Platform, PlatformConfig};
 pub use requests::{PendingRequests, Requests, ResetKind};

@@ -5,11 +5,12 @@
 //! |---|---|---|
 //! | 0x20-0x21, 0xa0-0xa1, 0x4d0-0x4d1 | [`Pic`] (8259A pair + ELCR) | (INTR) |
 //! | 0x40-0x43, 0x61 | [`Pit`] (8254, port B) | 0 |
+//! | 0x60, 0x64 | [`I8042`] (keyboard controller, PS/2 keyboard) | 1, 12 |
 //! | 0x70-0x71 | [`Cmos`] (MC146818 RTC + CMOS RAM) | 8 |
 //! | 0x3f8, 0x2f8, 0x3e8, 0x2e8 (+8) | [`Uart`] COM1-COM4 | 4, 3, 4, 3 |
 //! | 0x80 | [`PostCode`] | |
 //! | 0x92 | [`SystemControlA`] (A20, fast reset) | |
-//! | 0xcf9 | [`ResetControl`] | |
+//! | 0xcf8-0xcff | [`PciHost`] (config mechanism #1, i440FX + PIIX3; 0xcf9 reset control) | |
 //! | 0xf4-0xf7 | [`DebugExit`] | |
 //!
 //! More devices are attached with [`Platform::attach_port_device`] and
@@ -30,12 +31,17 @@ use thiserror::Error;
 use crate::bus::{BusDevice, BusError, DeviceId, MmioBus, PortBus};
 use crate::cmos::{Cmos, MemoryLayout, CMOS_PORT, CMOS_PORTS_LEN, RTC_IRQ};
 use crate::debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
+use crate::i8042::{
+    KeyboardInput, AUX_IRQ, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, KBD_IRQ, OFFSET_COMMAND,
+    OFFSET_DATA,
+};
 use crate::irq::{IrqLine, IrqLines};
+use crate::pci::{PciHost, PCI_CONFIG_ADDRESS, PCI_PORTS_LEN};
 use crate::pic::{Pic, OFFSET_ELCR, OFFSET_MASTER, OFFSET_SLAVE, PIC_ELCR, PIC_MASTER, PIC_SLAVE};
 use crate::pit::{Pit, OFFSET_PORT_61, PIT_BASE, PIT_IRQ, PIT_PORTS_LEN, PORT_61};
 use crate::post::{PostCode, POST_PORT};
 use crate::requests::{PendingRequests, Requests};
-use crate::sysctl::{ResetControl, SystemControlA, RESET_CONTROL_PORT, SYSCTL_PORT_A};
+use crate::sysctl::{SystemControlA, SYSCTL_PORT_A};
 use crate::uart::{SerialInput, Uart, COM_IRQS, COM_PORTS, UART_PORTS_LEN};
 
 /// Default start of the PCI hole: RAM above it is remapped above 4 GiB.
@@ -139,7 +145,8 @@ enum Slot {
     DebugExit,
     Post,
     SysCtlA,
-    ResetCtl,
+    I8042,
+    Pci,
     Ext(usize),
 }
 
@@ -158,7 +165,8 @@ pub struct Platform {
     debug_exit: DebugExit,
     post: PostCode,
     sysctl_a: SystemControlA,
-    reset_ctl: ResetControl,
+    i8042: I8042,
+    pci: PciHost,
     ext: Vec<Box<dyn BusDevice>>,
 }
 
@@ -205,7 +213,8 @@ impl Platform {
             debug_exit: DebugExit::new(requests.clone()),
             post: PostCode::new(),
             sysctl_a: SystemControlA::new(requests.clone()),
-            reset_ctl: ResetControl::new(requests.clone()),
+            i8042: I8042::new(irqs.line(KBD_IRQ), irqs.line(AUX_IRQ), requests.clone()),
+            pci: PciHost::new(requests.clone()),
             ext: Vec::new(),
             irqs,
             requests,
@@ -217,7 +226,7 @@ impl Platform {
                 p.pic.init_line(irq, changes.levels & (1 << irq) != 0);
             }
         }
-        let map: [(&'static str, Port, u16, Slot, u64); 11] = [
+        let map: [(&'static str, Port, u16, Slot, u64); 13] = [
             ("PIC master", PIC_MASTER, 2, Slot::Pic, OFFSET_MASTER),
             ("PIC slave", PIC_SLAVE, 2, Slot::Pic, OFFSET_SLAVE),
             ("ELCR", PIC_ELCR, 2, Slot::Pic, OFFSET_ELCR),
@@ -233,7 +242,15 @@ impl Platform {
             ),
             ("POST", POST_PORT, 1, Slot::Post, 0),
             ("port 0x92", SYSCTL_PORT_A, 1, Slot::SysCtlA, 0),
-            ("reset control", RESET_CONTROL_PORT, 1, Slot::ResetCtl, 0),
+            ("i8042 data", I8042_DATA_PORT, 1, Slot::I8042, OFFSET_DATA),
+            (
+                "i8042 command",
+                I8042_COMMAND_PORT,
+                1,
+                Slot::I8042,
+                OFFSET_COMMAND,
+            ),
+            ("PCI host", PCI_CONFIG_ADDRESS, PCI_PORTS_LEN, Slot::Pci, 0),
             ("COM1", COM_PORTS[0], UART_PORTS_LEN, Slot::Uart(0), 0),
         ];
         for (device, base, len, slot, offset) in map {
@@ -298,8 +315,8 @@ impl Platform {
             .insert_at_offset(base, len, Slot::Ext(id.0), first_offset)
     }
 
-    /// Unmaps the port range starting at `base` (for replacing a standard device, e.g. a
-    /// PCI host that takes over 0xcf8-0xcff including the reset control register).
+    /// Unmaps the port range starting at `base` (for replacing a standard device, e.g.
+    /// the PCI host at 0xcf8-0xcff).
     pub fn unmap_ports(&mut self, base: Port) -> Result<(), BusError> {
         self.ports.remove(base).map(|_| ())
     }
@@ -353,6 +370,7 @@ impl Platform {
         for u in &mut self.uarts {
             u.advance_to(now_ns);
         }
+        self.i8042.advance_to(now_ns);
         self.sync_irqs();
     }
 
@@ -379,8 +397,9 @@ impl Platform {
         next
     }
 
-    /// Hard reset: the PIC, PIT, UART registers, port 0x92, 0xcf9 and the RTC's interrupt
-    /// enables return to their power-on state; CMOS RAM, the clock and attached
+    /// Hard reset: the PIC, PIT, UART registers, port 0x92, the i8042, the PCI host
+    /// (CONFADD, 0xcf9, configuration spaces) and the RTC's interrupt enables return to
+    /// their power-on state; CMOS RAM, the clock, queued host input and attached
     /// extension devices are kept, and A20 returns to its configured state (not reported
     /// as a change).
     pub fn reset(&mut self) {
@@ -391,7 +410,8 @@ impl Platform {
             u.reset();
         }
         self.sysctl_a.reset();
-        self.reset_ctl.reset();
+        self.i8042.reset();
+        self.pci.reset();
         self.requests.reset_a20(self.a20_default);
         self.sync_irqs();
     }
@@ -399,6 +419,21 @@ impl Platform {
     /// A handle for feeding host input to COM1-COM4 (`index` 0-3).
     pub fn serial_input(&self, index: usize) -> Option<SerialInput> {
         self.uarts.get(index).map(Uart::input)
+    }
+
+    /// A handle for feeding host key presses (scancode set 2) to the PS/2 keyboard.
+    pub fn keyboard_input(&self) -> KeyboardInput {
+        self.i8042.input()
+    }
+
+    /// The keyboard controller.
+    pub fn i8042_mut(&mut self) -> &mut I8042 {
+        &mut self.i8042
+    }
+
+    /// The PCI host (e.g. for firmware to add functions or set PIRQ routing).
+    pub fn pci_mut(&mut self) -> &mut PciHost {
+        &mut self.pci
     }
 
     /// The UART of COM1-COM4 (`index` 0-3).
@@ -457,7 +492,8 @@ impl Platform {
             Slot::DebugExit => &mut self.debug_exit,
             Slot::Post => &mut self.post,
             Slot::SysCtlA => &mut self.sysctl_a,
-            Slot::ResetCtl => &mut self.reset_ctl,
+            Slot::I8042 => &mut self.i8042,
+            Slot::Pci => &mut self.pci,
             Slot::Ext(i) => &mut **self.ext.get_mut(i)?,
         })
     }
@@ -853,7 +889,7 @@ mod tests {
         assert_eq!(p.next_event_ns(), Some(6000));
         let kb = p
             .attach_port_device(
-                Port(0x60),
+                Port(0x300),
                 1,
                 Box::new(Counter {
                     reads: 0,
@@ -862,11 +898,11 @@ mod tests {
                 }),
             )
             .unwrap();
-        p.map_ports(kb, Port(0x64), 1, 4).unwrap();
-        assert_eq!(inb(&mut p, 0x64), 4);
+        p.map_ports(kb, Port(0x304), 1, 4).unwrap();
+        assert_eq!(inb(&mut p, 0x304), 4);
         assert!(p.device_mut(id).is_some());
         assert!(p.device_mut(DeviceId(99)).is_none());
-        // Taking over 0xcf8-0xcff needs 0xcf9 unmapped first.
+        // Taking over 0xcf8-0xcff needs the PCI host unmapped first.
         assert!(p
             .attach_port_device(
                 Port(0xcf8),
@@ -878,7 +914,8 @@ mod tests {
                 })
             )
             .is_err());
-        p.unmap_ports(Port(0xcf9)).unwrap();
+        assert!(p.unmap_ports(Port(0xcf9)).is_err());
+        p.unmap_ports(Port(0xcf8)).unwrap();
         assert!(p
             .attach_port_device(
                 Port(0xcf8),
@@ -896,6 +933,149 @@ mod tests {
         p.advance_to(6000);
         assert!(p.intr_pending());
         assert_eq!(p.intr_ack(), 0x31);
+    }
+
+    fn inl(p: &mut Platform, port: u16) -> u32 {
+        p.port_read(Port(port), 4)
+    }
+
+    fn outl(p: &mut Platform, port: u16, v: u32) {
+        p.port_write(Port(port), 4, v);
+    }
+
+    /// Linux `__i8042_command` over the platform's ports.
+    fn kbc_command(p: &mut Platform, cmd: u8, params: &[u8], replies: usize) -> Vec<u8> {
+        outb(p, 0x64, cmd);
+        for &b in params {
+            assert_eq!(inb(p, 0x64) & 0x02, 0, "IBF clear before each parameter");
+            outb(p, 0x60, b);
+        }
+        (0..replies)
+            .map(|_| {
+                assert_eq!(inb(p, 0x64) & 0x01, 0x01, "OBF for reply to {cmd:#x}");
+                inb(p, 0x60)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn linux_i8042_probe_end_to_end() {
+        // drivers/input/serio/i8042.c i8042_probe on a PIC with IRQ 1, 2 and 12 unmasked.
+        let (mut p, _b) = platform();
+        init_pic(&mut p, 0xf9, 0xef);
+        // i8042_controller_check: flush finds nothing, status is not 0xff.
+        assert_eq!(inb(&mut p, 0x64) & 0x01, 0);
+        assert_eq!(kbc_command(&mut p, 0xaa, &[], 1), [0x55]);
+        // i8042_controller_init.
+        let ctr = kbc_command(&mut p, 0x20, &[], 1)[0];
+        assert_eq!(kbc_command(&mut p, 0x20, &[], 1)[0], ctr);
+        assert_ne!(inb(&mut p, 0x64) & 0x10, 0, "no keylock");
+        let mut ctr = (ctr | 0x10) & !0x01;
+        kbc_command(&mut p, 0x60, &[ctr], 0);
+        // The replies so far went out with KBD_INT set: IRQ 1 edges were latched; the
+        // driver's handler finds no data and returns.
+        while p.intr_pending() {
+            let _ = p.intr_ack();
+            outb(&mut p, 0xa0, 0x20);
+            outb(&mut p, 0x20, 0x20);
+        }
+        // i8042_check_aux.
+        assert_eq!(kbc_command(&mut p, 0xd3, &[0x5a], 1), [0x5a]);
+        kbc_command(&mut p, 0xa7, &[], 0);
+        assert_ne!(kbc_command(&mut p, 0x20, &[], 1)[0] & 0x20, 0);
+        kbc_command(&mut p, 0xa8, &[], 0);
+        assert_eq!(kbc_command(&mut p, 0x20, &[], 1)[0] & 0x20, 0);
+        ctr = (ctr | 0x20) & !0x02;
+        kbc_command(&mut p, 0x60, &[ctr], 0);
+        // AUX IRQ delivery test: enable the port and its interrupt, loop 0xa5 without
+        // reading it back; IRQ 12 (vector 0x3c) must fire with AUXB set.
+        kbc_command(&mut p, 0x60, &[(ctr & !0x20) | 0x02], 0);
+        assert!(!p.intr_pending());
+        kbc_command(&mut p, 0xd3, &[0xa5], 0);
+        assert!(p.intr_pending());
+        assert_eq!(p.intr_ack(), 0x3c);
+        assert_eq!(inb(&mut p, 0x64) & 0x21, 0x21);
+        assert_eq!(inb(&mut p, 0x60), 0xa5);
+        outb(&mut p, 0xa0, 0x20);
+        outb(&mut p, 0x20, 0x20);
+        kbc_command(&mut p, 0x60, &[ctr], 0);
+        // i8042_enable_kbd_port / aux port, then atkbd's probe through IRQ 1 (vector 0x31).
+        ctr = (ctr & !0x30) | 0x03;
+        kbc_command(&mut p, 0x60, &[ctr], 0);
+        outb(&mut p, 0x60, 0xf2);
+        let mut got = Vec::new();
+        while p.intr_pending() {
+            assert_eq!(p.intr_ack(), 0x31);
+            got.push(inb(&mut p, 0x60));
+            outb(&mut p, 0x20, 0x20);
+        }
+        assert_eq!(got, [0xfa, 0xab, 0x41]);
+        // psmouse's GETID on the empty AUX port: 0xfe with timeout, on IRQ 12.
+        kbc_command(&mut p, 0xd4, &[0xf2], 0);
+        assert_eq!(p.intr_ack(), 0x3c);
+        assert_eq!(inb(&mut p, 0x64) & 0x61, 0x61);
+        assert_eq!(inb(&mut p, 0x60), 0xfe);
+        outb(&mut p, 0xa0, 0x20);
+        outb(&mut p, 0x20, 0x20);
+        // A host key press reaches the guest at the next time step as set 1.
+        let keys = p.keyboard_input();
+        keys.push(&[0x1c, 0xf0, 0x1c]);
+        assert!(!p.intr_pending());
+        p.advance_to(1);
+        let mut got = Vec::new();
+        while p.intr_pending() {
+            assert_eq!(p.intr_ack(), 0x31);
+            got.push(inb(&mut p, 0x60));
+            outb(&mut p, 0x20, 0x20);
+        }
+        assert_eq!(got, [0x1e, 0x9e]);
+        // The keyboard controller's reset pulse, and port 0x61 still belongs to the PIT.
+        outb(&mut p, 0x64, 0xfe);
+        assert_eq!(p.take_requests().reset, Some(ResetKind::Soft));
+        outb(&mut p, 0x61, 0x01);
+        assert_eq!(inb(&mut p, 0x61) & 0x01, 0x01);
+    }
+
+    #[test]
+    fn linux_pci_conf1_probe_end_to_end() {
+        // arch/x86/pci/direct.c pci_check_type1 + pci_sanity_check, then a bus 0 scan.
+        let (mut p, _b) = platform();
+        outb(&mut p, 0xcfb, 0x01);
+        let tmp = inl(&mut p, 0xcf8);
+        outl(&mut p, 0xcf8, 0x8000_0000);
+        assert_eq!(inl(&mut p, 0xcf8), 0x8000_0000);
+        assert!(
+            !p.stop_requested(),
+            "the dword at 0xcf8 does not touch 0xcf9"
+        );
+        outl(&mut p, 0xcf8, 0x8000_0008);
+        assert_eq!(p.port_read(Port(0xcfe), 2), 0x0600);
+        outl(&mut p, 0xcf8, tmp);
+        let mut found = Vec::new();
+        for devfn in 0..256u32 {
+            outl(&mut p, 0xcf8, 0x8000_0000 | devfn << 8);
+            let id = inl(&mut p, 0xcfc);
+            if id != 0xffff_ffff {
+                found.push((devfn, id, inl(&mut p, 0xcf8)));
+            }
+        }
+        assert_eq!(
+            found,
+            [(0, 0x1237_8086, 0x8000_0000), (8, 0x7000_8086, 0x8000_0800)]
+        );
+        outl(&mut p, 0xcf8, 0x8000_080c);
+        assert_eq!(p.port_read(Port(0xcfe), 1), 0x80, "multi-function header");
+        // PIRQ route writes through a byte at 0xcfc + (reg & 3).
+        outl(&mut p, 0xcf8, 0x8000_0860);
+        outb(&mut p, 0xcfd, 0x0b);
+        assert_eq!(inl(&mut p, 0xcfc), 0x8080_0b80);
+        // Byte 0xcf9 is still the reset control register.
+        outb(&mut p, 0xcf9, 0x06);
+        assert_eq!(p.take_requests().reset, Some(ResetKind::Hard));
+        p.reset();
+        assert_eq!(inl(&mut p, 0xcf8), 0);
+        outl(&mut p, 0xcf8, 0x8000_0860);
+        assert_eq!(inl(&mut p, 0xcfc), 0x8080_8080);
     }
 
     #[test]

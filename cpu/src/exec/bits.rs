@@ -81,7 +81,7 @@ pub fn exec_bsf_bsr<W: Word>(e: &mut Exec<'_>, i: &Instruction) -> Fault {
         e.s.set_arith_flags(ZF, ZF);
         return Ok(());
     }
-    let r = if i.mnemonic() == Mnemonic::Bsf {
+    let r = if matches!(i.mnemonic(), Mnemonic::Bsf | Mnemonic::Tzcnt) {
         v.trailing_zeros() as u64
     } else {
         63 - v.leading_zeros() as u64

@@ -239,7 +239,9 @@ pub fn select(i: &Instruction) -> Handler {
         M::Aam => bcd::exec_aam,
         M::Aad => bcd::exec_aad,
         M::Bt | M::Bts | M::Btr | M::Btc => by_size_wd!(s0, exec_bt),
-        M::Bsf | M::Bsr => by_size_wd!(s0, exec_bsf_bsr),
+        // Without BMI1/LZCNT (not advertised) F3 0F BC/BD are REP BSF/BSR: the prefix is
+        // ignored, as on the CPUs that predate them.
+        M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt => by_size_wd!(s0, exec_bsf_bsr),
         M::Movsb | M::Cmpsb | M::Scasb | M::Lodsb | M::Stosb | M::Insb | M::Outsb => {
             exec_string::<u8>
         }

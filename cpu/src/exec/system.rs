@@ -373,6 +373,9 @@ pub fn exec_rdmsr(e: &mut Exec<'_>, _i: &Instruction) -> Fault {
         0x175 => m.sysenter_esp,
         0x176 => m.sysenter_eip,
         0x1a0 => m.misc_enable,
+        0x8b => m.bios_sign_id,
+        0x186 | 0x187 => m.perf[(e.s.regs[RCX] as usize) - 0x186],
+        0xc1 | 0xc2 => m.perf[2 + (e.s.regs[RCX] as usize) - 0xc1],
         _ => return Err(Exception::GP0),
     };
     e.s.regs[RAX] = v & 0xffff_ffff;
@@ -385,14 +388,19 @@ pub fn exec_wrmsr(e: &mut Exec<'_>, _i: &Instruction) -> Fault {
     e.require_cpl0()?;
     let v = (e.s.regs[RDX] & 0xffff_ffff) << 32 | (e.s.regs[RAX] & 0xffff_ffff);
     let tsc_now = e.io.tsc(e.s.icount);
+    let ecx = e.s.regs[RCX] as u32;
     let m = &mut e.s.msr;
-    match e.s.regs[RCX] as u32 {
+    match ecx {
         0x10 => m.tsc_offset = v.wrapping_sub(tsc_now),
         0x1b => m.apic_base = v,
         0x174 => m.sysenter_cs = v & 0xffff,
         0x175 => m.sysenter_esp = v,
         0x176 => m.sysenter_eip = v,
         0x1a0 => m.misc_enable = v,
+        // Writing 0 then executing CPUID(1) loads the signature; none is loaded here.
+        0x8b => m.bios_sign_id = 0,
+        0x186 | 0x187 => m.perf[(ecx as usize) - 0x186] = v & 0xffff_ffff,
+        0xc1 | 0xc2 => m.perf[2 + (ecx as usize) - 0xc1] = v & 0xff_ffff_ffff,
         _ => return Err(Exception::GP0),
     }
     Ok(())
