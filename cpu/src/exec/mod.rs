@@ -354,6 +354,7 @@ pub fn select(i: &Instruction) -> Handler {
         M::Cpuid => system::exec_cpuid,
         M::Rdtsc => system::exec_rdtsc,
         M::Rdmsr => system::exec_rdmsr,
+        M::Rdpmc => system::exec_rdpmc,
         M::Wrmsr => system::exec_wrmsr,
         M::Arpl => system::exec_arpl,
         M::Lar | M::Lsl | M::Verr | M::Verw => system::exec_prot_query,

@@ -406,6 +406,21 @@ pub fn exec_wrmsr(e: &mut Exec<'_>, _i: &Instruction) -> Fault {
     Ok(())
 }
 
+/// RDPMC: the P6 performance counters PERFCTR0/1 (CR4.PCE lets CPL 3 read them).
+pub fn exec_rdpmc(e: &mut Exec<'_>, _i: &Instruction) -> Fault {
+    if e.s.cr4 & (1 << 8) == 0 {
+        e.require_cpl0()?;
+    }
+    let v = match e.s.regs[RCX] as u32 {
+        0 => e.s.msr.perf[2],
+        1 => e.s.msr.perf[3],
+        _ => return Err(Exception::GP0),
+    };
+    e.s.regs[RAX] = v & 0xffff_ffff;
+    e.s.regs[RDX] = (v >> 32) & 0xff;
+    Ok(())
+}
+
 /// ARPL r/m16, r16.
 pub fn exec_arpl(e: &mut Exec<'_>, i: &Instruction) -> Fault {
     e.require_protected()?;

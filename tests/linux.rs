@@ -1,0 +1,192 @@
+//! Debian 12's i386 686 kernel with a busybox initramfs (scripts/fetch-guests), booted
+//! through `ox86 run` as a user would: real commands run in the guest and their output
+//! is checked against the same computations on the host; the boot log must hold no
+//! complaint about the emulated hardware; `reboot -f` with --no-reboot ends with 0.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{root, run_ox86, text};
+
+/// Fetches the kernel and builds the initramfs once (cached between runs).
+fn linux_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = root().join("target").join("linux");
+        let st = Command::new("bash")
+            .arg(root().join("scripts/fetch-guests"))
+            .arg(&out)
+            .status()
+            .expect("run scripts/fetch-guests");
+        assert!(st.success(), "scripts/fetch-guests failed");
+        out
+    })
+}
+
+/// Boots with `ox86test=NAME` and returns the serial output.
+fn boot(test: &str) -> String {
+    let d = linux_dir();
+    let kernel = d.join("vmlinuz");
+    let initrd = d.join("initramfs.cpio.gz");
+    let append = format!("console=ttyS0 ox86test={test}");
+    let out = run_ox86(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--append",
+            &append,
+            "-m",
+            "256M",
+            "--no-reboot",
+        ],
+        Duration::from_secs(600),
+    );
+    let so = text(&out.stdout);
+    assert!(
+        so.contains("OX86-TEST-PASS"),
+        "{test}: no PASS\n{so}\n--- stderr:\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        so.contains("OX86-TEST-EXIT 0"),
+        "{test}: test script failed\n{so}"
+    );
+    // reboot -f resets the machine; with --no-reboot that ends ox86 with status 0.
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{test}: exit status\n{so}\n--- stderr:\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        so.contains("reboot: Restarting system"),
+        "{test}: did not reboot\n{so}"
+    );
+    so
+}
+
+/// Runs a host shell pipeline and returns its output, trimmed.
+fn host(cmd: &str) -> String {
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("host shell");
+    assert!(o.status.success(), "host command failed: {cmd}");
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// The value printed after `ok   NAME: ` by the guest's test script.
+fn reported<'a>(log: &'a str, name: &str) -> &'a str {
+    let key = format!("ok   {name}: ");
+    log.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .unwrap_or_else(|| panic!("no '{key}' line in:\n{log}"))
+        .trim()
+}
+
+/// Kernel messages that would mean the emulated hardware misbehaved.
+const COMPLAINTS: &[&str] = &[
+    "unchecked MSR access",
+    "Failed to access perfctr",
+    "spurious 8259A interrupt",
+    "unexpected IRQ",
+    "TSC unstable",
+    "Marking TSC unstable",
+    "clocksource watchdog",
+    "timekeeping watchdog",
+    "calibration failed",
+    "Fast TSC calibration failed",
+    "IO-APIC + timer doesn't work",
+    "PCI: Fatal",
+    "pci 0000:00:0",
+    "i8042: Can't",
+    "i8042: Failed",
+    "serial8250: too much work",
+    "BUG:",
+    "WARNING:",
+    "Oops",
+    "Call Trace",
+    "Kernel panic",
+];
+
+#[test]
+fn linux_smoke_and_quiet_boot_log() {
+    let log = boot("smoke");
+    assert!(log.contains("Linux version 6.1.0"), "{log}");
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            COMPLAINTS.iter().any(|c| l.contains(c))
+                && !l.contains("pci 0000:00:00.0: [8086:1237]")
+                && !l.contains("pci 0000:00:01.0: [8086:7000]")
+        })
+        .filter(|l| {
+            !l.contains("PIIX3: Enabling Passive Release")
+                && !l.contains("Limiting direct PCI/PCI")
+                && !l.contains("Activating ISA DMA")
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "complaints in the boot log:\n{}",
+        bad.join("\n")
+    );
+    assert_eq!(
+        reported(&log, "md5sum"),
+        host("echo 12345 | md5sum | cut -d' ' -f1")
+    );
+    assert_eq!(
+        reported(&log, "sort"),
+        host("seq 1 200 | sort -rn | head -3 | tr '\\n' ' '")
+    );
+    assert_eq!(
+        reported(&log, "loop-sum"),
+        (1..=1000).sum::<u32>().to_string()
+    );
+    assert_eq!(
+        reported(&log, "awk"),
+        (1..=100u32).map(|i| i * i).sum::<u32>().to_string()
+    );
+    assert_eq!(
+        reported(&log, "sha256"),
+        host("printf abc | sha256sum | cut -d' ' -f1")
+    );
+    assert!(log.contains("uname -r: 6.1.0-"), "{log}");
+}
+
+#[test]
+fn linux_c_program_matches_native() {
+    let log = boot("cprog");
+    let start = log.find("OX86-CPROG-BEGIN\n").expect("begin marker") + "OX86-CPROG-BEGIN\n".len();
+    let end = log.find("OX86-CPROG-END").expect("end marker");
+    let native = Command::new(linux_dir().join("cprog"))
+        .output()
+        .expect("run cprog natively");
+    assert!(native.status.success());
+    assert_eq!(
+        &log[start..end],
+        text(&native.stdout),
+        "guest and native outputs differ"
+    );
+}
+
+#[test]
+fn linux_processes_and_files() {
+    let log = boot("procs");
+    assert!(log.contains("ok   100 fork+exec"), "{log}");
+    assert_eq!(
+        reported(&log, "pipeline"),
+        host("seq 1 5000 | grep 7 | sed 's/7/x/g' | tr x y | sort | uniq | wc -l")
+    );
+    let log = boot("fs");
+    assert!(log.contains("ok   gzip round trip"), "{log}");
+    assert!(log.contains(&format!("ok   lines: {}", 200000)), "{log}");
+}
