@@ -190,3 +190,46 @@ fn linux_processes_and_files() {
     assert!(log.contains("ok   gzip round trip"), "{log}");
     assert!(log.contains(&format!("ok   lines: {}", 200000)), "{log}");
 }
+
+/// Runs ox86 on bad Linux input and checks for one clear line and a failure status.
+fn assert_rejected(args: &[&str], needle: &str) {
+    let out = run_ox86(args, Duration::from_secs(60));
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "{args:?}: want one line, got:\n{err}"
+    );
+    assert!(
+        err.starts_with("ox86: ") && err.contains(needle),
+        "{args:?}: '{needle}' not in: {err}"
+    );
+}
+
+#[test]
+fn bad_linux_input_gets_one_clear_line() {
+    let d = linux_dir();
+    let kernel = std::fs::read(d.join("vmlinuz")).unwrap();
+    let tmp = std::env::temp_dir().join(format!("ox86-linux-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let truncated = tmp.join("truncated");
+    std::fs::write(&truncated, &kernel[..kernel.len() / 2]).unwrap();
+    let mut bad = kernel.clone();
+    bad[0x1f1] = 0xff; // setup_sects: the protected-mode kernel would start past the file
+    let corrupt = tmp.join("corrupt");
+    std::fs::write(&corrupt, &bad).unwrap();
+    let big = tmp.join("big-initrd");
+    std::fs::write(&big, vec![0u8; 60 << 20]).unwrap();
+    let k = d.join("vmlinuz");
+    let k = k.to_str().unwrap();
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    assert_rejected(&["run", "--kernel", &p(&truncated)], "");
+    assert_rejected(&["run", "--kernel", &p(&corrupt)], "");
+    assert_rejected(&["run", "--kernel", k, "-m", "16M"], "RAM too small");
+    assert_rejected(
+        &["run", "--kernel", k, "-m", "64M", "--initrd", &p(&big)],
+        "does not fit",
+    );
+    std::fs::remove_dir_all(&tmp).ok();
+}
