@@ -32,9 +32,8 @@
 //! triggered), and the line stays high while the byte waits. The input buffer is never
 //! full (IBF reads 0). All queues are bounded.
 
+use crate::host_input::{HostInput, HOST_INPUT_CAPACITY};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use ox86_mmu::Port;
 
@@ -55,7 +54,7 @@ pub const KBD_IRQ: u8 = 1;
 /// The auxiliary (mouse) port's ISA interrupt line.
 pub const AUX_IRQ: u8 = 12;
 /// Capacity of the host key queue of a [`KeyboardInput`]; bytes beyond it are refused.
-pub const KEY_QUEUE_CAPACITY: usize = 4096;
+pub const KEY_QUEUE_CAPACITY: usize = HOST_INPUT_CAPACITY;
 /// The keyboard's own output buffer (PS/2 keyboards buffer 16 bytes).
 pub const KBD_BUFFER_LEN: usize = 16;
 /// Bytes the controller itself can have waiting for the output buffer.
@@ -205,44 +204,9 @@ impl Translator {
     }
 }
 
-#[derive(Debug, Default)]
-struct KeyQueue {
-    bytes: Mutex<VecDeque<u8>>,
-    len: AtomicUsize,
-}
-
-/// A cloneable, thread-safe handle for feeding host key presses (scancode set 2 bytes) to
-/// the keyboard; they reach it at the next [`BusDevice::advance_to`].
-#[derive(Clone, Debug, Default)]
-pub struct KeyboardInput {
-    queue: Arc<KeyQueue>,
-}
-
-impl KeyboardInput {
-    fn lock(&self) -> MutexGuard<'_, VecDeque<u8>> {
-        self.queue.bytes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues set-2 `bytes`; returns how many were accepted (the queue holds at most
-    /// [`KEY_QUEUE_CAPACITY`] bytes).
-    pub fn push(&self, bytes: &[u8]) -> usize {
-        let mut q = self.lock();
-        let n = bytes.len().min(KEY_QUEUE_CAPACITY.saturating_sub(q.len()));
-        q.extend(&bytes[..n]);
-        self.queue.len.store(q.len(), Ordering::Release);
-        n
-    }
-
-    /// Number of bytes waiting.
-    pub fn len(&self) -> usize {
-        self.queue.len.load(Ordering::Acquire)
-    }
-
-    /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+/// A cloneable, thread-safe handle for feeding host key presses (scancode set 2 bytes)
+/// to the keyboard; they reach it at the next [`BusDevice::advance_to`].
+pub type KeyboardInput = HostInput;
 
 /// The PS/2 keyboard behind the controller's first port.
 #[derive(Clone, Debug)]
@@ -700,17 +664,12 @@ impl I8042 {
     }
 
     fn drain_input(&mut self) {
-        if self.input.is_empty() {
-            return;
-        }
-        let mut q = self.input.lock();
-        while self.keyboard.out.len() < KBD_BUFFER_LEN {
-            let Some(b) = q.pop_front() else { break };
+        let room = KBD_BUFFER_LEN.saturating_sub(self.keyboard.out.len());
+        for b in self.input.take(room) {
             if !self.keyboard.key(b) {
                 self.lost_keys += 1;
             }
         }
-        self.input.queue.len.store(q.len(), Ordering::Release);
     }
 
     fn read_reg(&mut self, offset: u64) -> u8 {

@@ -9,6 +9,7 @@
 pub mod bus;
 pub mod cmos;
 pub mod debug_exit;
+pub mod host_input;
 pub mod i8042;
 pub mod irq;
 pub mod pci;

@@ -9,11 +9,9 @@
 //! vm-superio signals interrupts as events; the UART turns each into a pulse on its
 //! [`IrqLine`], gated by MCR OUT2 as on the PC (where OUT2 enables the IRQ driver).
 
+use crate::host_input::{HostInput, HOST_INPUT_CAPACITY};
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use ox86_mmu::Port;
 use vm_superio::serial::NoEvents;
@@ -37,7 +35,7 @@ pub const COM_IRQS: [u8; 4] = [4, 3, 4, 3];
 /// Number of registers (ports) of a UART.
 pub const UART_PORTS_LEN: u16 = 8;
 /// Capacity of the host input queue of a [`SerialInput`]; bytes beyond it are refused.
-pub const INPUT_QUEUE_CAPACITY: usize = 4096;
+pub const INPUT_QUEUE_CAPACITY: usize = HOST_INPUT_CAPACITY;
 
 const MCR: u8 = 4;
 const MCR_OUT2: u8 = 0x08;
@@ -55,45 +53,8 @@ impl Trigger for EventFlag {
     }
 }
 
-#[derive(Debug, Default)]
-struct InputQueue {
-    bytes: Mutex<VecDeque<u8>>,
-    len: AtomicUsize,
-}
-
 /// A cloneable, thread-safe handle for feeding host input to a UART.
-#[derive(Clone, Debug, Default)]
-pub struct SerialInput {
-    queue: Arc<InputQueue>,
-}
-
-impl SerialInput {
-    fn lock(&self) -> MutexGuard<'_, VecDeque<u8>> {
-        self.queue.bytes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues `bytes` for the guest; returns how many were accepted (the queue holds at
-    /// most [`INPUT_QUEUE_CAPACITY`] bytes).
-    pub fn push(&self, bytes: &[u8]) -> usize {
-        let mut q = self.lock();
-        let n = bytes
-            .len()
-            .min(INPUT_QUEUE_CAPACITY.saturating_sub(q.len()));
-        q.extend(&bytes[..n]);
-        self.queue.len.store(q.len(), Ordering::Release);
-        n
-    }
-
-    /// Number of bytes waiting in the queue.
-    pub fn len(&self) -> usize {
-        self.queue.len.load(Ordering::Acquire)
-    }
-
-    /// Whether the queue is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub type SerialInput = HostInput;
 
 /// A 16550A UART.
 pub struct Uart {
@@ -158,14 +119,10 @@ impl Uart {
 
     /// Drains queued host input into the FIFO as far as it has room.
     fn drain_input(&mut self) {
-        if self.input.is_empty() || self.serial.fifo_capacity() == 0 {
+        let chunk = self.input.take(self.serial.fifo_capacity());
+        if chunk.is_empty() {
             return;
         }
-        let mut q = self.input.lock();
-        let n = q.len().min(self.serial.fifo_capacity());
-        let chunk: Vec<u8> = q.drain(..n).collect();
-        self.input.queue.len.store(q.len(), Ordering::Release);
-        drop(q);
         let _ = self.serial.enqueue_raw_bytes(&chunk);
         self.deliver_irq();
     }
@@ -217,6 +174,7 @@ impl BusDevice for Uart {
 mod tests {
     use super::*;
     use crate::irq::IrqLines;
+    use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
     struct SharedBuf(Arc<Mutex<Vec<u8>>>);
