@@ -114,6 +114,8 @@ const COMPLAINTS: &[&str] = &[
     "BUG:",
     "WARNING:",
     "Oops",
+    "invalid opcode",
+    "general protection fault",
     "Call Trace",
     "Kernel panic",
 ];
