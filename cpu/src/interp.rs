@@ -111,8 +111,8 @@ impl Exec<'_> {
             // time seen by I/O (and RDTSC) is a function of it.
             for d in &insns[..n] {
                 let ip = self.s.rip;
-                let tf = self.s.flags & TF != 0;
-                let rf = self.s.flags & RF != 0;
+                // TF and RF as the instruction starts (only looked at while debugging).
+                let (tf, rf) = (self.s.flags & TF != 0, self.s.flags & RF != 0);
                 self.s.rip = d.next_ip;
                 if let Err(ex) = (d.handler)(self, &d.insn) {
                     self.s.rip = ip;
