@@ -58,6 +58,9 @@ pub struct BlockCache {
     pub decoded: u64,
     /// Blocks invalidated by writes to their code.
     pub invalidated: u64,
+    /// Counts flushes of the jump cache, so that other caches keyed by linear address
+    /// (the JIT's) know to flush too.
+    pub epoch: u64,
 }
 
 impl Default for BlockCache {
@@ -70,6 +73,7 @@ impl Default for BlockCache {
             jump: vec![NO_BLOCK; JUMP_CACHE].into_boxed_slice(),
             decoded: 0,
             invalidated: 0,
+            epoch: 0,
         }
     }
 }
@@ -195,6 +199,7 @@ impl BlockCache {
         *self = BlockCache {
             decoded: self.decoded,
             invalidated: self.invalidated + n,
+            epoch: self.epoch + 1,
             ..Default::default()
         };
     }
@@ -202,6 +207,7 @@ impl BlockCache {
     /// Forgets linear-address lookups (after paging changes).
     pub fn flush_jump_cache(&mut self) {
         self.jump.fill(NO_BLOCK);
+        self.epoch += 1;
     }
 
     /// Frames that hold decoded code.

@@ -10,7 +10,7 @@ use crate::block::{decode_block, Block, MAX_BLOCK_INSNS};
 const MAX_BLOCK_BYTES: u64 = MAX_BLOCK_INSNS as u64 * 15;
 use crate::exception::{Exception, Fault};
 use crate::state::{CS, IF, RF, TF};
-use crate::{Cpu, Exec};
+use crate::{Accel, AccelRun, Cpu, Exec};
 use iced_x86::Mnemonic;
 
 /// Why `run` returned.
@@ -42,13 +42,16 @@ impl Cpu {
         io: &mut dyn ox86_mmu::IoBus,
         limits: RunLimits,
     ) -> CpuExit {
-        self.exec(mem, io).run(limits)
+        let mut accel = self.accel.take();
+        let exit = self.exec(mem, io).run(limits, accel.as_deref_mut());
+        self.accel = accel;
+        exit
     }
 }
 
 impl Exec<'_> {
-    /// The run loop.
-    pub fn run(&mut self, limits: RunLimits) -> CpuExit {
+    /// The run loop, with compiled code from `accel` where it has some.
+    pub fn run(&mut self, limits: RunLimits, mut accel: Option<&mut (dyn Accel + 'static)>) -> CpuExit {
         let end = self.s.icount.saturating_add(limits.max_insns);
         // Exceptions retire no instruction; they count against the budget here so that
         // a guest stuck in a fault loop still returns control to the machine.
@@ -60,7 +63,7 @@ impl Exec<'_> {
             // Code written since the last instruction (by the guest, a faulting
             // instruction, DMA or a loader) is invalidated before anything is fetched.
             if self.mem.has_dirty_code() {
-                self.process_code_writes();
+                self.process_code_writes(accel.as_deref_mut());
             }
             // Maskable interrupts, unless in an interrupt shadow.
             let shadow = std::mem::take(&mut self.s.irq_shadow) != 0;
@@ -80,6 +83,21 @@ impl Exec<'_> {
             if self.s.icount.saturating_add(events) >= end {
                 return CpuExit::Budget;
             }
+            let debug = self.debug_armed();
+            if let Some(a) = accel.as_deref_mut() {
+                if !debug && !shadow {
+                    match a.run(self, end) {
+                        AccelRun::NotRun => {}
+                        AccelRun::Ran => continue,
+                        AccelRun::Fault(ex) => {
+                            events += 1;
+                            self.s.dbg_pending = 0;
+                            self.raise(ex);
+                            continue;
+                        }
+                    }
+                }
+            }
             let id = match self.current_block() {
                 Ok(id) => id,
                 Err(ex) => {
@@ -90,8 +108,13 @@ impl Exec<'_> {
             };
             let block = self.blocks.get_mut(id);
             block.execs += 1;
+            let execs = block.execs;
             let insns = block.insns.clone();
-            let debug = self.debug_armed();
+            if let Some(a) = accel.as_deref_mut() {
+                if execs == a.hot_threshold() {
+                    a.hot(self, id);
+                }
+            }
             // One instruction at a time while debugging, and in an interrupt shadow (so
             // that an interrupt is taken right after the instruction following STI).
             let n = if debug || shadow {
@@ -135,7 +158,7 @@ impl Exec<'_> {
                     }
                 }
                 if self.mem.has_dirty_code() {
-                    self.process_code_writes();
+                    self.process_code_writes(accel.as_deref_mut());
                     break;
                 }
                 if self.s.rip != d.next_ip {
@@ -146,18 +169,25 @@ impl Exec<'_> {
     }
 
     /// Invalidates blocks whose bytes were written.
-    pub fn process_code_writes(&mut self) {
+    pub fn process_code_writes(&mut self, mut accel: Option<&mut (dyn Accel + 'static)>) {
         match self.mem.take_dirty_code() {
             Some(list) => {
                 for (addr, len) in list {
                     self.stats.smc_writes += 1;
-                    if !self.blocks.invalidate_range(addr, len as u64) {
+                    let compiled = accel
+                        .as_deref_mut()
+                        .is_some_and(|a| a.invalidate(addr, len as u64));
+                    if !self.blocks.invalidate_range(addr, len as u64) && !compiled {
                         self.mem.unmark_code_page(PhysAddr(addr));
                     }
                 }
             }
             None => {
-                let frames: Vec<u64> = self.blocks.code_frames().collect();
+                let mut frames: Vec<u64> = self.blocks.code_frames().collect();
+                if let Some(a) = accel {
+                    frames.extend(a.code_frames());
+                    a.clear();
+                }
                 for f in frames {
                     self.mem.unmark_code_page(PhysAddr(f << 12));
                 }

@@ -3,6 +3,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod access;
+mod accel;
 pub mod block;
 pub mod cpuid;
 mod debug;
@@ -16,7 +17,8 @@ pub mod testkit;
 use ox86_mmu::tlb::Tlb;
 use ox86_mmu::{IoBus, Memory};
 
-pub use block::{BlockCache, Handler};
+pub use accel::{Accel, AccelRun, AccelStats};
+pub use block::{BlockCache, DecodedInsn, Handler};
 pub use exception::{Exception, Fault};
 pub use interp::{CpuExit, RunLimits};
 pub use state::{CpuState, Segment};
@@ -44,6 +46,8 @@ pub struct Cpu {
     pub stats: CpuStats,
     /// Set when a triple fault (shutdown) happened; the machine resets.
     pub shutdown: bool,
+    /// The accelerator (JIT), if any; without one the interpreter runs everything.
+    pub accel: Option<Box<dyn Accel>>,
 }
 
 impl std::fmt::Debug for Cpu {
@@ -70,6 +74,7 @@ impl Cpu {
             blocks: BlockCache::default(),
             stats: CpuStats::default(),
             shutdown: false,
+            accel: None,
         }
     }
 
@@ -81,6 +86,9 @@ impl Cpu {
         self.tlb.flush_all();
         self.blocks.flush_jump_cache();
         self.shutdown = false;
+        if let Some(a) = self.accel.as_mut() {
+            a.clear();
+        }
     }
 
     /// Flushes the TLB and the linear-address jump cache (after a paging change or an

@@ -1,0 +1,74 @@
+//! The hook through which an accelerator (ox86's JIT) runs compiled code in place of
+//! the interpreter. The interpreter stays the run loop and the reference: it asks the
+//! accelerator to run at each block boundary, reports hot blocks to it, and tells it
+//! which code bytes were written.
+
+use crate::exception::Exception;
+use crate::Exec;
+
+/// What running compiled code did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelRun {
+    /// Nothing compiled (or nothing that fits the budget) at the current RIP: the
+    /// interpreter runs the block.
+    NotRun,
+    /// Compiled code ran and left the state at an instruction boundary.
+    Ran,
+    /// Compiled code stopped at a faulting instruction (RIP and every register as the
+    /// interpreter would leave them); the exception is to be delivered.
+    Fault(Exception),
+}
+
+/// An accelerator.
+pub trait Accel {
+    /// Runs compiled code from the current state, retiring at most up to instruction
+    /// count `end`.
+    fn run(&mut self, ex: &mut Exec<'_>, end: u64) -> AccelRun;
+
+    /// Executions of a block after which [`Accel::hot`] is called for it.
+    fn hot_threshold(&self) -> u64;
+
+    /// The block `id` of the interpreter's cache reached the hot threshold.
+    fn hot(&mut self, ex: &mut Exec<'_>, id: u32);
+
+    /// Physical bytes `[addr, addr + len)` that held code were written: compiled code
+    /// from them must not run again. Returns whether the accelerator still holds code
+    /// on that page (so it stays write-protected).
+    fn invalidate(&mut self, addr: u64, len: u64) -> bool;
+
+    /// Forgets all compiled code (mass invalidation, reset).
+    fn clear(&mut self);
+
+    /// Physical frames holding compiled code.
+    fn code_frames(&self) -> Vec<u64>;
+
+    /// Statistics.
+    fn stats(&self) -> AccelStats;
+}
+
+/// What an accelerator did, for `--stats`.
+#[derive(Debug, Clone, Default)]
+pub struct AccelStats {
+    /// Instructions retired in compiled code.
+    pub compiled_insns: u64,
+    /// Entries into compiled code.
+    pub entries: u64,
+    /// Regions compiled.
+    pub regions_compiled: u64,
+    /// Regions that failed to compile (they run in the interpreter).
+    pub compile_failures: u64,
+    /// Total compile time in nanoseconds.
+    pub compile_ns: u64,
+    /// Median compile time of a region in nanoseconds.
+    pub compile_ns_median: u64,
+    /// Regions invalidated because their code was written.
+    pub invalidations: u64,
+    /// Compiled regions dropped because their bytes changed before installation.
+    pub stale: u64,
+    /// Generations of code memory freed.
+    pub generations_freed: u64,
+    /// Host code bytes of live regions.
+    pub code_bytes: u64,
+    /// Regions installed now.
+    pub live_regions: u64,
+}

@@ -1,0 +1,194 @@
+//! The compiler: decodes a region from a page snapshot, translates it with Cranelift,
+//! and keeps the code in generations. cranelift-jit cannot free single functions, so a
+//! generation (one `JITModule`) is freed whole once the dispatcher has dropped every
+//! region in it. Runs on the compiler thread, or inline for deterministic tests.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use cranelift_codegen::ir::types::{I32, I64};
+use cranelift_codegen::ir::AbiParam;
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Module};
+
+use crate::region::{Entry, Region, PAGE};
+use crate::translate::Tx;
+
+/// A region to compile.
+pub struct Request {
+    /// Physical address of the entry.
+    pub phys: u64,
+    /// The entry, its mode and CS limit.
+    pub entry: Entry,
+    /// CS base the region runs with.
+    pub cs_base: u64,
+    /// The page's bytes when the region became hot.
+    pub page: Box<[u8]>,
+}
+
+/// A compiled region.
+pub struct Compiled {
+    /// What was asked.
+    pub req: Request,
+    /// The region (its instructions stay alive with the code, which points at them).
+    pub region: Region,
+    /// Address of the code.
+    pub func: usize,
+    /// Generation the code lives in.
+    pub gen: u32,
+    /// Bytes of host code.
+    pub code_bytes: usize,
+    /// Time the compilation took.
+    pub nanos: u64,
+}
+
+struct Gen {
+    id: u32,
+    module: JITModule,
+    bytes: usize,
+}
+
+/// Compiles regions into generations of code memory.
+pub struct Compiler {
+    gens: VecDeque<Gen>,
+    gen_limit: usize,
+    next_id: u32,
+    max_blocks: usize,
+    fctx: FunctionBuilderContext,
+    dump: bool,
+}
+
+/// Compilation failed (an internal error: the region runs in the interpreter).
+#[derive(Debug, thiserror::Error)]
+#[error("region at {phys:#x}: {msg}")]
+pub struct CompileError {
+    /// Entry of the region.
+    pub phys: u64,
+    /// What Cranelift said.
+    pub msg: String,
+}
+
+fn new_module() -> Result<JITModule, String> {
+    let mut flags = settings::builder();
+    for (k, v) in [
+        ("opt_level", "speed"),
+        ("is_pic", "false"),
+        ("use_colocated_libcalls", "false"),
+    ] {
+        flags.set(k, v).map_err(|e| e.to_string())?;
+    }
+    let isa = cranelift_native::builder()
+        .map_err(|e| e.to_string())?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| e.to_string())?;
+    Ok(JITModule::new(JITBuilder::with_isa(isa, default_libcall_names())))
+}
+
+impl Compiler {
+    /// A compiler whose generations hold about `gen_limit` bytes of code each.
+    pub fn new(gen_limit: usize, max_blocks: usize) -> Compiler {
+        Compiler {
+            gens: VecDeque::new(),
+            gen_limit: gen_limit.max(1 << 16),
+            next_id: 0,
+            max_blocks,
+            fctx: FunctionBuilderContext::new(),
+            dump: std::env::var_os("OX86_JIT_DUMP").is_some(),
+        }
+    }
+
+    /// Makes sure the last generation has room, starting a new one when it is full.
+    fn current(&mut self) -> Result<(), String> {
+        let full = self.gens.back().is_none_or(|g| g.bytes >= self.gen_limit);
+        if full {
+            let module = new_module()?;
+            self.gens.push_back(Gen {
+                id: self.next_id,
+                module,
+                bytes: 0,
+            });
+            self.next_id += 1;
+        }
+        Ok(())
+    }
+
+    /// Frees generation `id` (the dispatcher no longer runs any of its code).
+    pub fn free(&mut self, id: u32) {
+        if let Some(pos) = self.gens.iter().position(|g| g.id == id) {
+            if pos + 1 == self.gens.len() {
+                // The current generation: new code goes to a fresh one.
+                self.gens[pos].bytes = usize::MAX;
+            }
+            let g = self.gens.remove(pos).expect("present");
+            // SAFETY: the dispatcher sends Free only after dropping every region of
+            // this generation, and no compiled code runs during the call (code runs
+            // only inside the dispatcher, on the CPU thread, which waits for nothing
+            // here), so nothing can reach this memory again.
+            unsafe { g.module.free_memory() };
+        }
+    }
+
+    /// Compiles a region.
+    pub fn compile(&mut self, req: Request) -> Result<Compiled, CompileError> {
+        let t0 = Instant::now();
+        let phys = req.phys;
+        let err = |msg: String| CompileError { phys, msg };
+        debug_assert_eq!(req.page.len(), PAGE);
+        let region = Region::decode(&req.page, &req.entry, self.max_blocks);
+        if region.blocks.is_empty() || region.blocks[0].insns.is_empty() {
+            return Err(err("nothing to compile".into()));
+        }
+        self.current().map_err(err)?;
+        let fctx = &mut self.fctx;
+        let g = self.gens.back_mut().expect("a generation");
+        let module = &mut g.module;
+        let mut ctx = module.make_context();
+        let ptr = I64;
+        ctx.func.signature.params.push(AbiParam::new(ptr));
+        ctx.func.signature.params.push(AbiParam::new(ptr));
+        ctx.func.signature.returns.push(AbiParam::new(I32));
+        let cc = ctx.func.signature.call_conv;
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
+            let tx = Tx::new(
+                &mut b,
+                &region,
+                req.entry.mode,
+                req.entry.cs_hi,
+                cc,
+            );
+            tx.translate();
+            b.finalize(module.target_config());
+        }
+        if self.dump {
+            eprintln!("region {:#x} ({} blocks):\n{}", phys, region.blocks.len(), ctx.func.display());
+        }
+        let id = module
+            .declare_anonymous_function(&ctx.func.signature)
+            .map_err(|e| err(e.to_string()))?;
+        module
+            .define_function(id, &mut ctx)
+            .map_err(|e| err(format!("{e:?}")))?;
+        let code_bytes = ctx
+            .compiled_code()
+            .map(|c| c.code_info().total_size as usize)
+            .unwrap_or(0);
+        module.clear_context(&mut ctx);
+        module
+            .finalize_definitions()
+            .map_err(|e| err(e.to_string()))?;
+        let func = module.get_finalized_function(id) as usize;
+        // Finalizing makes whole pages executable: count code by the page.
+        g.bytes = g.bytes.saturating_add(code_bytes.div_ceil(PAGE).max(1) * PAGE);
+        Ok(Compiled {
+            req,
+            region,
+            func,
+            gen: g.id,
+            code_bytes,
+            nanos: t0.elapsed().as_nanos() as u64,
+        })
+    }
+}

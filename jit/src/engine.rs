@@ -1,0 +1,554 @@
+//! The JIT as the interpreter's accelerator: hot blocks become compile requests for
+//! the compiler thread; finished regions are checked against the current code bytes
+//! and installed; the dispatcher finds a region for the current RIP through a jump
+//! cache and runs it; writes to code invalidate regions; generations of code memory
+//! are freed whole.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::c_void;
+use std::thread::JoinHandle;
+
+use crossbeam::channel::{unbounded, Receiver, Sender};
+use ox86_cpu::state::CS;
+use ox86_cpu::{Accel, AccelRun, AccelStats, CpuState, Exec};
+use ox86_mmu::{PhysAddr, Region as MemRegion, PAGE_MASK};
+
+use crate::compiler::{CompileError, Compiled, Compiler, Request};
+use crate::helpers::{JitCtx, FAULT};
+use crate::mode::Mode;
+use crate::region::{Entry, Region, PAGE};
+use crate::{CompiledFn, JitConfig};
+
+/// Identifies a region: entry physical address, EIP, CS base and mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    phys: u64,
+    eip: u64,
+    cs_base: u64,
+    mode: Mode,
+}
+
+struct Installed {
+    key: Key,
+    cs_hi: u64,
+    func: CompiledFn,
+    gen: u32,
+    first_len: u64,
+    ranges: Vec<(u32, u32)>,
+    code_bytes: usize,
+    // The code points at the region's instructions (for helper calls).
+    _region: Region,
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    lin: u64,
+    eip: u64,
+    cs_base: u64,
+    mode: Option<Mode>,
+    region: u32,
+}
+
+const EMPTY: Slot = Slot {
+    lin: 0,
+    eip: 0,
+    cs_base: 0,
+    mode: None,
+    region: NONE,
+};
+const NONE: u32 = u32::MAX;
+const JUMP_CACHE: usize = 4096;
+
+enum Msg {
+    Compile(Request),
+    Free(u32),
+}
+
+type Done = (Key, Result<Compiled, CompileError>);
+
+enum Worker {
+    Thread {
+        tx: Option<Sender<Msg>>,
+        rx: Receiver<Done>,
+        handle: Option<JoinHandle<()>>,
+    },
+    Inline(Box<Compiler>),
+}
+
+/// The JIT of one CPU.
+pub struct Jit {
+    config: JitConfig,
+    worker: Worker,
+    regions: Vec<Option<Installed>>,
+    free: Vec<u32>,
+    by_phys: HashMap<(u64, u32), Vec<u32>>,
+    by_frame: HashMap<u64, Vec<u32>>,
+    jump: Box<[Slot]>,
+    epoch: u64,
+    pending: HashSet<Key>,
+    max_gen: Option<u32>,
+    freed_below: u32,
+    live: usize,
+    stats: AccelStats,
+    compile_times: Vec<u64>,
+    ctx: Box<JitCtx>,
+}
+
+impl std::fmt::Debug for Jit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jit")
+            .field("live", &self.live)
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+#[inline(always)]
+fn jump_index(lin: u64) -> usize {
+    ((lin ^ (lin >> 12)) as usize) & (JUMP_CACHE - 1)
+}
+
+fn key_of(key: &Key) -> (u64, u32) {
+    (key.phys, key.mode.bitness)
+}
+
+impl Jit {
+    /// A JIT with its compiler thread (or an inline compiler, per `config`).
+    pub fn new(config: JitConfig) -> Jit {
+        let gen_limit = config.arena_bytes / 2;
+        let worker = if config.inline_compile {
+            Worker::Inline(Box::new(Compiler::new(gen_limit, config.max_region_blocks)))
+        } else {
+            let (tx, in_rx) = unbounded::<Msg>();
+            let (out_tx, rx) = unbounded::<Done>();
+            let max_blocks = config.max_region_blocks;
+            let handle = std::thread::Builder::new()
+                .name("ox86-jit".into())
+                .spawn(move || {
+                    let mut c = Compiler::new(gen_limit, max_blocks);
+                    for msg in in_rx {
+                        match msg {
+                            Msg::Compile(req) => {
+                                let key = req_key(&req);
+                                if out_tx.send((key, c.compile(req))).is_err() {
+                                    break;
+                                }
+                            }
+                            Msg::Free(g) => c.free(g),
+                        }
+                    }
+                })
+                .ok();
+            Worker::Thread {
+                tx: Some(tx),
+                rx,
+                handle,
+            }
+        };
+        Jit {
+            config,
+            worker,
+            regions: Vec::new(),
+            free: Vec::new(),
+            by_phys: HashMap::new(),
+            by_frame: HashMap::new(),
+            jump: vec![EMPTY; JUMP_CACHE].into_boxed_slice(),
+            epoch: u64::MAX,
+            pending: HashSet::new(),
+            max_gen: None,
+            freed_below: 0,
+            live: 0,
+            stats: AccelStats::default(),
+            compile_times: Vec::new(),
+            ctx: Box::new(JitCtx {
+                tlb: std::ptr::null(),
+                end: 0,
+                exec: std::ptr::null_mut(),
+                fault: None,
+            }),
+        }
+    }
+
+    /// Waits until every requested compilation is installed or dropped (for tests
+    /// and benchmarks that want compiled code from the first run).
+    pub fn wait_idle(&mut self, ex: &mut Exec<'_>) {
+        while !self.pending.is_empty() {
+            let done = match &self.worker {
+                Worker::Thread { rx, .. } => match rx.recv() {
+                    Ok(d) => d,
+                    Err(_) => return,
+                },
+                Worker::Inline(_) => return,
+            };
+            self.finish(ex, done);
+        }
+    }
+
+    fn poll(&mut self, ex: &mut Exec<'_>) {
+        loop {
+            let done = match &self.worker {
+                Worker::Thread { rx, .. } => match rx.try_recv() {
+                    Ok(d) => d,
+                    Err(_) => return,
+                },
+                Worker::Inline(_) => return,
+            };
+            self.finish(ex, done);
+        }
+    }
+
+    fn finish(&mut self, ex: &mut Exec<'_>, (key, r): Done) {
+        self.pending.remove(&key);
+        match r {
+            Ok(c) => self.install(ex, key, c),
+            Err(e) => {
+                tracing::warn!(target: "ox86::jit", "{e}");
+                self.stats.compile_failures += 1;
+            }
+        }
+    }
+
+    /// Frees the generations below `gen` (none of their regions is installed).
+    fn free_below(&mut self, gen: u32) {
+        while self.freed_below < gen {
+            let g = self.freed_below;
+            self.freed_below += 1;
+            self.stats.generations_freed += 1;
+            match &mut self.worker {
+                Worker::Thread { tx: Some(tx), .. } => {
+                    let _ = tx.send(Msg::Free(g));
+                }
+                Worker::Thread { .. } => {}
+                Worker::Inline(c) => c.free(g),
+            }
+        }
+    }
+
+    fn install(&mut self, ex: &mut Exec<'_>, key: Key, c: Compiled) {
+        self.stats.regions_compiled += 1;
+        self.stats.compile_ns += c.nanos;
+        self.compile_times.push(c.nanos);
+        // A newer generation retires the one before the previous.
+        if self.max_gen.is_none_or(|m| c.gen > m) {
+            self.max_gen = Some(c.gen);
+            if c.gen >= 2 {
+                self.retire_below(c.gen - 1);
+            }
+        }
+        if c.gen < self.freed_below {
+            return; // Its generation is already gone.
+        }
+        // The code bytes must still be what was compiled.
+        let frame = key.phys & !PAGE_MASK;
+        let mut now = vec![0u8; PAGE];
+        ex.mem.read_phys(PhysAddr(frame), &mut now);
+        let same = c
+            .region
+            .ranges
+            .iter()
+            .all(|&(s, e)| now[s as usize..e as usize] == c.req.page[s as usize..e as usize]);
+        if !same {
+            self.stats.stale += 1;
+            return;
+        }
+        if ex.mem.mark_code_page(PhysAddr(frame)) {
+            ex.tlb.protect_frame(frame);
+        }
+        let first_len = c.region.blocks[0].insns.len() as u64;
+        // SAFETY: `func` is the address of a function Cranelift compiled with the
+        // signature (state, ctx) -> u32 in the C calling convention of this host;
+        // its generation stays alive while the region is installed.
+        let func: CompiledFn = unsafe { std::mem::transmute::<usize, CompiledFn>(c.func) };
+        let inst = Installed {
+            key,
+            cs_hi: c.req.entry.cs_hi,
+            func,
+            gen: c.gen,
+            first_len,
+            ranges: c.region.ranges.clone(),
+            code_bytes: c.code_bytes,
+            _region: c.region,
+        };
+        self.stats.code_bytes += inst.code_bytes as u64;
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.regions[id as usize] = Some(inst);
+                id
+            }
+            None => {
+                self.regions.push(Some(inst));
+                (self.regions.len() - 1) as u32
+            }
+        };
+        self.by_phys.entry(key_of(&key)).or_default().push(id);
+        self.by_frame.entry(frame >> 12).or_default().push(id);
+        self.live += 1;
+        // Forget cached misses.
+        self.jump.fill(EMPTY);
+    }
+
+    fn remove(&mut self, id: u32) {
+        let Some(r) = self.regions[id as usize].take() else {
+            return;
+        };
+        self.stats.code_bytes -= r.code_bytes as u64;
+        if let Some(v) = self.by_phys.get_mut(&key_of(&r.key)) {
+            v.retain(|&x| x != id);
+            if v.is_empty() {
+                self.by_phys.remove(&key_of(&r.key));
+            }
+        }
+        let frame = r.key.phys >> 12;
+        if let Some(v) = self.by_frame.get_mut(&frame) {
+            v.retain(|&x| x != id);
+            if v.is_empty() {
+                self.by_frame.remove(&frame);
+            }
+        }
+        self.free.push(id);
+        self.live -= 1;
+    }
+
+    fn retire_below(&mut self, gen: u32) {
+        let ids: Vec<u32> = self
+            .regions
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.as_ref().is_some_and(|r| r.gen < gen))
+            .map(|(i, _)| i as u32)
+            .collect();
+        for id in ids {
+            self.remove(id);
+        }
+        self.jump.fill(EMPTY);
+        self.free_below(gen);
+    }
+
+    /// The region for the current state, through the jump cache.
+    #[inline]
+    fn lookup(&mut self, ex: &Exec<'_>, mode: Mode) -> u32 {
+        let s = &*ex.s;
+        let cs = &s.seg[CS];
+        let eip = s.rip;
+        let lin = cs.base.wrapping_add(eip) & 0xffff_ffff;
+        let j = jump_index(lin);
+        let slot = self.jump[j];
+        if slot.mode == Some(mode) && slot.lin == lin && slot.eip == eip && slot.cs_base == cs.base
+        {
+            return slot.region;
+        }
+        let mut found = NONE;
+        // The physical address: from the interpreter's jump cache (valid under the
+        // same flush rules as this one), else from the TLB.
+        let phys = match ex.blocks.lookup_jump(lin, eip, cs.base, mode.bitness) {
+            Some(b) => Some(ex.blocks.get(b).phys),
+            None => ex
+                .tlb
+                .lookup_exec(mode.user(), lin)
+                .map(|f| f | (lin & PAGE_MASK)),
+        };
+        if let Some(phys) = phys {
+            if let Some(ids) = self.by_phys.get(&(phys, mode.bitness)) {
+                for &id in ids {
+                    let r = self.regions[id as usize].as_ref().expect("indexed region");
+                    if r.key.eip == eip && r.key.cs_base == cs.base && r.key.mode == mode {
+                        found = id;
+                    }
+                }
+            }
+        } else {
+            // No translation cached: do not remember a miss.
+            return NONE;
+        }
+        self.jump[j] = Slot {
+            lin,
+            eip,
+            cs_base: cs.base,
+            mode: Some(mode),
+            region: found,
+        };
+        found
+    }
+}
+
+fn req_key(req: &Request) -> Key {
+    Key {
+        phys: req.phys,
+        eip: req.entry.eip,
+        cs_base: req.cs_base,
+        mode: req.entry.mode,
+    }
+}
+
+impl Accel for Jit {
+    fn run(&mut self, ex: &mut Exec<'_>, end: u64) -> AccelRun {
+        if !self.pending.is_empty() {
+            self.poll(ex);
+        }
+        if self.live == 0 {
+            return AccelRun::NotRun;
+        }
+        if ex.blocks.epoch != self.epoch {
+            self.jump.fill(EMPTY);
+            self.epoch = ex.blocks.epoch;
+        }
+        let Some(mode) = Mode::of(ex.s) else {
+            return AccelRun::NotRun;
+        };
+        let id = self.lookup(ex, mode);
+        if id == NONE {
+            return AccelRun::NotRun;
+        }
+        let r = self.regions[id as usize].as_ref().expect("live region");
+        if r.cs_hi != ex.s.seg[CS].hi as u64 || ex.s.icount + r.first_len > end {
+            return AccelRun::NotRun;
+        }
+        let func = r.func;
+        self.ctx.end = end;
+        self.ctx.tlb = ex.tlb.tables[mode.user() as usize].as_ptr();
+        self.ctx.fault = None;
+        let before = ex.s.icount;
+        let state: *mut CpuState = &mut *ex.s;
+        self.ctx.exec = ex as *mut Exec<'_> as *mut c_void;
+        let ctx: *mut JitCtx = &mut *self.ctx;
+        // SAFETY: the region's code was compiled for this mode, CS base and limit (all
+        // checked above) from bytes still in memory (checked at install; writes since
+        // invalidate it), and its generation is alive. It reads and writes the state
+        // through `state`, guest RAM only through TLB entries filled for RAM, and
+        // calls helpers with `ctx`, whose `exec` is this `ex`, unused meanwhile.
+        let status = unsafe { func(state, ctx as *mut u8) };
+        self.ctx.exec = std::ptr::null_mut();
+        self.stats.entries += 1;
+        self.stats.compiled_insns += ex.s.icount - before;
+        if status == FAULT {
+            return match self.ctx.fault.take() {
+                Some(e) => AccelRun::Fault(e),
+                None => AccelRun::Ran,
+            };
+        }
+        AccelRun::Ran
+    }
+
+    fn hot_threshold(&self) -> u64 {
+        self.config.hot_threshold
+    }
+
+    fn hot(&mut self, ex: &mut Exec<'_>, id: u32) {
+        let b = ex.blocks.get(id);
+        if b.ranges[1].1 > b.ranges[1].0 {
+            return; // An instruction across two pages: left to the interpreter.
+        }
+        let (phys, eip, cs_base, bitness) = (b.phys, b.eip, b.cs_base, b.bitness);
+        let Some(mode) = Mode::of(ex.s) else {
+            return;
+        };
+        if mode.bitness != bitness || ex.s.rip != eip || ex.s.seg[CS].base != cs_base {
+            return;
+        }
+        let key = Key {
+            phys,
+            eip,
+            cs_base,
+            mode,
+        };
+        if self.pending.contains(&key) || self.pending.len() >= 256 {
+            return;
+        }
+        if self
+            .by_phys
+            .get(&key_of(&key))
+            .is_some_and(|ids| ids.iter().any(|&i| self.regions[i as usize].as_ref().is_some_and(|r| r.key == key)))
+        {
+            return;
+        }
+        let frame = phys & !PAGE_MASK;
+        if matches!(ex.mem.region(PhysAddr(frame)), MemRegion::Mmio) {
+            return;
+        }
+        let mut page = vec![0u8; PAGE].into_boxed_slice();
+        ex.mem.read_phys(PhysAddr(frame), &mut page);
+        let req = Request {
+            phys,
+            entry: Entry {
+                eip,
+                page_off: (phys & PAGE_MASK) as usize,
+                cs_hi: ex.s.seg[CS].hi as u64,
+                mode,
+            },
+            cs_base,
+            page,
+        };
+        self.pending.insert(key);
+        match &mut self.worker {
+            Worker::Thread { tx: Some(tx), .. } => {
+                if tx.send(Msg::Compile(req)).is_err() {
+                    self.pending.remove(&key);
+                }
+            }
+            Worker::Thread { .. } => {
+                self.pending.remove(&key);
+            }
+            Worker::Inline(c) => {
+                let r = c.compile(req);
+                self.finish(ex, (key, r));
+            }
+        }
+    }
+
+    fn invalidate(&mut self, addr: u64, len: u64) -> bool {
+        let frame = addr >> 12;
+        let off = (addr & PAGE_MASK) as u32;
+        let end = off.saturating_add(len as u32);
+        let ids: Vec<u32> = self.by_frame.get(&frame).cloned().unwrap_or_default();
+        let mut any = false;
+        for id in ids {
+            let hit = self.regions[id as usize]
+                .as_ref()
+                .is_some_and(|r| r.ranges.iter().any(|&(s, e)| s < end && off < e));
+            if hit {
+                self.remove(id);
+                self.stats.invalidations += 1;
+                any = true;
+            }
+        }
+        if any {
+            self.jump.fill(EMPTY);
+        }
+        self.by_frame.contains_key(&frame)
+    }
+
+    fn clear(&mut self) {
+        let ids: Vec<u32> = (0..self.regions.len() as u32).collect();
+        for id in ids {
+            self.remove(id);
+        }
+        self.jump.fill(EMPTY);
+        if let Some(m) = self.max_gen {
+            self.free_below(m);
+        }
+    }
+
+    fn code_frames(&self) -> Vec<u64> {
+        self.by_frame.keys().copied().collect()
+    }
+
+    fn stats(&self) -> AccelStats {
+        let mut s = self.stats.clone();
+        let mut t = self.compile_times.clone();
+        t.sort_unstable();
+        s.compile_ns_median = t.get(t.len() / 2).copied().unwrap_or(0);
+        s.live_regions = self.live as u64;
+        s
+    }
+}
+
+impl Drop for Jit {
+    fn drop(&mut self) {
+        if let Worker::Thread { tx, handle, .. } = &mut self.worker {
+            tx.take();
+            if let Some(h) = handle.take() {
+                let _ = h.join();
+            }
+        }
+    }
+}

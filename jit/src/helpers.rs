@@ -1,0 +1,96 @@
+//! The helpers compiled code calls, and the context it passes them. Helpers report
+//! faults by return value (and the exception in the context), never by unwinding.
+
+use std::ffi::c_void;
+
+use ox86_cpu::exception::Exception;
+use ox86_cpu::{CpuState, DecodedInsn, Exec};
+use ox86_mmu::tlb::TlbEntry;
+
+/// Helper status: carry on.
+pub const OK: u32 = 0;
+/// Helper status (and region exit status): a fault; the exception is in the context,
+/// RIP and the registers are at the faulting instruction.
+pub const FAULT: u32 = 1;
+/// Helper status (and region exit status): the instruction completed but the region
+/// must be left (its RIP is not the next one, or code was written); the state is
+/// complete.
+pub const LEAVE: u32 = 2;
+/// Region exit status: left by a branch; the state is complete.
+pub const JUMP: u32 = 3;
+/// Region exit status: the instruction budget is used up, or an instruction that may
+/// change what the dispatcher checks (interrupt flag, mode) completed.
+pub const CHECK: u32 = 4;
+
+/// What compiled code gets beside the CPU state. `#[repr(C)]`: compiled code reads
+/// `tlb` and `end` at their `offset_of!` offsets.
+#[repr(C)]
+pub struct JitCtx {
+    /// The TLB table for the region's privilege level.
+    pub tlb: *const TlbEntry,
+    /// Instruction count the region must not run past.
+    pub end: u64,
+    /// The execution context (`*mut Exec<'_>`), for helpers.
+    pub exec: *mut c_void,
+    /// The exception of a FAULT status.
+    pub fault: Option<Exception>,
+}
+
+/// Runs `f` on the execution context behind `ctx`.
+///
+/// # Safety
+/// `ctx` must point to a live `JitCtx` whose `exec` points to the `Exec` the
+/// dispatcher is running compiled code for, not otherwise borrowed during the call.
+#[inline(always)]
+unsafe fn with_exec<R>(ctx: *mut JitCtx, f: impl FnOnce(&mut Exec<'_>, &mut JitCtx) -> R) -> R {
+    // SAFETY: guaranteed by the caller; compiled code passes the dispatcher's context,
+    // and nothing else uses the Exec while compiled code runs.
+    let ctx = unsafe { &mut *ctx };
+    // SAFETY: as above: `exec` was made from a `&mut Exec` that outlives the call.
+    let ex = unsafe { &mut *(ctx.exec as *mut Exec<'static>) };
+    f(ex, ctx)
+}
+
+/// Runs one instruction with its interpreter handler. The caller has written the
+/// whole state back (RIP = the instruction's). Returns OK (the state is at the next
+/// instruction), LEAVE (it completed but the region must be left), or FAULT (RIP and
+/// the registers are at the faulting instruction).
+///
+/// # Safety
+/// Called only by compiled code, with the context the dispatcher passed it and an
+/// instruction the region keeps alive.
+pub unsafe extern "C" fn interp(ctx: *mut JitCtx, d: *const DecodedInsn) -> u32 {
+    // SAFETY: the region owns its instructions for as long as its code can run.
+    let d = unsafe { &*d };
+    // SAFETY: compiled code passes its context through.
+    unsafe {
+        with_exec(ctx, |ex, ctx| {
+            let ip = ex.s.rip;
+            ex.s.rip = d.next_ip;
+            match (d.handler)(ex, &d.insn) {
+                Ok(()) => {
+                    ex.s.icount += 1;
+                    if ex.s.rip != d.next_ip || ex.mem.has_dirty_code() {
+                        LEAVE
+                    } else {
+                        OK
+                    }
+                }
+                Err(e) => {
+                    ex.s.rip = ip;
+                    ctx.fault = Some(e);
+                    FAULT
+                }
+            }
+        })
+    }
+}
+
+/// The arithmetic flags of the lazy state, as EFLAGS bits.
+///
+/// # Safety
+/// `s` must point to the live CPU state.
+pub unsafe extern "C" fn eflags(s: *const CpuState) -> u64 {
+    // SAFETY: compiled code passes the state it was given.
+    unsafe { (*s).eflags() }
+}

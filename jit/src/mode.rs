@@ -1,0 +1,46 @@
+//! The mode a region is compiled for: what compiled code takes as fixed about the CPU
+//! state, and part of every region's key, so that a mode change selects other code.
+
+use ox86_cpu::state::{CR0_AM, AC, CS, DS, ES, SEG_READ, SEG_WRITE, SS};
+use ox86_cpu::CpuState;
+
+/// The mode bits of a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mode {
+    /// Code size in bits (16 or 32).
+    pub bitness: u32,
+    /// Current privilege level (selects the TLB table).
+    pub cpl: u32,
+    /// SS is a 32-bit stack (ESP rather than SP).
+    pub ss32: bool,
+    /// DS, ES and SS are flat: base 0, limit 4 GiB, readable and writable, in protected
+    /// mode; their accesses skip segmentation.
+    pub flat: bool,
+}
+
+impl Mode {
+    /// The mode of `s`, or None when compiled code must not run (alignment checking on).
+    #[inline]
+    pub fn of(s: &CpuState) -> Option<Mode> {
+        if s.cpl == 3 && s.cr0 & CR0_AM != 0 && s.flags & AC != 0 {
+            return None;
+        }
+        let flat = s.protected()
+            && !s.v86()
+            && [DS, ES, SS].iter().all(|&k| {
+                let g = &s.seg[k];
+                g.base == 0 && g.lo == 0 && g.hi == 0xffff_ffff && g.rights == SEG_READ | SEG_WRITE
+            });
+        Some(Mode {
+            bitness: if s.seg[CS].big() { 32 } else { 16 },
+            cpl: s.cpl,
+            ss32: s.seg[SS].big(),
+            flat,
+        })
+    }
+
+    /// Whether accesses use the user TLB table.
+    pub fn user(&self) -> bool {
+        self.cpl == 3
+    }
+}

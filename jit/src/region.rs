@@ -1,0 +1,283 @@
+//! Region selection: from a hot entry, the guest blocks reachable by direct branches
+//! that stay inside the entry's page, decoded from a snapshot of that page, with the
+//! flag liveness of every instruction.
+
+use std::collections::HashMap;
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, RflagsBits};
+use ox86_cpu::block::ends_block;
+use ox86_cpu::DecodedInsn;
+
+use crate::mode::Mode;
+
+/// Page size.
+pub const PAGE: usize = 4096;
+
+/// The arithmetic flags (iced's bits), the only ones the JIT tracks.
+pub const ARITH: u32 = RflagsBits::OF
+    | RflagsBits::SF
+    | RflagsBits::ZF
+    | RflagsBits::AF
+    | RflagsBits::CF
+    | RflagsBits::PF;
+
+/// How a guest block ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Falls through to `next` (block split by size, or the next instruction starts
+    /// another block).
+    Next(u64),
+    /// The last instruction is a conditional branch: (taken, not taken).
+    Cond(u64, u64),
+    /// The last instruction jumps (or calls) to a fixed target.
+    Jump(u64),
+    /// The last instruction leaves to a RIP known only at run time (RET, indirect
+    /// branches, interrupts, far transfers) or may change state the region depends on:
+    /// the region exits with the RIP the instruction left.
+    Dynamic,
+    /// The block stops before an instruction that cannot be taken from this page (it
+    /// crosses the page end or the CS limit): the region exits to it.
+    Stop(u64),
+}
+
+/// One guest block of a region.
+pub struct GuestBlock {
+    /// EIP of its first instruction.
+    pub eip: u64,
+    /// Its instructions.
+    pub insns: Vec<DecodedInsn>,
+    /// Arithmetic flags live after each instruction (iced's bits).
+    pub live_after: Vec<u32>,
+    /// Flags live at entry.
+    pub live_in: u32,
+    /// How it ends.
+    pub end: End,
+}
+
+/// A region: guest blocks and where each starts.
+pub struct Region {
+    /// The blocks; block 0 is the entry.
+    pub blocks: Vec<GuestBlock>,
+    /// Block index by EIP.
+    pub index: HashMap<u64, usize>,
+    /// Byte ranges of the page the region was decoded from: [start, end) offsets.
+    pub ranges: Vec<(u32, u32)>,
+}
+
+/// What the region decoder needs to know of the entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    /// EIP of the entry.
+    pub eip: u64,
+    /// Offset of the entry in the page.
+    pub page_off: usize,
+    /// Highest valid EIP (CS limit).
+    pub cs_hi: u64,
+    /// The mode the code runs in.
+    pub mode: Mode,
+}
+
+impl Entry {
+    /// Page offset of EIP `t`, if `t` lies in the page and within the CS limit.
+    fn offset(&self, t: u64) -> Option<usize> {
+        if t > self.cs_hi {
+            return None;
+        }
+        let off = (self.page_off as i64).checked_add(t.wrapping_sub(self.eip) as i64)?;
+        (0..PAGE as i64).contains(&off).then_some(off as usize)
+    }
+}
+
+/// Whether an instruction writes a segment register (the region's assumptions on
+/// segments may change, so the region must exit after it).
+fn writes_segment(i: &Instruction) -> bool {
+    matches!(
+        i.mnemonic(),
+        Mnemonic::Lds | Mnemonic::Les | Mnemonic::Lfs | Mnemonic::Lgs | Mnemonic::Lss
+    ) || (i.op_count() > 0
+        && i.op_kind(0) == OpKind::Register
+        && i.op0_register().is_segment_register()
+        && matches!(i.mnemonic(), Mnemonic::Mov | Mnemonic::Pop))
+}
+
+/// Decodes the block at `eip`.
+fn decode_block(page: &[u8], e: &Entry, eip: u64, max_insns: usize) -> GuestBlock {
+    let bitness = e.mode.bitness;
+    let ip_mask = if bitness == 16 { 0xffff } else { 0xffff_ffff };
+    let start = e.offset(eip).expect("block start inside the page");
+    let mut dec = Decoder::with_ip(bitness, &page[start..], eip, DecoderOptions::NONE);
+    let mut insns = Vec::new();
+    let mut insn = Instruction::default();
+    let select = ox86_cpu::exec::select;
+    let end = loop {
+        let here = dec.ip();
+        if insns.len() >= max_insns {
+            break End::Next(here);
+        }
+        if !dec.can_decode() {
+            break End::Stop(here);
+        }
+        dec.decode_out(&mut insn);
+        if insn.is_invalid() && dec.last_error() == iced_x86::DecoderError::NoMoreBytes {
+            break End::Stop(here);
+        }
+        // The last byte must be within the CS limit (else the interpreter raises #GP).
+        if here.wrapping_add(insn.len() as u64 - 1) > e.cs_hi || insn.next_ip() > ip_mask + 1 {
+            break End::Stop(here);
+        }
+        let next = insn.next_ip() & ip_mask;
+        insns.push(DecodedInsn {
+            insn,
+            handler: select(&insn),
+            next_ip: next,
+        });
+        if insn.is_invalid() {
+            break End::Dynamic;
+        }
+        let direct = matches!(
+            insn.op0_kind(),
+            OpKind::NearBranch16 | OpKind::NearBranch32
+        );
+        match insn.flow_control() {
+            FlowControl::ConditionalBranch if direct && !is_loop(&insn) => {
+                break End::Cond(insn.near_branch_target() & ip_mask, next);
+            }
+            FlowControl::UnconditionalBranch if direct => {
+                break End::Jump(insn.near_branch_target() & ip_mask);
+            }
+            FlowControl::Call if direct => {
+                break End::Jump(insn.near_branch_target() & ip_mask);
+            }
+            FlowControl::Next if !ends_block(&insn) && !writes_segment(&insn) => {}
+            _ => break End::Dynamic,
+        }
+        if next == 0 && bitness == 16 {
+            // A 16-bit code segment wraps: leave it to the interpreter.
+            break End::Stop(next);
+        }
+    };
+    GuestBlock {
+        eip,
+        insns,
+        live_after: Vec::new(),
+        live_in: ARITH,
+        end,
+    }
+}
+
+/// LOOP, LOOPE, LOOPNE, JCXZ/JECXZ: conditional branches on (E)CX, run by the
+/// interpreter's handler.
+pub fn is_loop(i: &Instruction) -> bool {
+    matches!(
+        i.mnemonic(),
+        Mnemonic::Loop | Mnemonic::Loope | Mnemonic::Loopne | Mnemonic::Jcxz | Mnemonic::Jecxz
+    )
+}
+
+impl Region {
+    /// Decodes the region entered at `e.eip` from `page`, with at most `max_blocks`
+    /// blocks.
+    pub fn decode(page: &[u8], e: &Entry, max_blocks: usize) -> Region {
+        let mut blocks: Vec<GuestBlock> = Vec::new();
+        let mut index = HashMap::new();
+        let mut work = vec![e.eip];
+        while let Some(eip) = work.pop() {
+            if index.contains_key(&eip) || blocks.len() >= max_blocks {
+                continue;
+            }
+            let b = decode_block(page, e, eip, 64);
+            let succ = match b.end {
+                End::Next(n) => vec![n],
+                End::Cond(t, n) => vec![n, t],
+                End::Jump(t) => vec![t],
+                End::Dynamic | End::Stop(_) => vec![],
+            };
+            index.insert(eip, blocks.len());
+            blocks.push(b);
+            for s in succ {
+                if e.offset(s).is_some() && !index.contains_key(&s) {
+                    work.push(s);
+                }
+            }
+        }
+        let mut r = Region {
+            blocks,
+            index,
+            ranges: Vec::new(),
+        };
+        r.ranges = r.byte_ranges(e);
+        r.liveness();
+        r
+    }
+
+    /// Flag liveness: a flag is live after an instruction if some path reads it before
+    /// writing it. Anything that can leave the region reads every flag, since the state
+    /// must be exact there: block ends (every edge checks the budget), instructions that
+    /// can fault, and instructions run by interpreter helpers.
+    fn liveness(&mut self) {
+        for blk in &mut self.blocks {
+            let mut live = ARITH;
+            let mut after = vec![0u32; blk.insns.len()];
+            for (k, d) in blk.insns.iter().enumerate().rev() {
+                after[k] = live;
+                live = live_before(&d.insn, live);
+            }
+            blk.live_after = after;
+            blk.live_in = live;
+        }
+    }
+
+    fn byte_ranges(&self, e: &Entry) -> Vec<(u32, u32)> {
+        let mut r: Vec<(u32, u32)> = self
+            .blocks
+            .iter()
+            .filter(|b| !b.insns.is_empty())
+            .map(|b| {
+                let s = e.offset(b.eip).unwrap_or(0) as u32;
+                let len: usize = b.insns.iter().map(|d| d.insn.len()).sum();
+                (s, (s + len as u32).min(PAGE as u32))
+            })
+            .collect();
+        r.sort_unstable();
+        let mut out: Vec<(u32, u32)> = Vec::new();
+        for (s, t) in r {
+            match out.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(t),
+                _ => out.push((s, t)),
+            }
+        }
+        out
+    }
+}
+
+/// Flags live before `i`, given those live after it.
+fn live_before(i: &Instruction, after: u32) -> u32 {
+    if !crate::lower::is_lowered(i) || crate::lower::may_fault(i) {
+        return ARITH;
+    }
+    let mut written = i.rflags_modified() & ARITH;
+    let mut read = i.rflags_read() & ARITH;
+    if may_keep_flags(i) {
+        // A count of zero leaves the flags as they were.
+        read |= written;
+        written = 0;
+    }
+    (after & !written) | read
+}
+
+/// Shifts and rotates whose count may be zero (by CL, or an immediate that masks to
+/// zero) write no flags then.
+fn may_keep_flags(i: &Instruction) -> bool {
+    use Mnemonic as M;
+    if !matches!(
+        i.mnemonic(),
+        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror | M::Rcl | M::Rcr | M::Shld | M::Shrd
+    ) {
+        return false;
+    }
+    let n = i.op_count() - 1;
+    match i.op_kind(n) {
+        OpKind::Register => true,
+        _ => i.immediate(n) & 0x1f == 0,
+    }
+}

@@ -1,0 +1,657 @@
+//! Translation of a region into one Cranelift function: guest registers in variables,
+//! guest blocks as Cranelift blocks, the budget checked on every edge, memory through
+//! the inline TLB fast path, and every slow path, fault or unlowered instruction
+//! through the interpreter's handler with the state written back exactly.
+
+use std::mem::{offset_of, size_of};
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::types::{I16, I32, I64, I8};
+use cranelift_codegen::ir::{
+    AbiParam, Block, InstBuilder, MemFlagsData, SigRef, Signature, Type, Value,
+};
+use cranelift_codegen::isa::CallConv;
+use cranelift_frontend::{FunctionBuilder, Variable};
+use iced_x86::{Instruction, OpKind, Register};
+use ox86_cpu::exec::operand::seg_index;
+use ox86_cpu::state::{DS, ES, SS};
+use ox86_cpu::{CpuState, DecodedInsn, Segment};
+use ox86_mmu::tlb::{TlbEntry, TLB_ENTRIES};
+
+use crate::flagsrc::FlagSrc;
+use crate::helpers::{self, JitCtx, CHECK, JUMP, OK};
+use crate::lower::{gpr, kind, Kind};
+use crate::mode::Mode;
+use crate::region::{End, Region, ARITH};
+
+/// Cranelift type of a value of `size` bytes.
+pub fn ty(size: u32) -> Type {
+    match size {
+        1 => I8,
+        2 => I16,
+        4 => I32,
+        _ => I64,
+    }
+}
+
+/// Signatures of the helpers, imported into the function.
+pub struct Sigs {
+    /// `interp(ctx, insn) -> u32`.
+    pub interp: SigRef,
+    /// `eflags(state) -> u64`.
+    pub eflags: SigRef,
+}
+
+/// Builds the helper signatures.
+pub fn import_sigs(b: &mut FunctionBuilder<'_>, cc: CallConv) -> Sigs {
+    let mut s = Signature::new(cc);
+    s.params.push(AbiParam::new(I64));
+    s.params.push(AbiParam::new(I64));
+    s.returns.push(AbiParam::new(I32));
+    let interp = b.import_signature(s);
+    let mut s = Signature::new(cc);
+    s.params.push(AbiParam::new(I64));
+    s.returns.push(AbiParam::new(I64));
+    let eflags = b.import_signature(s);
+    Sigs { interp, eflags }
+}
+
+/// State of the translation of one region.
+pub struct Tx<'a, 'b> {
+    /// The function builder.
+    pub b: &'a mut FunctionBuilder<'b>,
+    /// Helper signatures.
+    pub sigs: Sigs,
+    /// `*mut CpuState`.
+    pub state: Value,
+    /// `*mut JitCtx`.
+    pub ctx: Value,
+    /// Guest registers EAX..EDI.
+    pub regs: [Variable; 8],
+    /// Instruction count at the start of the current guest block.
+    pub icount: Variable,
+    /// Budget end (ctx.end).
+    pub end: Value,
+    /// TLB table pointer.
+    pub tlb: Value,
+    /// The mode compiled for.
+    pub mode: Mode,
+    /// Highest valid EIP.
+    pub cs_hi: u64,
+    /// The flags, as far as compile time knows.
+    pub flags: FlagSrc,
+    /// The common exit block: (rip, icount, status).
+    pub exit: Block,
+    /// Cranelift block of each guest block.
+    pub blocks: Vec<Block>,
+    /// The region.
+    pub region: &'a Region,
+    /// The slow path of the current instruction, once one is needed.
+    bail: Option<Block>,
+    /// Index of the current instruction in its guest block.
+    k: usize,
+}
+
+const MF: MemFlagsData = MemFlagsData::trusted();
+/// Guest memory: never traps (the TLB vouches for it), may be unaligned.
+const GUEST: MemFlagsData = MemFlagsData::new().with_notrap();
+
+fn reg_off(i: usize) -> i32 {
+    (offset_of!(CpuState, regs) + 8 * i) as i32
+}
+
+fn seg_off(seg: usize, field: usize) -> i32 {
+    (offset_of!(CpuState, seg) + seg * size_of::<Segment>() + field) as i32
+}
+
+impl<'a, 'b> Tx<'a, 'b> {
+    /// Sets up the entry block and the exit block.
+    pub fn new(
+        b: &'a mut FunctionBuilder<'b>,
+        region: &'a Region,
+        mode: Mode,
+        cs_hi: u64,
+        cc: CallConv,
+    ) -> Tx<'a, 'b> {
+        let sigs = import_sigs(b, cc);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let state = b.block_params(entry)[0];
+        let ctx = b.block_params(entry)[1];
+        let regs: [Variable; 8] = std::array::from_fn(|_| b.declare_var(I64));
+        for (k, &r) in regs.iter().enumerate() {
+            let v = b.ins().load(I64, MF, state, reg_off(k));
+            b.def_var(r, v);
+        }
+        let icount = b.declare_var(I64);
+        let v = b.ins().load(I64, MF, state, offset_of!(CpuState, icount) as i32);
+        b.def_var(icount, v);
+        let end = b.ins().load(I64, MF, ctx, offset_of!(JitCtx, end) as i32);
+        let tlb = b.ins().load(I64, MF, ctx, offset_of!(JitCtx, tlb) as i32);
+        let exit = b.create_block();
+        b.append_block_param(exit, I64);
+        b.append_block_param(exit, I64);
+        b.append_block_param(exit, I32);
+        let blocks: Vec<Block> = region.blocks.iter().map(|_| b.create_block()).collect();
+        b.ins().jump(blocks[0], &[]);
+        Tx {
+            b,
+            sigs,
+            state,
+            ctx,
+            regs,
+            icount,
+            end,
+            tlb,
+            mode,
+            cs_hi,
+            flags: FlagSrc::State,
+            exit,
+            blocks,
+            region,
+            bail: None,
+            k: 0,
+        }
+    }
+
+    /// Translates every guest block and finishes the function.
+    pub fn translate(mut self) {
+        for bi in 0..self.region.blocks.len() {
+            let blk = self.blocks[bi];
+            self.b.switch_to_block(blk);
+            self.flags = FlagSrc::State;
+            self.guest_block(bi);
+        }
+        // The exit block writes the registers back and returns the status.
+        self.b.switch_to_block(self.exit);
+        let p = self.b.block_params(self.exit).to_vec();
+        self.writeback_regs();
+        self.b
+            .ins()
+            .store(MF, p[0], self.state, offset_of!(CpuState, rip) as i32);
+        self.b
+            .ins()
+            .store(MF, p[1], self.state, offset_of!(CpuState, icount) as i32);
+        self.b.ins().return_(&[p[2]]);
+        self.b.seal_all_blocks();
+    }
+
+    fn guest_block(&mut self, bi: usize) {
+        let region = self.region;
+        let gb = &region.blocks[bi];
+        let n = gb.insns.len();
+        for (k, d) in gb.insns.iter().enumerate() {
+            self.k = k;
+            let last = k + 1 == n;
+            let lowered_end = last && !matches!(gb.end, End::Next(_) | End::Stop(_));
+            if lowered_end {
+                self.terminator(d, gb.end, gb.live_after[k]);
+                return;
+            }
+            self.instruction(d, gb.live_after[k]);
+        }
+        // Fell off the end of the block.
+        let next = match gb.end {
+            End::Next(n) | End::Stop(n) => n,
+            _ => unreachable!("terminators return above"),
+        };
+        let cnt = self.icount_at(n);
+        self.edge(next, cnt, &self.flags.clone());
+    }
+
+    /// The instruction count before instruction `k` of the current block.
+    fn icount_at(&mut self, k: usize) -> Value {
+        let c = self.b.use_var(self.icount);
+        self.b.ins().iadd_imm_s(c, k as i64)
+    }
+
+    /// Leaves to `rip` (a constant) or continues in the region's block there, checking
+    /// the budget on the way.
+    fn edge(&mut self, rip: u64, icount: Value, flags: &FlagSrc) {
+        let Some(&target) = self.region.index.get(&rip) else {
+            self.materialize(flags);
+            let r = self.b.ins().iconst(I64, rip as i64);
+            let st = self.b.ins().iconst(I32, JUMP as i64);
+            self.b.ins().jump(self.exit, &[r.into(), icount.into(), st.into()]);
+            return;
+        };
+        let tb = &self.region.blocks[target];
+        if tb.live_in & ARITH != 0 {
+            self.materialize(flags);
+        }
+        // Enough budget for the whole next block?
+        let after = self.b.ins().iadd_imm_s(icount, tb.insns.len() as i64);
+        let over = self.b.ins().icmp(IntCC::UnsignedGreaterThan, after, self.end);
+        let stop = self.b.create_block();
+        let go = self.b.create_block();
+        self.b.ins().brif(over, stop, &[], go, &[]);
+        self.b.switch_to_block(stop);
+        self.materialize(flags);
+        let r = self.b.ins().iconst(I64, rip as i64);
+        let st = self.b.ins().iconst(I32, CHECK as i64);
+        self.b.ins().jump(self.exit, &[r.into(), icount.into(), st.into()]);
+        self.b.switch_to_block(go);
+        self.b.def_var(self.icount, icount);
+        self.b.ins().jump(self.blocks[target], &[]);
+    }
+
+    /// Leaves to a RIP computed at run time.
+    fn exit_dynamic(&mut self, rip: Value, icount: Value, status: u32) {
+        let flags = self.flags.clone();
+        self.materialize(&flags);
+        let st = self.b.ins().iconst(I32, status as i64);
+        self.b.ins().jump(self.exit, &[rip.into(), icount.into(), st.into()]);
+    }
+
+    // ---- registers ----
+
+    /// Reads a GPR at its width.
+    pub fn get(&mut self, r: Register) -> Value {
+        let (idx, size, high) = gpr(r).expect("lowered instructions use EAX..EDI");
+        let v = self.b.use_var(self.regs[idx]);
+        let v = if high { self.b.ins().ushr_imm_s(v, 8) } else { v };
+        self.narrow(v, size)
+    }
+
+    /// Writes a GPR at its width (8- and 16-bit writes keep the other bits; 32-bit
+    /// writes zero the upper half).
+    pub fn set(&mut self, r: Register, v: Value) {
+        let (idx, size, high) = gpr(r).expect("lowered instructions use EAX..EDI");
+        let wide = self.widen(v);
+        let new = match (size, high) {
+            (4, _) => wide,
+            (2, _) => {
+                let old = self.b.use_var(self.regs[idx]);
+                let old = self.b.ins().band_imm_s(old, !0xffff);
+                self.b.ins().bor(old, wide)
+            }
+            (_, false) => {
+                let old = self.b.use_var(self.regs[idx]);
+                let old = self.b.ins().band_imm_s(old, !0xff);
+                self.b.ins().bor(old, wide)
+            }
+            (_, true) => {
+                let old = self.b.use_var(self.regs[idx]);
+                let old = self.b.ins().band_imm_s(old, !0xff00);
+                let sh = self.b.ins().ishl_imm_s(wide, 8);
+                self.b.ins().bor(old, sh)
+            }
+        };
+        self.b.def_var(self.regs[idx], new);
+    }
+
+    /// Truncates an i64 to `size` bytes.
+    pub fn narrow(&mut self, v: Value, size: u32) -> Value {
+        if size >= 8 {
+            v
+        } else {
+            self.b.ins().ireduce(ty(size), v)
+        }
+    }
+
+    /// Zero-extends a value to i64.
+    pub fn widen(&mut self, v: Value) -> Value {
+        if self.b.func.dfg.value_type(v) == I64 {
+            v
+        } else {
+            self.b.ins().uextend(I64, v)
+        }
+    }
+
+    /// Sign-extends a value to i64.
+    pub fn widen_signed(&mut self, v: Value) -> Value {
+        if self.b.func.dfg.value_type(v) == I64 {
+            v
+        } else {
+            self.b.ins().sextend(I64, v)
+        }
+    }
+
+    fn writeback_regs(&mut self) {
+        for k in 0..8 {
+            let v = self.b.use_var(self.regs[k]);
+            self.b.ins().store(MF, v, self.state, reg_off(k));
+        }
+    }
+
+    fn reload_regs(&mut self) {
+        for k in 0..8 {
+            let v = self.b.ins().load(I64, MF, self.state, reg_off(k));
+            self.b.def_var(self.regs[k], v);
+        }
+    }
+
+    // ---- memory ----
+
+    /// The effective address (offset) of the memory operand, as an i64.
+    pub fn ea(&mut self, i: &Instruction) -> Value {
+        let base = i.memory_base();
+        let index = i.memory_index();
+        let asize = if base != Register::None {
+            base.size()
+        } else if index != Register::None {
+            index.size()
+        } else {
+            i.memory_displ_size() as usize
+        };
+        let mut a = self.b.ins().iconst(I64, i.memory_displacement64() as i64);
+        if base != Register::None {
+            let (idx, ..) = gpr(base).expect("checked by kind");
+            let v = self.b.use_var(self.regs[idx]);
+            a = self.b.ins().iadd(a, v);
+        }
+        if index != Register::None {
+            let (idx, ..) = gpr(index).expect("checked by kind");
+            let v = self.b.use_var(self.regs[idx]);
+            let v = match i.memory_index_scale() {
+                1 => v,
+                s => self.b.ins().imul_imm_s(v, s as i64),
+            };
+            a = self.b.ins().iadd(a, v);
+        }
+        let mask = if asize == 2 { 0xffff } else { 0xffff_ffff };
+        self.b.ins().band_imm_s(a, mask)
+    }
+
+    /// The slow path of the current instruction.
+    pub(crate) fn bail_block(&mut self) -> Block {
+        match self.bail {
+            Some(b) => b,
+            None => {
+                let b = self.b.create_block();
+                self.bail = Some(b);
+                b
+            }
+        }
+    }
+
+    /// Linear address of `size` bytes at `seg:off`, branching to the slow path when
+    /// segmentation needs the interpreter's checks.
+    fn linear(&mut self, seg: usize, off: Value, size: u32, write: bool) -> Value {
+        if self.mode.flat && matches!(seg, DS | ES | SS) {
+            return off;
+        }
+        let bail = self.bail_block();
+        let base = self
+            .b
+            .ins()
+            .load(I64, MF, self.state, seg_off(seg, offset_of!(Segment, base)));
+        let lo = self
+            .b
+            .ins()
+            .load(I32, MF, self.state, seg_off(seg, offset_of!(Segment, lo)));
+        let hi = self
+            .b
+            .ins()
+            .load(I32, MF, self.state, seg_off(seg, offset_of!(Segment, hi)));
+        let rights = self
+            .b
+            .ins()
+            .load(I32, MF, self.state, seg_off(seg, offset_of!(Segment, rights)));
+        let need = if write {
+            ox86_cpu::state::SEG_WRITE
+        } else {
+            ox86_cpu::state::SEG_READ
+        };
+        let off32 = self.b.ins().ireduce(I32, off);
+        let last = self.b.ins().iadd_imm_s(off32, size as i64 - 1);
+        let r = self.b.ins().band_imm_s(rights, need as i64);
+        let no_right = self.b.ins().icmp_imm_s(IntCC::Equal, r, 0);
+        let below = self.b.ins().icmp(IntCC::UnsignedLessThan, off32, lo);
+        let above = self.b.ins().icmp(IntCC::UnsignedGreaterThan, last, hi);
+        let wraps = self.b.ins().icmp(IntCC::UnsignedLessThan, last, off32);
+        let bad = self.b.ins().bor(no_right, below);
+        let bad = self.b.ins().bor(bad, above);
+        let bad = self.b.ins().bor(bad, wraps);
+        let ok = self.b.create_block();
+        self.b.ins().brif(bad, bail, &[], ok, &[]);
+        self.b.switch_to_block(ok);
+        let off64 = self.b.ins().uextend(I64, off32);
+        let lin = self.b.ins().iadd(base, off64);
+        self.b.ins().band_imm_s(lin, 0xffff_ffff)
+    }
+
+    /// Host address for `size` bytes at linear `lin` through the TLB, branching to the
+    /// slow path on a miss, a slow page or a page-crossing access.
+    fn host(&mut self, lin: Value, size: u32, write: bool) -> Value {
+        let bail = self.bail_block();
+        let idx = self.b.ins().ushr_imm_s(lin, 12);
+        let idx = self.b.ins().band_imm_s(idx, (TLB_ENTRIES - 1) as i64);
+        let idx = self
+            .b
+            .ins()
+            .imul_imm_s(idx, size_of::<TlbEntry>() as i64);
+        let entry = self.b.ins().iadd(self.tlb, idx);
+        let tag_off = if write {
+            offset_of!(TlbEntry, write)
+        } else {
+            offset_of!(TlbEntry, read)
+        };
+        let tag = self.b.ins().load(I64, MF, entry, tag_off as i32);
+        let lastb = if size > 1 {
+            self.b.ins().iadd_imm_s(lin, size as i64 - 1)
+        } else {
+            lin
+        };
+        let page = self.b.ins().band_imm_s(lastb, !0xfff);
+        let miss = self.b.ins().icmp(IntCC::NotEqual, tag, page);
+        let hit = self.b.create_block();
+        self.b.ins().brif(miss, bail, &[], hit, &[]);
+        self.b.switch_to_block(hit);
+        let addend = self
+            .b
+            .ins()
+            .load(I64, MF, entry, offset_of!(TlbEntry, addend) as i32);
+        self.b.ins().iadd(lin, addend)
+    }
+
+    /// Loads `size` bytes at `seg:off`.
+    pub fn load(&mut self, seg: usize, off: Value, size: u32) -> Value {
+        let lin = self.linear(seg, off, size, false);
+        let h = self.host(lin, size, false);
+        self.b.ins().load(ty(size), GUEST, h, 0)
+    }
+
+    /// Stores a value of `size` bytes at `seg:off`. Must be the instruction's last
+    /// memory access (its slow path redoes the whole instruction).
+    pub fn store(&mut self, seg: usize, off: Value, size: u32, v: Value) {
+        let lin = self.linear(seg, off, size, true);
+        let h = self.host(lin, size, true);
+        self.b.ins().store(GUEST, v, h, 0);
+    }
+
+    /// Segment and offset of the memory operand.
+    pub fn mem(&mut self, i: &Instruction) -> (usize, Value) {
+        let off = self.ea(i);
+        (seg_index(i.memory_segment()), off)
+    }
+
+    /// Reads operand `n` (register, memory or immediate) at `size` bytes.
+    pub fn read_op(&mut self, i: &Instruction, n: u32, size: u32) -> Value {
+        match i.op_kind(n) {
+            OpKind::Register => self.get(i.op_register(n)),
+            OpKind::Memory => {
+                let (seg, off) = self.mem(i);
+                self.load(seg, off, size)
+            }
+            _ => self.imm(size, i.immediate(n)),
+        }
+    }
+
+    // ---- stack ----
+
+    pub(crate) fn sp_mask(&self) -> i64 {
+        if self.mode.ss32 {
+            0xffff_ffff
+        } else {
+            0xffff
+        }
+    }
+
+    /// The stack pointer (ESP or SP) as an i64.
+    pub fn sp(&mut self) -> Value {
+        let v = self.b.use_var(self.regs[4]);
+        let m = self.sp_mask();
+        self.b.ins().band_imm_s(v, m)
+    }
+
+    /// The new ESP for a stack pointer value (keeping the upper half for a 16-bit
+    /// stack).
+    pub fn new_esp(&mut self, sp: Value) -> Value {
+        let m = self.sp_mask();
+        let sp = self.b.ins().band_imm_s(sp, m);
+        if self.mode.ss32 {
+            return sp;
+        }
+        let old = self.b.use_var(self.regs[4]);
+        let old = self.b.ins().band_imm_s(old, !m);
+        self.b.ins().bor(old, sp)
+    }
+
+    /// Pushes `v` (of `size` bytes): stores below the stack pointer and returns the new
+    /// ESP, which the caller sets after its last memory access.
+    pub fn push(&mut self, v: Value, size: u32) -> Value {
+        let sp = self.sp();
+        let sp = self.b.ins().iadd_imm_s(sp, -(size as i64));
+        let m = self.sp_mask();
+        let sp = self.b.ins().band_imm_s(sp, m);
+        self.store(SS, sp, size, v);
+        self.new_esp(sp)
+    }
+
+    /// Pops `size` bytes: returns (value, new ESP).
+    pub fn pop(&mut self, size: u32) -> (Value, Value) {
+        let sp = self.sp();
+        let v = self.load(SS, sp, size);
+        let sp = self.b.ins().iadd_imm_s(sp, size as i64);
+        let esp = self.new_esp(sp);
+        (v, esp)
+    }
+
+    // ---- instructions ----
+
+    fn instruction(&mut self, d: &DecodedInsn, live_after: u32) {
+        let before = self.flags.clone();
+        self.bail = None;
+        if !crate::emit::emit(self, &d.insn, live_after) {
+            // Not lowered: the interpreter runs it and the region goes on.
+            let cont = self.b.create_block();
+            self.helper(d, &before, Some(cont));
+            self.b.switch_to_block(cont);
+            self.flags = FlagSrc::State;
+            return;
+        }
+        if let Some(bail) = self.bail.take() {
+            // The slow path runs the whole instruction in the interpreter. It rejoins
+            // the fast path when the instruction writes no flags (so the flags are the
+            // same either way); otherwise it leaves the region.
+            let after = self.flags.clone();
+            let cont = self.b.create_block();
+            self.b.ins().jump(cont, &[]);
+            self.b.switch_to_block(bail);
+            let rejoin = d.insn.rflags_modified() & ARITH == 0;
+            self.helper(d, &before, rejoin.then_some(cont));
+            self.b.switch_to_block(cont);
+            self.flags = after;
+        }
+    }
+
+    fn terminator(&mut self, d: &DecodedInsn, end: End, live_after: u32) {
+        let before = self.flags.clone();
+        self.bail = None;
+        let k = self.k;
+        let next_count = self.icount_at(k + 1);
+        let i = &d.insn;
+        let direct_ok = match end {
+            End::Cond(..) | End::Jump(_) => true,
+            _ => false,
+        };
+        match (kind(i), end) {
+            (Kind::Jcc, End::Cond(t, n)) if direct_ok => {
+                let c = self.cond(i.condition_code());
+                let taken = self.b.create_block();
+                let fall = self.b.create_block();
+                self.b.ins().brif(c, taken, &[], fall, &[]);
+                let flags = self.flags.clone();
+                self.b.switch_to_block(taken);
+                self.edge(t, next_count, &flags);
+                self.b.switch_to_block(fall);
+                self.edge(n, next_count, &flags);
+            }
+            (Kind::Jmp, End::Jump(t)) => {
+                let flags = self.flags.clone();
+                self.edge(t, next_count, &flags);
+            }
+            (Kind::Call, End::Jump(t)) => {
+                let size = crate::lower::stack_size(i);
+                let ret = self.b.ins().iconst(ty(size), d.next_ip as i64);
+                let esp = self.push(ret, size);
+                self.b.def_var(self.regs[4], esp);
+                let flags = self.flags.clone();
+                self.edge(t, next_count, &flags);
+            }
+            (Kind::Ret | Kind::JmpInd | Kind::CallInd, End::Dynamic) => {
+                let target = crate::emit::indirect(self, i, d.next_ip);
+                self.exit_dynamic(target, next_count, JUMP);
+            }
+            _ => {
+                // Run by the interpreter; the region ends after it.
+                self.helper(d, &before, None);
+                let _ = live_after;
+                return;
+            }
+        }
+        if let Some(bail) = self.bail.take() {
+            self.b.switch_to_block(bail);
+            self.helper(d, &before, None);
+        }
+    }
+
+    /// Runs instruction `d` in the interpreter. With `cont`, execution continues there
+    /// afterwards (the state reloaded); without, the region is left after it.
+    fn helper(&mut self, d: &DecodedInsn, flags: &FlagSrc, cont: Option<Block>) {
+        let k = self.k;
+        self.materialize(flags);
+        self.writeback_regs();
+        let ip = self.b.ins().iconst(I64, d.insn.ip() as i64);
+        self.b
+            .ins()
+            .store(MF, ip, self.state, offset_of!(CpuState, rip) as i32);
+        let cnt = self.icount_at(k);
+        self.b
+            .ins()
+            .store(MF, cnt, self.state, offset_of!(CpuState, icount) as i32);
+        let f = self
+            .b
+            .ins()
+            .iconst(I64, helpers::interp as *const () as usize as i64);
+        let p = self.b.ins().iconst(I64, d as *const DecodedInsn as usize as i64);
+        let call = self
+            .b
+            .ins()
+            .call_indirect(self.sigs.interp, f, &[self.ctx, p]);
+        let r = self.b.inst_results(call)[0];
+        match cont {
+            Some(cont) => {
+                let ok = self.b.create_block();
+                let leave = self.b.create_block();
+                let is_ok = self.b.ins().icmp_imm_s(IntCC::Equal, r, OK as i64);
+                self.b.ins().brif(is_ok, ok, &[], leave, &[]);
+                self.b.switch_to_block(leave);
+                self.b.ins().return_(&[r]);
+                self.b.switch_to_block(ok);
+                self.reload_regs();
+                self.b.ins().jump(cont, &[]);
+            }
+            None => {
+                // OK means the next instruction is due: the dispatcher checks
+                // interrupts and mode before going on.
+                let is_ok = self.b.ins().icmp_imm_s(IntCC::Equal, r, OK as i64);
+                let chk = self.b.ins().iconst(I32, CHECK as i64);
+                let st = self.b.ins().select(is_ok, chk, r);
+                self.b.ins().return_(&[st]);
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The JIT against the interpreter: the same random programs run on a CPU with the
+//! JIT (compiling at the first execution, inline, so that compiled code runs from the
+//! second iteration on) and on one without; registers, flags, memory, the instruction
+//! count and the way the run ended must be identical.
+
+use iced_x86::code_asm::*;
+use ox86_cpu::testkit::{Regs32, Snippet, SnippetEnd, DATA_ADDR};
+use ox86_jit::{Jit, JitConfig};
+use proptest::prelude::*;
+
+const DATA_LEN: usize = 0x1000;
+const COUNTER: i32 = 0xff0;
+
+fn jit_snippet(threshold: u64) -> Snippet {
+    let mut s = Snippet::new();
+    s.cpu.accel = Some(Box::new(Jit::new(JitConfig {
+        hot_threshold: threshold,
+        inline_compile: true,
+        ..JitConfig::default()
+    })));
+    s
+}
+
+/// One random instruction, from a recipe of random numbers.
+fn emit_one(a: &mut CodeAssembler, r: (u8, u8, u8, u32)) -> Result<(), IcedError> {
+    // EBX holds the data address and ESP the stack: never destinations.
+    let r32 = [eax, ecx, edx, esi, edi, ebp];
+    let r16 = [ax, cx, dx, si, di, bp];
+    let b8 = [al, cl, dl, ah, ch, dh];
+    let (op, x, y, imm) = r;
+    let d = r32[x as usize % 6];
+    let s = r32[y as usize % 6];
+    let d16 = r16[x as usize % 6];
+    let s16 = r16[y as usize % 6];
+    let d8 = b8[x as usize % 6];
+    let s8 = b8[y as usize % 6];
+    let disp = (imm % 0xf00) as i32 & !3;
+    let m = dword_ptr(ebx + disp);
+    let imm32 = imm as i32;
+    match op % 48 {
+        0 => a.add(d, s),
+        1 => a.sub(d, s),
+        2 => a.and(d, s),
+        3 => a.or(d, s),
+        4 => a.xor(d, s),
+        5 => a.cmp(d, s),
+        6 => a.test(d, s),
+        7 => a.adc(d, s),
+        8 => a.sbb(d, s),
+        9 => a.add(d, imm32),
+        10 => a.sub(d, imm32 >> (imm & 31)),
+        11 => a.cmp(d, imm32 & 0xff),
+        12 => a.add(d, m),
+        13 => a.sub(m, s),
+        14 => a.inc(d),
+        15 => a.dec(d),
+        16 => a.neg(d),
+        17 => a.not(d),
+        18 => a.shl(d, (imm & 31) as u32),
+        19 => a.shr(d, cl),
+        20 => a.sar(d, (imm & 31) as u32),
+        21 => a.imul_2(d, s),
+        22 => a.imul_3(d, s, imm32 >> 16),
+        23 => a.lea(d, ptr(ebx + s * 4 + disp)),
+        24 => a.movzx(d, s8),
+        25 => a.movsx(d, s16),
+        26 => a.mov(d, m),
+        27 => a.mov(m, s),
+        28 => a.add(d8, s8),
+        29 => a.sub(d16, s16),
+        30 => a.cmp(byte_ptr(ebx + disp), (imm & 0xff) as u32),
+        31 => a.inc(word_ptr(ebx + disp)),
+        32 => a.cdq(),
+        33 => a.cwde(),
+        34 => a.xchg(d, s),
+        35 => {
+            a.push(s)?;
+            a.pop(d)
+        }
+        36 => match y % 4 {
+            0 => a.sete(d8),
+            1 => a.setl(d8),
+            2 => a.setbe(d8),
+            _ => a.seto(d8),
+        },
+        37 => match y % 4 {
+            0 => a.cmovb(d, s),
+            1 => a.cmovg(d, m),
+            2 => a.cmovns(d, s),
+            _ => a.cmovp(d, s),
+        },
+        38 => a.mul(s),
+        39 => a.div(s),
+        40 => a.xadd(m, s),
+        41 => a.rol(d, (imm & 31) as u32),
+        42 => a.bt(d, s),
+        43 => a.adc(m, imm32 & 0x7f),
+        44 => a.sbb(d8, (imm & 0xff) as u32),
+        45 => a.shl(d16, cl),
+        46 => {
+            a.push(imm32)?;
+            a.pop(d)
+        }
+        _ => a.mov(d, imm as u32),
+    }
+}
+
+/// A loop of `iters` iterations around random instructions, with a forward
+/// conditional branch over some of them.
+fn program(body: &[(u8, u8, u8, u32)], iters: u32) -> Vec<u8> {
+    let mut a = CodeAssembler::new(32).unwrap();
+    let mut top = a.create_label();
+    a.mov(dword_ptr(ebx + COUNTER), iters).unwrap();
+    a.set_label(&mut top).unwrap();
+    let mut skip: Option<CodeLabel> = None;
+    for (k, &r) in body.iter().enumerate() {
+        if r.0 >= 200 && skip.is_none() {
+            let mut l = a.create_label();
+            match r.1 % 4 {
+                0 => a.jne(l).unwrap(),
+                1 => a.jl(l).unwrap(),
+                2 => a.jbe(l).unwrap(),
+                _ => a.js(l).unwrap(),
+            }
+            // The label lands after the next instruction.
+            let _ = &mut l;
+            skip = Some(l);
+            continue;
+        }
+        emit_one(&mut a, r).unwrap();
+        if let Some(mut l) = skip.take() {
+            a.set_label(&mut l).unwrap();
+            a.nop().unwrap();
+        }
+        let _ = k;
+    }
+    if let Some(mut l) = skip.take() {
+        a.set_label(&mut l).unwrap();
+        a.nop().unwrap();
+    }
+    a.dec(dword_ptr(ebx + COUNTER)).unwrap();
+    a.jne(top).unwrap();
+    a.assemble(ox86_cpu::testkit::CODE_ADDR as u64).unwrap()
+}
+
+fn run(s: &mut Snippet, code: &[u8], regs: &Regs32) -> (SnippetEnd, Regs32, Vec<u8>, u64) {
+    let mut r = *regs;
+    let mut data = vec![0u8; DATA_LEN];
+    for (k, b) in data.iter_mut().enumerate() {
+        *b = (k as u8).wrapping_mul(37).wrapping_add(11);
+    }
+    let end = s.run(code, &mut r, &mut data, 200_000);
+    (end, r, data, s.cpu.state.icount)
+}
+
+fn initial(seed: [u32; 7], flags: u32) -> Regs32 {
+    Regs32 {
+        gpr: [
+            seed[0],
+            seed[1],
+            seed[2],
+            DATA_ADDR,
+            0x2f_fff0,
+            seed[3],
+            seed[4] & 0x3f,
+            seed[5],
+        ],
+        eflags: flags & 0x8d5,
+    }
+}
+
+fn compare(code: &[u8], regs: &Regs32) -> u64 {
+    let mut interp = Snippet::new();
+    let mut jit = jit_snippet(1);
+    let a = run(&mut interp, code, regs);
+    let b = run(&mut jit, code, regs);
+    assert_eq!(a.0, b.0, "end of run");
+    assert_eq!(a.1, b.1, "registers and flags");
+    assert_eq!(a.3, b.3, "instruction count");
+    assert!(a.2 == b.2, "data memory differs");
+    let st = jit.cpu.accel.as_ref().unwrap().stats();
+    st.compiled_insns
+}
+
+#[test]
+fn simple_loop_compiles_and_matches() {
+    let body = [(0u8, 0u8, 1u8, 0u32), (9, 1, 0, 7), (12, 2, 0, 64), (27, 2, 0, 128)];
+    let code = program(&body, 1000);
+    let compiled = compare(&code, &initial([1, 2, 3, 4, 5, 6, 7], 0));
+    assert!(compiled > 4000, "compiled code ran {compiled} instructions");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_loops_match(
+        body in prop::collection::vec(any::<(u8, u8, u8, u32)>(), 1..24),
+        iters in 1u32..40,
+        seed in any::<[u32; 7]>(),
+        flags in any::<u32>(),
+    ) {
+        let code = program(&body, iters);
+        compare(&code, &initial(seed, flags));
+    }
+}
