@@ -1,6 +1,7 @@
 //! Building a [`Machine`] in small steps.
 
 use crate::clock::ClockMode;
+use ox86_jit::JitConfig;
 use crate::error::MachineError;
 use crate::machine::{Guest, Machine, SerialOut};
 
@@ -13,6 +14,7 @@ pub struct MachineBuilder {
     no_reboot: bool,
     max_insns: Option<u64>,
     clock: ClockMode,
+    jit: Option<JitConfig>,
 }
 
 impl Default for MachineBuilder {
@@ -31,7 +33,14 @@ impl MachineBuilder {
             no_reboot: false,
             max_insns: None,
             clock: ClockMode::Realtime,
+            jit: Some(JitConfig::default()),
         }
+    }
+
+    /// The JIT's configuration, or `None` to run the interpreter alone (`--interp`).
+    pub fn jit(mut self, config: Option<JitConfig>) -> Self {
+        self.jit = config;
+        self
     }
 
     /// Guest RAM size in bytes.
@@ -93,6 +102,7 @@ impl MachineBuilder {
             self.no_reboot,
             self.max_insns,
             self.clock,
+            self.jit,
         )
     }
 }

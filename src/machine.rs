@@ -10,7 +10,8 @@ use ox86_bios::{EntryMode, EntryState};
 use ox86_cpu::state::{
     attr, Segment, CR0_PE, CS, DS, ES, FS, GS, IF, RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP, SS,
 };
-use ox86_cpu::{Cpu, CpuExit, RunLimits};
+use ox86_cpu::{AccelStats, Cpu, CpuExit, RunLimits};
+use ox86_jit::{Jit, JitConfig};
 use ox86_devices::uart::SerialInput;
 use ox86_devices::{Platform, PlatformConfig};
 use ox86_mmu::{Memory, PhysAddr};
@@ -71,7 +72,7 @@ pub enum ExitReason {
 }
 
 /// Counters for `--stats`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct MachineStats {
     /// Guest instructions retired.
     pub instructions: u64,
@@ -85,6 +86,8 @@ pub struct MachineStats {
     pub invalidations: u64,
     /// Exceptions and interrupts delivered.
     pub interrupts: u64,
+    /// What the JIT did (None with the interpreter alone).
+    pub jit: Option<AccelStats>,
 }
 
 /// Most instructions the CPU runs between device, timer and quit checks.
@@ -121,6 +124,7 @@ impl Machine {
         no_reboot: bool,
         max_insns: Option<u64>,
         clock: ClockMode,
+        jit: Option<JitConfig>,
     ) -> Result<Machine, MachineError> {
         let mem = Memory::new(ram)?;
         let out: Box<dyn Write + Send> = match serial {
@@ -142,8 +146,12 @@ impl Machine {
             clock: Clock::new(clock),
         };
         let quit = Arc::new(AtomicBool::new(false));
+        let mut cpu = Cpu::new();
+        if let Some(config) = jit {
+            cpu.accel = Some(Box::new(Jit::new(config)));
+        }
         let mut m = Machine {
-            cpu: Cpu::new(),
+            cpu,
             mem,
             bus,
             guest,
@@ -190,6 +198,7 @@ impl Machine {
             tlb_flushes: self.cpu.tlb.flushes,
             invalidations: self.cpu.blocks.invalidated,
             interrupts: self.cpu.stats.interrupts,
+            jit: self.cpu.accel.as_ref().map(|a| a.stats()),
         }
     }
 

@@ -54,6 +54,9 @@ struct RunArgs {
     /// that runs are deterministic.
     #[arg(long, value_name = "SHIFT", num_args = 0..=1, default_missing_value = "0")]
     icount: Option<u32>,
+    /// Run the interpreter alone, without the JIT.
+    #[arg(long)]
+    interp: bool,
 }
 
 /// Parses the command line; on error prints one line and returns the exit code.
@@ -114,6 +117,9 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
         .ram_size(ram)
         .serial(serial_out(&a.serial)?)
         .no_reboot(a.no_reboot);
+    if a.interp {
+        b = b.jit(None);
+    }
     if let Some(n) = a.max_insns {
         b = b.max_insns(n);
     }
@@ -168,6 +174,22 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
             s.invalidations,
             s.interrupts
         );
+        if let Some(j) = &s.jit {
+            eprintln!(
+                "ox86 jit: {:.1}% of instructions in compiled code ({} entries); {} regions compiled ({} failed, {} stale), compile time {:.3} s, median {} us per region; {} invalidations, {} generations freed, {} regions live ({} KiB of code)",
+                100.0 * j.compiled_insns as f64 / (s.instructions.max(1)) as f64,
+                j.entries,
+                j.regions_compiled,
+                j.compile_failures,
+                j.stale,
+                j.compile_ns as f64 / 1e9,
+                j.compile_ns_median / 1000,
+                j.invalidations,
+                j.generations_freed,
+                j.live_regions,
+                j.code_bytes / 1024
+            );
+        }
     }
     Ok(match reason {
         ExitReason::GuestExit(status) => ExitCode::from(status as u8),

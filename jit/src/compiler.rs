@@ -76,6 +76,7 @@ fn new_module() -> Result<JITModule, String> {
         ("opt_level", "speed"),
         ("is_pic", "false"),
         ("use_colocated_libcalls", "false"),
+        ("enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" }),
     ] {
         flags.set(k, v).map_err(|e| e.to_string())?;
     }

@@ -183,6 +183,7 @@ pub fn emit(t: &mut Tx<'_, '_>, i: &Instruction, live_after: u32) -> bool {
                 t.flags = FlagSrc::Dead;
             }
         }
+        Kind::Shift if i.op1_kind() != OpKind::Register => shift_imm(t, i),
         Kind::Imul if flags_dead && i.op0_kind() == OpKind::Register => {
             let size = op_size(i, 0);
             let (a, b) = if i.op_count() == 3 {
@@ -270,6 +271,73 @@ pub fn emit(t: &mut Tx<'_, '_>, i: &Instruction, live_after: u32) -> bool {
         _ => return false,
     }
     true
+}
+
+/// SHL, SHR, SAR by a non-zero immediate, with the flags the interpreter gives
+/// (CF, OF as defined for count 1 and as Intel gives for more, SF ZF PF from the
+/// result, AF clear).
+fn shift_imm(t: &mut Tx<'_, '_>, i: &Instruction) {
+    let size = op_size(i, 0);
+    let bits = size * 8;
+    let c = (i.immediate(1) & 0x1f) as i64;
+    let p = t.place0(i);
+    let v = t.read_place(&p, size);
+    let sb = 1i64 << (bits - 1);
+    let m = if bits == 32 { 0xffff_ffff } else { (1i64 << bits) - 1 };
+    let (r, cf, of) = match i.mnemonic() {
+        M::Shr => {
+            let d = t.widen(v);
+            let r = t.b.ins().ushr_imm_s(d, c);
+            let cf = if c as u32 <= bits {
+                let x = t.b.ins().ushr_imm_s(d, c - 1);
+                t.b.ins().band_imm_s(x, 1)
+            } else {
+                t.b.ins().iconst(I64, 0)
+            };
+            let of = t.b.ins().band_imm_s(d, sb);
+            let of = t.b.ins().ushr_imm_s(of, bits as i64 - 1);
+            (r, cf, of)
+        }
+        M::Sar => {
+            let d = t.widen_signed(v);
+            let r = t.b.ins().sshr_imm_s(d, c);
+            let r = t.b.ins().band_imm_s(r, m);
+            let x = t.b.ins().sshr_imm_s(d, c - 1);
+            let cf = t.b.ins().band_imm_s(x, 1);
+            let of = t.b.ins().iconst(I64, 0);
+            (r, cf, of)
+        }
+        _ => {
+            let d = t.widen(v);
+            let r = t.b.ins().ishl_imm_s(d, c);
+            let r = t.b.ins().band_imm_s(r, m);
+            let cf = if c as u32 <= bits {
+                let x = t.b.ins().ushr_imm_s(d, bits as i64 - c);
+                t.b.ins().band_imm_s(x, 1)
+            } else {
+                t.b.ins().iconst(I64, 0)
+            };
+            let s = t.b.ins().ushr_imm_s(r, bits as i64 - 1);
+            let of = t.b.ins().bxor(s, cf);
+            (r, cf, of)
+        }
+    };
+    // SF, ZF, PF from the result.
+    let z = t.b.ins().icmp_imm_s(IntCC::Equal, r, 0);
+    let z = t.b.ins().uextend(I64, z);
+    let s = t.b.ins().ushr_imm_s(r, bits as i64 - 1);
+    let lo = t.b.ins().band_imm_s(r, 0xff);
+    let pc = t.b.ins().popcnt(lo);
+    let pf = t.b.ins().band_imm_s(pc, 1);
+    let pf = t.b.ins().bxor_imm_s(pf, 1);
+    let mut bits_v = cf;
+    for (f, sh) in [(pf, 2), (z, 6), (s, 7), (of, 11)] {
+        let x = t.b.ins().ishl_imm_s(f, sh);
+        bits_v = t.b.ins().bor(bits_v, x);
+    }
+    let res = t.narrow(r, size);
+    t.write_place(&p, size, res);
+    t.flags = FlagSrc::Bits(bits_v);
 }
 
 /// A shift by an immediate that masks to zero: no effect on the flags.

@@ -187,6 +187,7 @@ impl Jit {
     fn poll(&mut self, ex: &mut Exec<'_>) {
         loop {
             let done = match &self.worker {
+                Worker::Thread { rx, .. } if rx.is_empty() => return,
                 Worker::Thread { rx, .. } => match rx.try_recv() {
                     Ok(d) => d,
                     Err(_) => return,

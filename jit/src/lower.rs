@@ -77,7 +77,7 @@ fn simple_operands(i: &Instruction) -> bool {
     (0..i.op_count()).all(|n| match i.op_kind(n) {
         OpKind::Register => gpr(i.op_register(n)).is_some(),
         OpKind::Memory => {
-            matches!(i.memory_size().size(), 1 | 2 | 4)
+            (matches!(i.memory_size().size(), 1 | 2 | 4) || i.mnemonic() == M::Lea)
                 && [i.memory_base(), i.memory_index()]
                     .iter()
                     .all(|&r| r == Register::None || gpr(r).is_some_and(|g| g.1 >= 2 && !g.2))

@@ -186,6 +186,11 @@ impl Region {
                 continue;
             }
             let b = decode_block(page, e, eip, 64);
+            if b.insns.is_empty() && !blocks.is_empty() {
+                // Nothing decodable here (the instruction crosses the page end or
+                // the CS limit): branches to it leave the region.
+                continue;
+            }
             let succ = match b.end {
                 End::Next(n) => vec![n],
                 End::Cond(t, n) => vec![n, t],

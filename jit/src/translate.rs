@@ -82,6 +82,9 @@ pub struct Tx<'a, 'b> {
     pub flags: FlagSrc,
     /// The common exit block: (rip, icount, status).
     pub exit: Block,
+    /// The common slow path: (instruction pointer, EIP, icount) of an instruction to
+    /// run in the interpreter before leaving the region.
+    pub slow: Block,
     /// Cranelift block of each guest block.
     pub blocks: Vec<Block>,
     /// The region.
@@ -133,6 +136,10 @@ impl<'a, 'b> Tx<'a, 'b> {
         b.append_block_param(exit, I64);
         b.append_block_param(exit, I64);
         b.append_block_param(exit, I32);
+        let slow = b.create_block();
+        b.append_block_param(slow, I64);
+        b.append_block_param(slow, I64);
+        b.append_block_param(slow, I64);
         let blocks: Vec<Block> = region.blocks.iter().map(|_| b.create_block()).collect();
         b.ins().jump(blocks[0], &[]);
         Tx {
@@ -148,6 +155,7 @@ impl<'a, 'b> Tx<'a, 'b> {
             cs_hi,
             flags: FlagSrc::State,
             exit,
+            slow,
             blocks,
             region,
             bail: None,
@@ -174,6 +182,30 @@ impl<'a, 'b> Tx<'a, 'b> {
             .ins()
             .store(MF, p[1], self.state, offset_of!(CpuState, icount) as i32);
         self.b.ins().return_(&[p[2]]);
+        // The common slow path runs one instruction in the interpreter (the flags are
+        // already in the state) and leaves.
+        self.b.switch_to_block(self.slow);
+        let p = self.b.block_params(self.slow).to_vec();
+        self.writeback_regs();
+        self.b
+            .ins()
+            .store(MF, p[1], self.state, offset_of!(CpuState, rip) as i32);
+        self.b
+            .ins()
+            .store(MF, p[2], self.state, offset_of!(CpuState, icount) as i32);
+        let f = self
+            .b
+            .ins()
+            .iconst(I64, helpers::interp as *const () as usize as i64);
+        let call = self
+            .b
+            .ins()
+            .call_indirect(self.sigs.interp, f, &[self.ctx, p[0]]);
+        let r = self.b.inst_results(call)[0];
+        let is_ok = self.b.ins().icmp_imm_s(IntCC::Equal, r, OK as i64);
+        let chk = self.b.ins().iconst(I32, CHECK as i64);
+        let st = self.b.ins().select(is_ok, chk, r);
+        self.b.ins().return_(&[st]);
         self.b.seal_all_blocks();
     }
 
@@ -542,18 +574,29 @@ impl<'a, 'b> Tx<'a, 'b> {
             self.flags = FlagSrc::State;
             return;
         }
-        if let Some(bail) = self.bail.take() {
-            // The slow path runs the whole instruction in the interpreter. It rejoins
-            // the fast path when the instruction writes no flags (so the flags are the
-            // same either way); otherwise it leaves the region.
-            let after = self.flags.clone();
-            let cont = self.b.create_block();
-            self.b.ins().jump(cont, &[]);
-            self.b.switch_to_block(bail);
-            let rejoin = d.insn.rflags_modified() & ARITH == 0;
-            self.helper(d, &before, rejoin.then_some(cont));
-            self.b.switch_to_block(cont);
-            self.flags = after;
+        self.finish_slow(d, &before, true);
+    }
+
+    /// Emits the current instruction's slow path, if it has one: the flags as they
+    /// were before it, then the common slow path, which redoes the instruction in the
+    /// interpreter and leaves the region.
+    fn finish_slow(&mut self, d: &DecodedInsn, before: &FlagSrc, resume: bool) {
+        let Some(bail) = self.bail.take() else {
+            return;
+        };
+        let cont = resume.then(|| {
+            let c = self.b.create_block();
+            self.b.ins().jump(c, &[]);
+            c
+        });
+        self.b.switch_to_block(bail);
+        self.materialize(before);
+        let p = self.b.ins().iconst(I64, d as *const DecodedInsn as usize as i64);
+        let ip = self.b.ins().iconst(I64, d.insn.ip() as i64);
+        let cnt = self.icount_at(self.k);
+        self.b.ins().jump(self.slow, &[p.into(), ip.into(), cnt.into()]);
+        if let Some(c) = cont {
+            self.b.switch_to_block(c);
         }
     }
 
@@ -602,10 +645,7 @@ impl<'a, 'b> Tx<'a, 'b> {
                 return;
             }
         }
-        if let Some(bail) = self.bail.take() {
-            self.b.switch_to_block(bail);
-            self.helper(d, &before, None);
-        }
+        self.finish_slow(d, &before, false);
     }
 
     /// Runs instruction `d` in the interpreter. With `cont`, execution continues there
