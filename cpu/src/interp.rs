@@ -111,7 +111,9 @@ impl Exec<'_> {
             let execs = block.execs;
             let insns = block.insns.clone();
             if let Some(a) = accel.as_deref_mut() {
-                if execs == a.hot_threshold() {
+                // Asked again every threshold runs: a region can be dropped, or its
+                // compilation refused while the compiler was busy.
+                if execs % a.hot_threshold() == 0 {
                     a.hot(self, id);
                 }
             }

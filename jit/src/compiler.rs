@@ -73,7 +73,7 @@ pub struct CompileError {
 fn new_module() -> Result<JITModule, String> {
     let mut flags = settings::builder();
     for (k, v) in [
-        ("opt_level", "speed"),
+        ("opt_level", "none"),
         ("is_pic", "false"),
         ("use_colocated_libcalls", "false"),
         ("enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" }),

@@ -9,12 +9,12 @@ use std::ffi::c_void;
 use std::thread::JoinHandle;
 
 use crossbeam::channel::{unbounded, Receiver, Sender};
-use ox86_cpu::state::CS;
+use ox86_cpu::state::{CS, IF};
 use ox86_cpu::{Accel, AccelRun, AccelStats, CpuState, Exec};
 use ox86_mmu::{PhysAddr, Region as MemRegion, PAGE_MASK};
 
 use crate::compiler::{CompileError, Compiled, Compiler, Request};
-use crate::helpers::{JitCtx, FAULT};
+use crate::helpers::{JitCtx, FAULT, JUMP};
 use crate::mode::Mode;
 use crate::region::{Entry, Region, PAGE};
 use crate::{CompiledFn, JitConfig};
@@ -389,49 +389,73 @@ impl Accel for Jit {
         if self.live == 0 {
             return AccelRun::NotRun;
         }
-        if ex.blocks.epoch != self.epoch {
-            self.jump.fill(EMPTY);
-            self.epoch = ex.blocks.epoch;
-        }
         let Some(mode) = Mode::of(ex.s) else {
             return AccelRun::NotRun;
         };
-        let id = self.lookup(ex, mode);
-        if id == NONE {
-            return AccelRun::NotRun;
+        let mut ran = false;
+        // Region after region while they leave by plain branches and nothing needs
+        // the interpreter loop's attention; anything else goes back to it.
+        loop {
+            if ex.blocks.epoch != self.epoch {
+                self.jump.fill(EMPTY);
+                self.epoch = ex.blocks.epoch;
+            }
+            let id = self.lookup(ex, mode);
+            if id == NONE {
+                break;
+            }
+            let r = self.regions[id as usize].as_ref().expect("live region");
+            if r.cs_hi != ex.s.seg[CS].hi as u64 || ex.s.icount + r.first_len > end {
+                break;
+            }
+            let func = r.func;
+            self.ctx.end = end;
+            self.ctx.tlb = ex.tlb.tables[mode.user() as usize].as_ptr();
+            self.ctx.fault = None;
+            let before = ex.s.icount;
+            let state: *mut CpuState = &mut *ex.s;
+            self.ctx.exec = ex as *mut Exec<'_> as *mut c_void;
+            let ctx: *mut JitCtx = &mut *self.ctx;
+            // SAFETY: the region's code was compiled for this mode, CS base and limit
+            // (all checked above) from bytes still in memory (checked at install;
+            // writes since invalidate it), and its generation is alive. It reads and
+            // writes the state through `state`, guest RAM only through TLB entries
+            // filled for RAM, and calls helpers with `ctx`, whose `exec` is this `ex`,
+            // unused meanwhile.
+            let status = unsafe { func(state, ctx as *mut u8) };
+            self.ctx.exec = std::ptr::null_mut();
+            self.stats.entries += 1;
+            self.stats.compiled_insns += ex.s.icount - before;
+            ran = true;
+            match status {
+                FAULT => {
+                    if let Some(e) = self.ctx.fault.take() {
+                        return AccelRun::Fault(e);
+                    }
+                    break;
+                }
+                // A lowered branch: nothing but RIP changed the way the interpreter
+                // loop cares about, unless an interrupt or a request is due.
+                JUMP => {
+                    if ex.s.flags & IF != 0 && ex.io.intr_pending() {
+                        break;
+                    }
+                    if ex.io.stop_requested() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
         }
-        let r = self.regions[id as usize].as_ref().expect("live region");
-        if r.cs_hi != ex.s.seg[CS].hi as u64 || ex.s.icount + r.first_len > end {
-            return AccelRun::NotRun;
+        if ran {
+            AccelRun::Ran
+        } else {
+            AccelRun::NotRun
         }
-        let func = r.func;
-        self.ctx.end = end;
-        self.ctx.tlb = ex.tlb.tables[mode.user() as usize].as_ptr();
-        self.ctx.fault = None;
-        let before = ex.s.icount;
-        let state: *mut CpuState = &mut *ex.s;
-        self.ctx.exec = ex as *mut Exec<'_> as *mut c_void;
-        let ctx: *mut JitCtx = &mut *self.ctx;
-        // SAFETY: the region's code was compiled for this mode, CS base and limit (all
-        // checked above) from bytes still in memory (checked at install; writes since
-        // invalidate it), and its generation is alive. It reads and writes the state
-        // through `state`, guest RAM only through TLB entries filled for RAM, and
-        // calls helpers with `ctx`, whose `exec` is this `ex`, unused meanwhile.
-        let status = unsafe { func(state, ctx as *mut u8) };
-        self.ctx.exec = std::ptr::null_mut();
-        self.stats.entries += 1;
-        self.stats.compiled_insns += ex.s.icount - before;
-        if status == FAULT {
-            return match self.ctx.fault.take() {
-                Some(e) => AccelRun::Fault(e),
-                None => AccelRun::Ran,
-            };
-        }
-        AccelRun::Ran
     }
 
     fn hot_threshold(&self) -> u64 {
-        self.config.hot_threshold
+        self.config.hot_threshold.max(1)
     }
 
     fn hot(&mut self, ex: &mut Exec<'_>, id: u32) {

@@ -93,6 +93,32 @@ pub struct Tx<'a, 'b> {
     bail: Option<Block>,
     /// Index of the current instruction in its guest block.
     k: usize,
+    /// Registers lowered instructions use (loaded at entry, reloaded after helpers).
+    used: u8,
+    /// Registers lowered instructions write (stored at exits and before helpers).
+    written: u8,
+}
+
+/// The GPRs (EAX..EDI, as a mask) that the region's lowered instructions use, and
+/// those they write.
+fn region_registers(region: &Region) -> (u8, u8) {
+    let mut f = iced_x86::InstructionInfoFactory::new();
+    let (mut used, mut written) = (0u8, 0u8);
+    for d in region.blocks.iter().flat_map(|b| b.insns.iter()) {
+        if kind(&d.insn) == Kind::Helper {
+            continue;
+        }
+        for u in f.info(&d.insn).used_registers() {
+            let Some((idx, ..)) = gpr(u.register().full_register32()) else {
+                continue;
+            };
+            used |= 1 << idx;
+            if !matches!(u.access(), iced_x86::OpAccess::Read | iced_x86::OpAccess::CondRead) {
+                written |= 1 << idx;
+            }
+        }
+    }
+    (used, written)
 }
 
 const MF: MemFlagsData = MemFlagsData::trusted();
@@ -123,9 +149,12 @@ impl<'a, 'b> Tx<'a, 'b> {
         let state = b.block_params(entry)[0];
         let ctx = b.block_params(entry)[1];
         let regs: [Variable; 8] = std::array::from_fn(|_| b.declare_var(I64));
+        let (used, written) = region_registers(region);
         for (k, &r) in regs.iter().enumerate() {
-            let v = b.ins().load(I64, MF, state, reg_off(k));
-            b.def_var(r, v);
+            if used & (1 << k) != 0 {
+                let v = b.ins().load(I64, MF, state, reg_off(k));
+                b.def_var(r, v);
+            }
         }
         let icount = b.declare_var(I64);
         let v = b.ins().load(I64, MF, state, offset_of!(CpuState, icount) as i32);
@@ -160,6 +189,8 @@ impl<'a, 'b> Tx<'a, 'b> {
             region,
             bail: None,
             k: 0,
+            used,
+            written,
         }
     }
 
@@ -281,6 +312,7 @@ impl<'a, 'b> Tx<'a, 'b> {
     /// Reads a GPR at its width.
     pub fn get(&mut self, r: Register) -> Value {
         let (idx, size, high) = gpr(r).expect("lowered instructions use EAX..EDI");
+        debug_assert!(self.used & (1 << idx) != 0, "{r:?} not in the used set");
         let v = self.b.use_var(self.regs[idx]);
         let v = if high { self.b.ins().ushr_imm_s(v, 8) } else { v };
         self.narrow(v, size)
@@ -290,6 +322,7 @@ impl<'a, 'b> Tx<'a, 'b> {
     /// writes zero the upper half).
     pub fn set(&mut self, r: Register, v: Value) {
         let (idx, size, high) = gpr(r).expect("lowered instructions use EAX..EDI");
+        debug_assert!(self.written & (1 << idx) != 0, "{r:?} not in the written set");
         let wide = self.widen(v);
         let new = match (size, high) {
             (4, _) => wide,
@@ -341,14 +374,14 @@ impl<'a, 'b> Tx<'a, 'b> {
     }
 
     fn writeback_regs(&mut self) {
-        for k in 0..8 {
+        for k in (0..8).filter(|k| self.written & (1 << k) != 0) {
             let v = self.b.use_var(self.regs[k]);
             self.b.ins().store(MF, v, self.state, reg_off(k));
         }
     }
 
     fn reload_regs(&mut self) {
-        for k in 0..8 {
+        for k in (0..8).filter(|k| self.used & (1 << k) != 0) {
             let v = self.b.ins().load(I64, MF, self.state, reg_off(k));
             self.b.def_var(self.regs[k], v);
         }
