@@ -57,6 +57,9 @@ struct RunArgs {
     /// Run the interpreter alone, without the JIT.
     #[arg(long)]
     interp: bool,
+    /// Executions of a block before the JIT compiles its region.
+    #[arg(long, value_name = "N")]
+    jit_threshold: Option<u64>,
 }
 
 /// Parses the command line; on error prints one line and returns the exit code.
@@ -119,6 +122,14 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
         .no_reboot(a.no_reboot);
     if a.interp {
         b = b.jit(None);
+    } else if let Some(n) = a.jit_threshold {
+        if n == 0 {
+            bail!("--jit-threshold must be at least 1");
+        }
+        b = b.jit(Some(ox86_jit::JitConfig {
+            hot_threshold: n,
+            ..ox86_jit::JitConfig::default()
+        }));
     }
     if let Some(n) = a.max_insns {
         b = b.max_insns(n);

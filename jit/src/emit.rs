@@ -152,39 +152,9 @@ pub fn emit(t: &mut Tx<'_, '_>, i: &Instruction, live_after: u32) -> bool {
                 t.set(Register::EDX, v);
             }
         }
-        Kind::Shift if live_after & ARITH == 0 || imm_count_zero(i) => {
-            let size = op_size(i, 0);
-            let p = t.place0(i);
-            let v = t.read_place(&p, size);
-            let cnt = if i.op1_kind() == OpKind::Register {
-                let c = t.get(i.op1_register());
-                t.b.ins().uextend(I64, c)
-            } else {
-                t.b.ins().iconst(I64, i.immediate(1) as i64)
-            };
-            let cnt = t.b.ins().band_imm_s(cnt, 0x1f);
-            let r = match i.mnemonic() {
-                M::Shr => {
-                    let w = t.widen(v);
-                    t.b.ins().ushr(w, cnt)
-                }
-                M::Sar => {
-                    let w = t.widen_signed(v);
-                    t.b.ins().sshr(w, cnt)
-                }
-                _ => {
-                    let w = t.widen(v);
-                    t.b.ins().ishl(w, cnt)
-                }
-            };
-            let r = t.narrow(r, size);
-            t.write_place(&p, size, r);
-            if !imm_count_zero(i) {
-                t.flags = FlagSrc::Dead;
-            }
-        }
-        Kind::Shift if i.op1_kind() != OpKind::Register => shift_imm(t, i),
-        Kind::Imul if flags_dead && i.op0_kind() == OpKind::Register => {
+        Kind::Shift => shift(t, i, live_after & ARITH == 0),
+        Kind::Rotate => rotate(t, i),
+        Kind::Imul => {
             let size = op_size(i, 0);
             let (a, b) = if i.op_count() == 3 {
                 let a = t.read_op(i, 1, size);
@@ -197,7 +167,21 @@ pub fn emit(t: &mut Tx<'_, '_>, i: &Instruction, live_after: u32) -> bool {
             };
             let r = t.b.ins().imul(a, b);
             t.set(i.op0_register(), r);
-            t.flags = FlagSrc::Dead;
+            if flags_dead {
+                t.flags = FlagSrc::Dead;
+            } else {
+                // CF = OF = the signed product does not fit; SF ZF PF from the low
+                // half, AF clear (as the interpreter).
+                let wa = t.widen_signed(a);
+                let wb = t.widen_signed(b);
+                let p = t.b.ins().imul(wa, wb);
+                let sx = t.widen_signed(r);
+                let o = t.b.ins().icmp(IntCC::NotEqual, p, sx);
+                let o = t.b.ins().uextend(I64, o);
+                let lo = t.widen(r);
+                let bits = t.szp_bits(lo, size, o, o);
+                t.flags = FlagSrc::Bits(bits);
+            }
         }
         Kind::Setcc => {
             let p = t.place0(i);
@@ -273,76 +257,120 @@ pub fn emit(t: &mut Tx<'_, '_>, i: &Instruction, live_after: u32) -> bool {
     true
 }
 
-/// SHL, SHR, SAR by a non-zero immediate, with the flags the interpreter gives
-/// (CF, OF as defined for count 1 and as Intel gives for more, SF ZF PF from the
-/// result, AF clear).
-fn shift_imm(t: &mut Tx<'_, '_>, i: &Instruction) {
+/// The shift count (CL or an immediate) masked to 5 bits, as an i64, and its value
+/// when it is a constant.
+fn count(t: &mut Tx<'_, '_>, i: &Instruction) -> (Value, Option<i64>) {
+    if i.op1_kind() == OpKind::Register {
+        let c = t.get(i.op1_register());
+        let c = t.b.ins().uextend(I64, c);
+        (t.b.ins().band_imm_s(c, 0x1f), None)
+    } else {
+        let c = (i.immediate(1) & 0x1f) as i64;
+        (t.b.ins().iconst(I64, c), Some(c))
+    }
+}
+
+/// SHL, SHR, SAR by an immediate or CL, with the flags the interpreter gives: CF and
+/// OF as defined for a count of 1 and as Intel gives for more, SF ZF PF from the
+/// result, AF clear; a count of zero changes nothing.
+fn shift(t: &mut Tx<'_, '_>, i: &Instruction, flags_dead: bool) {
     let size = op_size(i, 0);
-    let bits = size * 8;
-    let c = (i.immediate(1) & 0x1f) as i64;
+    let bits = (size * 8) as i64;
+    let m = if bits == 32 { 0xffff_ffff } else { (1i64 << bits) - 1 };
     let p = t.place0(i);
     let v = t.read_place(&p, size);
-    let sb = 1i64 << (bits - 1);
-    let m = if bits == 32 { 0xffff_ffff } else { (1i64 << bits) - 1 };
+    let (c, known) = count(t, i);
+    if known == Some(0) {
+        // The operand is still read; nothing changes.
+        return;
+    }
+    let one = t.b.ins().iconst(I64, 1);
+    let cm1 = t.b.ins().isub(c, one);
     let (r, cf, of) = match i.mnemonic() {
         M::Shr => {
             let d = t.widen(v);
-            let r = t.b.ins().ushr_imm_s(d, c);
-            let cf = if c as u32 <= bits {
-                let x = t.b.ins().ushr_imm_s(d, c - 1);
-                t.b.ins().band_imm_s(x, 1)
-            } else {
-                t.b.ins().iconst(I64, 0)
-            };
-            let of = t.b.ins().band_imm_s(d, sb);
-            let of = t.b.ins().ushr_imm_s(of, bits as i64 - 1);
+            let r = t.b.ins().ushr(d, c);
+            let x = t.b.ins().ushr(d, cm1);
+            let cf = t.b.ins().band_imm_s(x, 1);
+            let of = t.b.ins().ushr_imm_s(d, bits - 1);
             (r, cf, of)
         }
         M::Sar => {
             let d = t.widen_signed(v);
-            let r = t.b.ins().sshr_imm_s(d, c);
+            let r = t.b.ins().sshr(d, c);
             let r = t.b.ins().band_imm_s(r, m);
-            let x = t.b.ins().sshr_imm_s(d, c - 1);
+            let x = t.b.ins().sshr(d, cm1);
             let cf = t.b.ins().band_imm_s(x, 1);
             let of = t.b.ins().iconst(I64, 0);
             (r, cf, of)
         }
         _ => {
             let d = t.widen(v);
-            let r = t.b.ins().ishl_imm_s(d, c);
-            let r = t.b.ins().band_imm_s(r, m);
-            let cf = if c as u32 <= bits {
-                let x = t.b.ins().ushr_imm_s(d, bits as i64 - c);
-                t.b.ins().band_imm_s(x, 1)
-            } else {
-                t.b.ins().iconst(I64, 0)
-            };
-            let s = t.b.ins().ushr_imm_s(r, bits as i64 - 1);
-            let of = t.b.ins().bxor(s, cf);
+            let wide = t.b.ins().ishl(d, c);
+            let r = t.b.ins().band_imm_s(wide, m);
+            let x = t.b.ins().ushr_imm_s(wide, bits);
+            let cf = t.b.ins().band_imm_s(x, 1);
+            let sgn = t.b.ins().ushr_imm_s(r, bits - 1);
+            let of = t.b.ins().bxor(sgn, cf);
             (r, cf, of)
         }
     };
-    // SF, ZF, PF from the result.
-    let z = t.b.ins().icmp_imm_s(IntCC::Equal, r, 0);
-    let z = t.b.ins().uextend(I64, z);
-    let s = t.b.ins().ushr_imm_s(r, bits as i64 - 1);
-    let lo = t.b.ins().band_imm_s(r, 0xff);
-    let pc = t.b.ins().popcnt(lo);
-    let pf = t.b.ins().band_imm_s(pc, 1);
-    let pf = t.b.ins().bxor_imm_s(pf, 1);
-    let mut bits_v = cf;
-    for (f, sh) in [(pf, 2), (z, 6), (s, 7), (of, 11)] {
-        let x = t.b.ins().ishl_imm_s(f, sh);
-        bits_v = t.b.ins().bor(bits_v, x);
-    }
     let res = t.narrow(r, size);
+    if flags_dead {
+        t.write_place(&p, size, res);
+        t.flags = FlagSrc::Dead;
+        return;
+    }
+    let new = t.szp_bits(r, size, cf, of);
+    let new = match known {
+        Some(_) => new,
+        None => {
+            let old = t.flags.clone();
+            let old = t.all_bits(&old);
+            let zero = t.b.ins().icmp_imm_s(IntCC::Equal, c, 0);
+            t.b.ins().select(zero, old, new)
+        }
+    };
     t.write_place(&p, size, res);
-    t.flags = FlagSrc::Bits(bits_v);
+    t.flags = FlagSrc::Bits(new);
 }
 
-/// A shift by an immediate that masks to zero: no effect on the flags.
-fn imm_count_zero(i: &Instruction) -> bool {
-    i.op1_kind() != OpKind::Register && i.immediate(1) & 0x1f == 0
+/// ROL, ROR by an immediate: CF and OF change (for a non-zero count), the other
+/// flags stay.
+fn rotate(t: &mut Tx<'_, '_>, i: &Instruction) {
+    let size = op_size(i, 0);
+    let bits = (size * 8) as i64;
+    let p = t.place0(i);
+    let v = t.read_place(&p, size);
+    let c = (i.immediate(1) & 0x1f) as i64;
+    if c == 0 {
+        return;
+    }
+    let k = c % bits;
+    let r = if i.mnemonic() == M::Rol {
+        t.b.ins().rotl_imm_s(v, k)
+    } else {
+        t.b.ins().rotr_imm_s(v, k)
+    };
+    let w = t.widen(r);
+    let (cf, of) = if i.mnemonic() == M::Rol {
+        let cf = t.b.ins().band_imm_s(w, 1);
+        let sgn = t.b.ins().ushr_imm_s(w, bits - 1);
+        (cf, t.b.ins().bxor(sgn, cf))
+    } else {
+        let msb = t.b.ins().ushr_imm_s(w, bits - 1);
+        let msb1 = t.b.ins().ushr_imm_s(w, bits - 2);
+        let msb1 = t.b.ins().band_imm_s(msb1, 1);
+        (msb, t.b.ins().bxor(msb, msb1))
+    };
+    let old = t.flags.clone();
+    let old = t.all_bits(&old);
+    let old = t.b.ins().band_imm_s(old, !0x801);
+    let of = t.b.ins().ishl_imm_s(of, 11);
+    let new = t.b.ins().bor(old, cf);
+    let new = t.b.ins().bor(new, of);
+    t.write_place(&p, size, r);
+    t.flags = FlagSrc::Bits(new);
 }
 
 fn alu(t: &mut Tx<'_, '_>, i: &Instruction) {

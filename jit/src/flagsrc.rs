@@ -220,6 +220,59 @@ impl Tx<'_, '_> {
         self.b.ins().icmp_imm_s(IntCC::Equal, p, 0)
     }
 
+    /// EFLAGS bits of a result: SF ZF PF from `r` (an i64 holding a `size`-byte
+    /// value), CF and OF from i64 0/1 values, AF clear.
+    pub fn szp_bits(&mut self, r: Value, size: u32, cf: Value, of: Value) -> Value {
+        let z = self.b.ins().icmp_imm_s(IntCC::Equal, r, 0);
+        let z = self.b.ins().uextend(I64, z);
+        let sgn = self.b.ins().ushr_imm_s(r, size as i64 * 8 - 1);
+        let sgn = self.b.ins().band_imm_s(sgn, 1);
+        let lo = self.b.ins().band_imm_s(r, 0xff);
+        let pc = self.b.ins().popcnt(lo);
+        let pf = self.b.ins().band_imm_s(pc, 1);
+        let pf = self.b.ins().bxor_imm_s(pf, 1);
+        let mut v = cf;
+        for (f, sh) in [(pf, 2), (z, 6), (sgn, 7), (of, 11)] {
+            let x = self.b.ins().ishl_imm_s(f, sh);
+            v = self.b.ins().bor(v, x);
+        }
+        v
+    }
+
+    /// All arithmetic flags as EFLAGS bits.
+    pub fn all_bits(&mut self, f: &FlagSrc) -> Value {
+        match f {
+            FlagSrc::State => self.state_bits(),
+            FlagSrc::Bits(v) => *v,
+            FlagSrc::Dead => self.b.ins().iconst(I64, 0),
+            FlagSrc::Op(o) => {
+                let cf = self.cf_op(o);
+                let pf = self.pf_of(o);
+                let zf = self.zf_of(o);
+                let sf = self.msb(o.res);
+                let of = self.of_of(o);
+                let af = match o.op {
+                    Lazy::Logic | Lazy::None => self.b.ins().iconst(I8, 0),
+                    _ => {
+                        let x = self.b.ins().bxor(o.dst, o.src);
+                        let x = self.b.ins().bxor(x, o.res);
+                        let x = self.widen(x);
+                        let x = self.b.ins().ushr_imm_s(x, 4);
+                        let x = self.b.ins().band_imm_s(x, 1);
+                        self.b.ins().ireduce(I8, x)
+                    }
+                };
+                let mut v = self.b.ins().uextend(I64, cf);
+                for (f, sh) in [(pf, 2), (af, 4), (zf, 6), (sf, 7), (of, 11)] {
+                    let x = self.b.ins().uextend(I64, f);
+                    let x = self.b.ins().ishl_imm_s(x, sh);
+                    v = self.b.ins().bor(v, x);
+                }
+                v
+            }
+        }
+    }
+
     /// Evaluates condition `cc` as an i8 0/1.
     pub fn cond(&mut self, cc: C) -> Value {
         if let FlagSrc::State = self.flags {

@@ -27,9 +27,11 @@ pub enum Kind {
     Cbw,
     /// CWD, CDQ.
     Cwd,
-    /// SHL, SHR, SAR by an immediate or CL, when the flags are dead.
+    /// SHL, SHR, SAR by an immediate or CL.
     Shift,
-    /// Two- and three-operand IMUL, when the flags are dead.
+    /// ROL, ROR by an immediate.
+    Rotate,
+    /// Two- and three-operand IMUL.
     Imul,
     /// SETcc.
     Setcc,
@@ -109,6 +111,7 @@ pub fn kind(i: &Instruction) -> Kind {
         M::Cbw | M::Cwde => Kind::Cbw,
         M::Cwd | M::Cdq => Kind::Cwd,
         M::Shl | M::Sal | M::Shr | M::Sar => Kind::Shift,
+        M::Rol | M::Ror if i.op1_kind() != OpKind::Register => Kind::Rotate,
         M::Imul if i.op_count() >= 2 => Kind::Imul,
         M::Seto | M::Setno | M::Setb | M::Setae | M::Sete | M::Setne | M::Setbe | M::Seta => {
             Kind::Setcc

@@ -37,7 +37,7 @@ fn emit_one(a: &mut CodeAssembler, r: (u8, u8, u8, u32)) -> Result<(), IcedError
     let disp = (imm % 0xf00) as i32 & !3;
     let m = dword_ptr(ebx + disp);
     let imm32 = imm as i32;
-    match op % 49 {
+    match op % 53 {
         0 => a.add(d, s),
         1 => a.sub(d, s),
         2 => a.and(d, s),
@@ -59,6 +59,10 @@ fn emit_one(a: &mut CodeAssembler, r: (u8, u8, u8, u32)) -> Result<(), IcedError
         18 => a.shl(d, (imm & 31) as u32),
         19 => a.shr(d, cl),
         47 => a.shr(d16, (imm & 31) as u32),
+        48 => a.ror(d8, (imm & 31) as u32),
+        49 => a.sar(word_ptr(ebx + disp), cl),
+        50 => a.rol(dword_ptr(ebx + disp), (imm & 31) as u32),
+        51 => a.imul_3(d16, word_ptr(ebx + disp), (imm as i32) >> 20),
         20 => a.sar(d, (imm & 31) as u32),
         21 => a.imul_2(d, s),
         22 => a.imul_3(d, s, imm32 >> 16),
