@@ -42,6 +42,8 @@ struct Installed {
 
 #[derive(Clone, Copy)]
 struct Slot {
+    /// The jump cache's stamp when the slot was filled: a flush bumps the stamp.
+    stamp: u64,
     lin: u64,
     eip: u64,
     cs_base: u64,
@@ -50,6 +52,7 @@ struct Slot {
 }
 
 const EMPTY: Slot = Slot {
+    stamp: 0,
     lin: 0,
     eip: 0,
     cs_base: 0,
@@ -58,6 +61,9 @@ const EMPTY: Slot = Slot {
 };
 const NONE: u32 = u32::MAX;
 const JUMP_CACHE: usize = 4096;
+/// Most compilations queued at once: hot blocks ask again later, so a short queue
+/// keeps the code being compiled close to the code running now.
+const MAX_PENDING: usize = 16;
 
 enum Msg {
     Compile(Request),
@@ -84,6 +90,7 @@ pub struct Jit {
     by_phys: HashMap<(u64, u32), Vec<u32>>,
     by_frame: HashMap<u64, Vec<u32>>,
     jump: Box<[Slot]>,
+    stamp: u64,
     epoch: u64,
     pending: HashSet<Key>,
     max_gen: Option<u32>,
@@ -153,6 +160,7 @@ impl Jit {
             by_phys: HashMap::new(),
             by_frame: HashMap::new(),
             jump: vec![EMPTY; JUMP_CACHE].into_boxed_slice(),
+            stamp: 1,
             epoch: u64::MAX,
             pending: HashSet::new(),
             max_gen: None,
@@ -167,6 +175,11 @@ impl Jit {
                 fault: None,
             }),
         }
+    }
+
+    /// Empties the jump cache (in O(1): slots of older stamps are empty).
+    fn flush_jump(&mut self) {
+        self.stamp += 1;
     }
 
     /// Waits until every requested compilation is installed or dropped (for tests
@@ -285,7 +298,7 @@ impl Jit {
         self.by_frame.entry(frame >> 12).or_default().push(id);
         self.live += 1;
         // Forget cached misses.
-        self.jump.fill(EMPTY);
+        self.flush_jump();
     }
 
     fn remove(&mut self, id: u32) {
@@ -321,7 +334,7 @@ impl Jit {
         for id in ids {
             self.remove(id);
         }
-        self.jump.fill(EMPTY);
+        self.flush_jump();
         self.free_below(gen);
     }
 
@@ -334,7 +347,9 @@ impl Jit {
         let lin = cs.base.wrapping_add(eip) & 0xffff_ffff;
         let j = jump_index(lin);
         let slot = self.jump[j];
-        if slot.mode == Some(mode) && slot.lin == lin && slot.eip == eip && slot.cs_base == cs.base
+        if slot.stamp == self.stamp
+            && slot.mode == Some(mode)
+            && slot.lin == lin && slot.eip == eip && slot.cs_base == cs.base
         {
             return slot.region;
         }
@@ -362,6 +377,7 @@ impl Jit {
             return NONE;
         }
         self.jump[j] = Slot {
+            stamp: self.stamp,
             lin,
             eip,
             cs_base: cs.base,
@@ -397,7 +413,7 @@ impl Accel for Jit {
         // the interpreter loop's attention; anything else goes back to it.
         loop {
             if ex.blocks.epoch != self.epoch {
-                self.jump.fill(EMPTY);
+                self.flush_jump();
                 self.epoch = ex.blocks.epoch;
             }
             let id = self.lookup(ex, mode);
@@ -476,7 +492,7 @@ impl Accel for Jit {
             cs_base,
             mode,
         };
-        if self.pending.contains(&key) || self.pending.len() >= 256 {
+        if self.pending.contains(&key) || self.pending.len() >= MAX_PENDING {
             return;
         }
         if self
@@ -537,7 +553,7 @@ impl Accel for Jit {
             }
         }
         if any {
-            self.jump.fill(EMPTY);
+            self.flush_jump();
         }
         self.by_frame.contains_key(&frame)
     }
@@ -547,7 +563,7 @@ impl Accel for Jit {
         for id in ids {
             self.remove(id);
         }
-        self.jump.fill(EMPTY);
+        self.flush_jump();
         if let Some(m) = self.max_gen {
             self.free_below(m);
         }
