@@ -1,4 +1,4 @@
-//! Interpreter speed in guest instructions per second: a tight integer loop and a
+//! Interpreter and JIT speed in guest instructions per second: a tight integer loop and a
 //! memory-heavy loop, run on a bare CPU in flat 32-bit protected mode. Criterion's
 //! throughput figure (elements/s) is guest instructions per second.
 
@@ -41,15 +41,33 @@ fn memory_loop() -> (Vec<u8>, u64) {
     (a.assemble(CODE_ADDR as u64).unwrap(), 2 + 8 * ITERS as u64)
 }
 
+/// A snippet machine with the JIT compiling each block after its first run, on the
+/// CPU thread (so that the timed runs after the first are all compiled code).
+fn jit_snippet() -> Snippet {
+    let mut sn = Snippet::new();
+    sn.cpu.accel = Some(Box::new(ox86_jit::Jit::new(ox86_jit::JitConfig {
+        hot_threshold: 1,
+        inline_compile: true,
+        ..Default::default()
+    })));
+    sn
+}
+
 fn bench(c: &mut Criterion) {
-    let mut g = c.benchmark_group("interpreter");
+    for (group, jit) in [("interpreter", false), ("jit", true)] {
+        run_group(c, group, jit);
+    }
+}
+
+fn run_group(c: &mut Criterion, group: &str, jit: bool) {
+    let mut g = c.benchmark_group(group);
     g.sample_size(10);
     for (name, (code, insns)) in [
         ("integer_loop", integer_loop()),
         ("memory_loop", memory_loop()),
     ] {
         g.throughput(Throughput::Elements(insns));
-        let mut sn = Snippet::new();
+        let mut sn = if jit { jit_snippet() } else { Snippet::new() };
         g.bench_function(name, |b| {
             b.iter(|| {
                 let mut r = Regs32 {

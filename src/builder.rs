@@ -1,9 +1,9 @@
 //! Building a [`Machine`] in small steps.
 
 use crate::clock::ClockMode;
-use ox86_jit::JitConfig;
 use crate::error::MachineError;
 use crate::machine::{Guest, Machine, SerialOut};
+use ox86_jit::JitConfig;
 
 /// Builds a [`Machine`].
 #[derive(Debug)]
@@ -15,6 +15,7 @@ pub struct MachineBuilder {
     max_insns: Option<u64>,
     clock: ClockMode,
     jit: Option<JitConfig>,
+    lockstep: bool,
 }
 
 impl Default for MachineBuilder {
@@ -34,7 +35,16 @@ impl MachineBuilder {
             max_insns: None,
             clock: ClockMode::Realtime,
             jit: Some(JitConfig::default()),
+            lockstep: false,
         }
+    }
+
+    /// Lockstep mode: run the interpreter alone beside the JIT and compare the two
+    /// after every slice (time then derives from the instruction count, so that both
+    /// see the same devices). Host input is not fed to the guest.
+    pub fn lockstep(mut self, yes: bool) -> Self {
+        self.lockstep = yes;
+        self
     }
 
     /// The JIT's configuration, or `None` to run the interpreter alone (`--interp`).
@@ -95,14 +105,44 @@ impl MachineBuilder {
     /// Creates the machine and loads its guest.
     pub fn build(self) -> Result<Machine, MachineError> {
         let guest = self.guest.ok_or(MachineError::NoGuest)?;
-        Machine::new(
+        let rtc_start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let clock = match (self.lockstep, self.clock) {
+            (true, ClockMode::Realtime) => ClockMode::Icount { shift: 0 },
+            (_, c) => c,
+        };
+        let shadow = if self.lockstep {
+            Some(Box::new(Machine::new(
+                self.ram,
+                SerialOut::None,
+                guest.clone(),
+                self.no_reboot,
+                self.max_insns,
+                clock,
+                None,
+                rtc_start,
+            )?))
+        } else {
+            None
+        };
+        let jit = if self.lockstep {
+            Some(self.jit.unwrap_or_default())
+        } else {
+            self.jit
+        };
+        let mut m = Machine::new(
             self.ram,
             self.serial,
             guest,
             self.no_reboot,
             self.max_insns,
-            self.clock,
-            self.jit,
-        )
+            clock,
+            jit,
+            rtc_start,
+        )?;
+        m.shadow = shadow;
+        Ok(m)
     }
 }

@@ -17,4 +17,7 @@ pub enum MachineError {
     /// No guest was given.
     #[error("no guest image given")]
     NoGuest,
+    /// In lockstep mode, the JIT and the interpreter diverged.
+    #[error("lockstep: the JIT and the interpreter diverged: {0}")]
+    Lockstep(String),
 }

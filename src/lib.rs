@@ -6,6 +6,7 @@ mod builder;
 mod bus;
 pub mod clock;
 mod error;
+mod lockstep;
 mod machine;
 
 pub use builder::MachineBuilder;

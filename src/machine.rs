@@ -11,9 +11,9 @@ use ox86_cpu::state::{
     attr, Segment, CR0_PE, CS, DS, ES, FS, GS, IF, RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP, SS,
 };
 use ox86_cpu::{AccelStats, Cpu, CpuExit, RunLimits};
-use ox86_jit::{Jit, JitConfig};
 use ox86_devices::uart::SerialInput;
 use ox86_devices::{Platform, PlatformConfig};
+use ox86_jit::{Jit, JitConfig};
 use ox86_mmu::{Memory, PhysAddr};
 
 use crate::bus::MachineBus;
@@ -92,6 +92,8 @@ pub struct MachineStats {
 
 /// Most instructions the CPU runs between device, timer and quit checks.
 const SLICE: u64 = 100_000;
+/// In lockstep mode, guest memory is compared every this many slices (and at the end).
+const LOCKSTEP_MEMORY_EVERY: u64 = 64;
 /// Longest host sleep of an idle guest before input and quit are looked at again.
 const MAX_IDLE_WAIT: Duration = Duration::from_millis(10);
 
@@ -104,6 +106,8 @@ pub struct Machine {
     pub(crate) quit: Arc<AtomicBool>,
     pub(crate) no_reboot: bool,
     pub(crate) max_insns: Option<u64>,
+    /// The interpreter-only twin of a lockstep run.
+    pub(crate) shadow: Option<Box<Machine>>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -117,6 +121,7 @@ impl std::fmt::Debug for Machine {
 
 impl Machine {
     /// Creates the machine and loads the guest.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         ram: u64,
         serial: SerialOut,
@@ -125,6 +130,7 @@ impl Machine {
         max_insns: Option<u64>,
         clock: ClockMode,
         jit: Option<JitConfig>,
+        rtc_start: u64,
     ) -> Result<Machine, MachineError> {
         let mem = Memory::new(ram)?;
         let out: Box<dyn Write + Send> = match serial {
@@ -132,14 +138,10 @@ impl Machine {
             SerialOut::None => Box::new(std::io::sink()),
             SerialOut::Writer(w) => w,
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         let config = PlatformConfig::default()
             .with_com1(out)
             .with_ram_size(ram)
-            .with_rtc_start(now);
+            .with_rtc_start(rtc_start);
         let platform = Platform::new(config).map_err(|e| MachineError::Devices(e.to_string()))?;
         let bus = MachineBus {
             platform,
@@ -158,6 +160,7 @@ impl Machine {
             quit,
             no_reboot,
             max_insns,
+            shadow: None,
         };
         m.load_guest()?;
         Ok(m)
@@ -214,6 +217,10 @@ impl Machine {
 
     /// A handle that feeds host input to COM1.
     pub fn serial_input(&self) -> Option<SerialInput> {
+        if self.shadow.is_some() {
+            // Lockstep: host input would reach one run only; it goes nowhere.
+            return Some(SerialInput::default());
+        }
         self.bus.platform.serial_input(0)
     }
 
@@ -223,66 +230,91 @@ impl Machine {
     }
 
     /// Runs the guest until it exits, resets (with `no_reboot`), halts for good,
-    /// reaches the instruction limit, or the host asks to quit.
+    /// reaches the instruction limit, or the host asks to quit. In lockstep mode a
+    /// second machine runs the interpreter alone beside this one, and the two are
+    /// compared after every slice.
     pub fn run(&mut self) -> Result<ExitReason, MachineError> {
+        let mut slices = 0u64;
         loop {
-            if self.quit.load(Ordering::Relaxed) {
-                return Ok(ExitReason::Quit);
-            }
-            let icount = self.cpu.state.icount;
-            self.bus.advance(icount);
-            let mut budget = SLICE;
-            // With time derived from instructions, stop exactly at the next device event.
-            if let Some(t) = self.bus.platform.next_event_ns() {
-                if let Some(n) = self.bus.clock.insns_until(icount, t) {
-                    budget = budget.min(n);
+            let r = self.slice()?;
+            if let Some(mut shadow) = self.shadow.take() {
+                let r2 = shadow.slice()?;
+                slices += 1;
+                let full = r.is_some() || slices.is_multiple_of(LOCKSTEP_MEMORY_EVERY);
+                crate::lockstep::compare(self, &shadow, full).map_err(MachineError::Lockstep)?;
+                if r != r2 {
+                    return Err(MachineError::Lockstep(format!(
+                        "the runs ended differently: JIT {r:?}, interpreter {r2:?}"
+                    )));
                 }
+                self.shadow = Some(shadow);
             }
-            if let Some(max) = self.max_insns {
-                let left = max.saturating_sub(icount);
-                if left == 0 {
-                    return Ok(ExitReason::InstructionLimit);
-                }
-                budget = budget.min(left);
-            }
-            let exit = self.cpu.run(
-                &mut self.mem,
-                &mut self.bus,
-                RunLimits { max_insns: budget },
-            );
-            self.bus.advance(self.cpu.state.icount);
-            let req = self.bus.platform.take_requests();
-            if let Some(a20) = req.a20 {
-                self.mem.set_a20(a20);
-                self.cpu.flush_tlb();
-            }
-            if let Some(status) = req.exit_status {
-                let _ = std::io::stdout().flush();
-                return Ok(ExitReason::GuestExit(status));
-            }
-            if req.reset.is_some() || exit == CpuExit::Shutdown {
-                if self.no_reboot {
-                    return Ok(ExitReason::Reset);
-                }
-                tracing::info!(target: "ox86::machine", "guest reset: reloading the guest");
-                self.bus.platform.reset();
-                self.load_guest()?;
-                continue;
-            }
-            if exit == CpuExit::Halted {
-                if self.cpu.state.flags & IF == 0 {
-                    return Ok(ExitReason::Halted);
-                }
-                // Idle: wait for the next device event (or input), costing no host CPU.
-                let next = self.bus.platform.next_event_ns();
-                let icount = self.cpu.state.icount;
-                self.bus.clock.idle_until(icount, next, MAX_IDLE_WAIT);
-                if next.is_none() && matches!(self.bus.clock.mode(), ClockMode::Icount { .. }) {
-                    // Nothing but host input can wake the guest.
-                    std::thread::sleep(MAX_IDLE_WAIT);
-                }
+            if let Some(r) = r {
+                return Ok(r);
             }
         }
+    }
+
+    /// Runs one slice: up to [`SLICE`] instructions, then devices, requests, idling.
+    /// Returns why the run ends, if it does.
+    fn slice(&mut self) -> Result<Option<ExitReason>, MachineError> {
+        if self.quit.load(Ordering::Relaxed) {
+            return Ok(Some(ExitReason::Quit));
+        }
+        let icount = self.cpu.state.icount;
+        self.bus.advance(icount);
+        let mut budget = SLICE;
+        // With time derived from instructions, stop exactly at the next device event.
+        if let Some(t) = self.bus.platform.next_event_ns() {
+            if let Some(n) = self.bus.clock.insns_until(icount, t) {
+                budget = budget.min(n);
+            }
+        }
+        if let Some(max) = self.max_insns {
+            let left = max.saturating_sub(icount);
+            if left == 0 {
+                return Ok(Some(ExitReason::InstructionLimit));
+            }
+            budget = budget.min(left);
+        }
+        let exit = self.cpu.run(
+            &mut self.mem,
+            &mut self.bus,
+            RunLimits { max_insns: budget },
+        );
+        self.bus.advance(self.cpu.state.icount);
+        let req = self.bus.platform.take_requests();
+        if let Some(a20) = req.a20 {
+            self.mem.set_a20(a20);
+            self.cpu.flush_tlb();
+        }
+        if let Some(status) = req.exit_status {
+            let _ = std::io::stdout().flush();
+            return Ok(Some(ExitReason::GuestExit(status)));
+        }
+        if req.reset.is_some() || exit == CpuExit::Shutdown {
+            if self.no_reboot {
+                return Ok(Some(ExitReason::Reset));
+            }
+            tracing::info!(target: "ox86::machine", "guest reset: reloading the guest");
+            self.bus.platform.reset();
+            self.load_guest()?;
+            return Ok(None);
+        }
+        if exit == CpuExit::Halted {
+            if self.cpu.state.flags & IF == 0 {
+                return Ok(Some(ExitReason::Halted));
+            }
+            // Idle: wait for the next device event (or input), costing no host CPU.
+            let next = self.bus.platform.next_event_ns();
+            let icount = self.cpu.state.icount;
+            self.bus.clock.idle_until(icount, next, MAX_IDLE_WAIT);
+            if next.is_none() && matches!(self.bus.clock.mode(), ClockMode::Icount { .. }) {
+                // Nothing but host input can wake the guest.
+                std::thread::sleep(MAX_IDLE_WAIT);
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -8,15 +8,25 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{guests_dir, run_ox86, text};
+use common::{engine_name, guests_dir, run_ox86, text, ENGINES};
 
-/// Runs a self-checking guest and asserts it printed PASS and exited with status 33.
+/// Runs a self-checking guest on both engines and asserts it printed PASS and exited
+/// with status 33 on each; returns the output (the same on both).
 fn run_checked(name: &str) -> String {
-    let k = guests_dir().join(format!("{name}.elf"));
-    let out = run_ox86(
-        &["run", "--kernel", k.to_str().unwrap(), "-m", "32M"],
-        Duration::from_secs(120),
+    let outs: Vec<String> = ENGINES.iter().map(|e| run_checked_on(name, e)).collect();
+    assert_eq!(
+        outs[0], outs[1],
+        "{name}: the JIT and the interpreter print differently"
     );
+    outs[0].clone()
+}
+
+fn run_checked_on(name: &str, engine: &[&str]) -> String {
+    let k = guests_dir().join(format!("{name}.elf"));
+    let mut args = vec!["run", "--kernel", k.to_str().unwrap(), "-m", "32M"];
+    args.extend_from_slice(engine);
+    let out = run_ox86(&args, Duration::from_secs(120));
+    let name = format!("{name} ({})", engine_name(engine));
     let so = text(&out.stdout);
     let se = text(&out.stderr);
     let fails: Vec<&str> = so.lines().filter(|l| l.starts_with("FAIL")).collect();
@@ -81,4 +91,31 @@ fn c_program_matches_native() {
         native,
         "guest output differs from the native run of the same C code"
     );
+}
+
+/// Every guest program in lockstep: the JIT and the interpreter compared after every
+/// slice (registers, flags, segments, x87 state, instruction count, all of RAM).
+#[test]
+fn guests_in_lockstep() {
+    for name in ["modes", "rings", "v86", "debug", "align", "c"] {
+        let k = guests_dir().join(format!("{name}.elf"));
+        let out = run_ox86(
+            &[
+                "run",
+                "--kernel",
+                k.to_str().unwrap(),
+                "-m",
+                "32M",
+                "--lockstep",
+            ],
+            Duration::from_secs(120),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(33),
+            "{name} in lockstep:\n{}\n--- stderr:\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
 }

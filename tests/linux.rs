@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{root, run_ox86, text};
+use common::{engine_name, root, run_ox86, text, ENGINES};
 
 /// Fetches the kernel and builds the initramfs once (cached between runs).
 fn linux_dir() -> &'static Path {
@@ -28,7 +28,8 @@ fn linux_dir() -> &'static Path {
 }
 
 /// Boots with `ox86test=NAME` and returns the serial output.
-fn boot(test: &str) -> String {
+fn boot(test: &str, engine: &[&str]) -> String {
+    let label = format!("{test} ({})", engine_name(engine));
     let d = linux_dir();
     let kernel = d.join("vmlinuz");
     let initrd = d.join("initramfs.cpio.gz");
@@ -45,29 +46,33 @@ fn boot(test: &str) -> String {
             "-m",
             "256M",
             "--no-reboot",
-        ],
+        ]
+        .iter()
+        .chain(engine)
+        .copied()
+        .collect::<Vec<_>>(),
         Duration::from_secs(600),
     );
     let so = text(&out.stdout);
     assert!(
         so.contains("OX86-TEST-PASS"),
-        "{test}: no PASS\n{so}\n--- stderr:\n{}",
+        "{label}: no PASS\n{so}\n--- stderr:\n{}",
         text(&out.stderr)
     );
     assert!(
         so.contains("OX86-TEST-EXIT 0"),
-        "{test}: test script failed\n{so}"
+        "{label}: test script failed\n{so}"
     );
     // reboot -f resets the machine; with --no-reboot that ends ox86 with status 0.
     assert_eq!(
         out.status.code(),
         Some(0),
-        "{test}: exit status\n{so}\n--- stderr:\n{}",
+        "{label}: exit status\n{so}\n--- stderr:\n{}",
         text(&out.stderr)
     );
     assert!(
         so.contains("reboot: Restarting system"),
-        "{test}: did not reboot\n{so}"
+        "{label}: did not reboot\n{so}"
     );
     so
 }
@@ -122,67 +127,74 @@ const COMPLAINTS: &[&str] = &[
 
 #[test]
 fn linux_smoke_and_quiet_boot_log() {
-    let log = boot("smoke");
-    assert!(log.contains("Linux version 6.1.0"), "{log}");
-    let bad: Vec<&str> = log
-        .lines()
-        .filter(|l| COMPLAINTS.iter().any(|c| l.contains(c)))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "complaints in the boot log:\n{}",
-        bad.join("\n")
-    );
-    assert_eq!(
-        reported(&log, "md5sum"),
-        host("echo 12345 | md5sum | cut -d' ' -f1")
-    );
-    assert_eq!(
-        reported(&log, "sort"),
-        host("seq 1 200 | sort -rn | head -3 | tr '\\n' ' '")
-    );
-    assert_eq!(
-        reported(&log, "loop-sum"),
-        (1..=1000).sum::<u32>().to_string()
-    );
-    assert_eq!(
-        reported(&log, "awk"),
-        (1..=100u32).map(|i| i * i).sum::<u32>().to_string()
-    );
-    assert_eq!(
-        reported(&log, "sha256"),
-        host("printf abc | sha256sum | cut -d' ' -f1")
-    );
-    assert!(log.contains("uname -r: 6.1.0-"), "{log}");
+    for engine in ENGINES {
+        let log = boot("smoke", engine);
+        assert!(log.contains("Linux version 6.1.0"), "{log}");
+        let bad: Vec<&str> = log
+            .lines()
+            .filter(|l| COMPLAINTS.iter().any(|c| l.contains(c)))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "complaints in the boot log:\n{}",
+            bad.join("\n")
+        );
+        assert_eq!(
+            reported(&log, "md5sum"),
+            host("echo 12345 | md5sum | cut -d' ' -f1")
+        );
+        assert_eq!(
+            reported(&log, "sort"),
+            host("seq 1 200 | sort -rn | head -3 | tr '\\n' ' '")
+        );
+        assert_eq!(
+            reported(&log, "loop-sum"),
+            (1..=1000).sum::<u32>().to_string()
+        );
+        assert_eq!(
+            reported(&log, "awk"),
+            (1..=100u32).map(|i| i * i).sum::<u32>().to_string()
+        );
+        assert_eq!(
+            reported(&log, "sha256"),
+            host("printf abc | sha256sum | cut -d' ' -f1")
+        );
+        assert!(log.contains("uname -r: 6.1.0-"), "{log}");
+    }
 }
 
 #[test]
 fn linux_c_program_matches_native() {
-    let log = boot("cprog");
-    let start = log.find("OX86-CPROG-BEGIN\n").expect("begin marker") + "OX86-CPROG-BEGIN\n".len();
-    let end = log.find("OX86-CPROG-END").expect("end marker");
-    let native = Command::new(linux_dir().join("cprog"))
-        .output()
-        .expect("run cprog natively");
-    assert!(native.status.success());
-    assert_eq!(
-        &log[start..end],
-        text(&native.stdout),
-        "guest and native outputs differ"
-    );
+    for engine in ENGINES {
+        let log = boot("cprog", engine);
+        let start =
+            log.find("OX86-CPROG-BEGIN\n").expect("begin marker") + "OX86-CPROG-BEGIN\n".len();
+        let end = log.find("OX86-CPROG-END").expect("end marker");
+        let native = Command::new(linux_dir().join("cprog"))
+            .output()
+            .expect("run cprog natively");
+        assert!(native.status.success());
+        assert_eq!(
+            &log[start..end],
+            text(&native.stdout),
+            "guest and native outputs differ"
+        );
+    }
 }
 
 #[test]
 fn linux_processes_and_files() {
-    let log = boot("procs");
-    assert!(log.contains("ok   100 fork+exec"), "{log}");
-    assert_eq!(
-        reported(&log, "pipeline"),
-        host("seq 1 5000 | grep 7 | sed 's/7/x/g' | tr x y | sort | uniq | wc -l")
-    );
-    let log = boot("fs");
-    assert!(log.contains("ok   gzip round trip"), "{log}");
-    assert!(log.contains(&format!("ok   lines: {}", 200000)), "{log}");
+    for engine in ENGINES {
+        let log = boot("procs", engine);
+        assert!(log.contains("ok   100 fork+exec"), "{log}");
+        assert_eq!(
+            reported(&log, "pipeline"),
+            host("seq 1 5000 | grep 7 | sed 's/7/x/g' | tr x y | sort | uniq | wc -l")
+        );
+        let log = boot("fs", engine);
+        assert!(log.contains("ok   gzip round trip"), "{log}");
+        assert!(log.contains(&format!("ok   lines: {}", 200000)), "{log}");
+    }
 }
 
 /// Runs ox86 on bad Linux input and checks for one clear line and a failure status.
@@ -226,4 +238,12 @@ fn bad_linux_input_gets_one_clear_line() {
         "does not fit",
     );
     std::fs::remove_dir_all(&tmp).ok();
+}
+
+/// The smoke boot in lockstep: the JIT run and an interpreter-only run compared after
+/// every slice, through boot, the shell tests and the reboot.
+#[test]
+fn linux_boot_in_lockstep() {
+    let log = boot("smoke", &["--lockstep"]);
+    assert!(log.contains("OX86-TEST-PASS"), "{log}");
 }

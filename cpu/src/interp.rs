@@ -51,7 +51,11 @@ impl Cpu {
 
 impl Exec<'_> {
     /// The run loop, with compiled code from `accel` where it has some.
-    pub fn run(&mut self, limits: RunLimits, mut accel: Option<&mut (dyn Accel + 'static)>) -> CpuExit {
+    pub fn run(
+        &mut self,
+        limits: RunLimits,
+        mut accel: Option<&mut (dyn Accel + 'static)>,
+    ) -> CpuExit {
         let end = self.s.icount.saturating_add(limits.max_insns);
         // Exceptions retire no instruction; they count against the budget here so that
         // a guest stuck in a fault loop still returns control to the machine.
@@ -86,7 +90,8 @@ impl Exec<'_> {
             let debug = self.debug_armed();
             if let Some(a) = accel.as_deref_mut() {
                 if !debug && !shadow {
-                    match a.run(self, end) {
+                    // Exceptions count against the budget too (see above).
+                    match a.run(self, end.saturating_sub(events)) {
                         AccelRun::NotRun => {}
                         AccelRun::Ran => continue,
                         AccelRun::Fault(ex) => {
@@ -113,7 +118,7 @@ impl Exec<'_> {
             if let Some(a) = accel.as_deref_mut() {
                 // Asked again every threshold runs: a region can be dropped, or its
                 // compilation refused while the compiler was busy.
-                if execs % a.hot_threshold() == 0 {
+                if execs.is_multiple_of(a.hot_threshold()) {
                     a.hot(self, id);
                 }
             }

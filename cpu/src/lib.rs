@@ -2,8 +2,8 @@
 //! interpreter, which is the reference semantics of every instruction.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod access;
 mod accel;
+pub mod access;
 pub mod block;
 pub mod cpuid;
 mod debug;

@@ -57,6 +57,11 @@ struct RunArgs {
     /// Run the interpreter alone, without the JIT.
     #[arg(long)]
     interp: bool,
+    /// Run the interpreter alone beside the JIT and stop at the first difference
+    /// (registers, flags, segments, x87 state, instruction count, guest RAM). Implies
+    /// --icount; host input is not fed to the guest.
+    #[arg(long, conflicts_with = "interp")]
+    lockstep: bool,
     /// Executions of a block before the JIT compiles its region.
     #[arg(long, value_name = "N")]
     jit_threshold: Option<u64>,
@@ -120,6 +125,9 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
         .ram_size(ram)
         .serial(serial_out(&a.serial)?)
         .no_reboot(a.no_reboot);
+    if a.lockstep {
+        b = b.lockstep(true);
+    }
     if a.interp {
         b = b.jit(None);
     } else if let Some(n) = a.jit_threshold {

@@ -76,7 +76,14 @@ fn new_module() -> Result<JITModule, String> {
         ("opt_level", "none"),
         ("is_pic", "false"),
         ("use_colocated_libcalls", "false"),
-        ("enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" }),
+        (
+            "enable_verifier",
+            if cfg!(debug_assertions) {
+                "true"
+            } else {
+                "false"
+            },
+        ),
     ] {
         flags.set(k, v).map_err(|e| e.to_string())?;
     }
@@ -84,7 +91,10 @@ fn new_module() -> Result<JITModule, String> {
         .map_err(|e| e.to_string())?
         .finish(settings::Flags::new(flags))
         .map_err(|e| e.to_string())?;
-    Ok(JITModule::new(JITBuilder::with_isa(isa, default_libcall_names())))
+    Ok(JITModule::new(JITBuilder::with_isa(
+        isa,
+        default_libcall_names(),
+    )))
 }
 
 impl Compiler {
@@ -153,18 +163,17 @@ impl Compiler {
         let cc = ctx.func.signature.call_conv;
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
-            let tx = Tx::new(
-                &mut b,
-                &region,
-                req.entry.mode,
-                req.entry.cs_hi,
-                cc,
-            );
+            let tx = Tx::new(&mut b, &region, req.entry.mode, req.entry.cs_hi, cc);
             tx.translate();
             b.finalize(module.target_config());
         }
         if self.dump {
-            eprintln!("region {:#x} ({} blocks):\n{}", phys, region.blocks.len(), ctx.func.display());
+            eprintln!(
+                "region {:#x} ({} blocks):\n{}",
+                phys,
+                region.blocks.len(),
+                ctx.func.display()
+            );
         }
         let id = module
             .declare_anonymous_function(&ctx.func.signature)
@@ -182,7 +191,9 @@ impl Compiler {
             .map_err(|e| err(e.to_string()))?;
         let func = module.get_finalized_function(id) as usize;
         // Finalizing makes whole pages executable: count code by the page.
-        g.bytes = g.bytes.saturating_add(code_bytes.div_ceil(PAGE).max(1) * PAGE);
+        g.bytes = g
+            .bytes
+            .saturating_add(code_bytes.div_ceil(PAGE).max(1) * PAGE);
         Ok(Compiled {
             req,
             region,

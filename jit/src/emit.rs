@@ -248,7 +248,11 @@ pub fn emit(t: &mut Tx<'_, '_>, i: &Instruction, live_after: u32) -> bool {
             let sp = t.b.ins().iadd_imm_s(sp, size as i64);
             let esp = t.new_esp(sp);
             t.b.def_var(t.regs[4], esp);
-            let bp = if size == 2 { Register::BP } else { Register::EBP };
+            let bp = if size == 2 {
+                Register::BP
+            } else {
+                Register::EBP
+            };
             t.set(bp, v);
         }
         Kind::Nop => {}
@@ -276,7 +280,11 @@ fn count(t: &mut Tx<'_, '_>, i: &Instruction) -> (Value, Option<i64>) {
 fn shift(t: &mut Tx<'_, '_>, i: &Instruction, flags_dead: bool) {
     let size = op_size(i, 0);
     let bits = (size * 8) as i64;
-    let m = if bits == 32 { 0xffff_ffff } else { (1i64 << bits) - 1 };
+    let m = if bits == 32 {
+        0xffff_ffff
+    } else {
+        (1i64 << bits) - 1
+    };
     let p = t.place0(i);
     let v = t.read_place(&p, size);
     let (c, known) = count(t, i);

@@ -349,7 +349,9 @@ impl Jit {
         let slot = self.jump[j];
         if slot.stamp == self.stamp
             && slot.mode == Some(mode)
-            && slot.lin == lin && slot.eip == eip && slot.cs_base == cs.base
+            && slot.lin == lin
+            && slot.eip == eip
+            && slot.cs_base == cs.base
         {
             return slot.region;
         }
@@ -489,11 +491,13 @@ impl Accel for Jit {
         if self.pending.contains(&key) || self.pending.len() >= MAX_PENDING {
             return;
         }
-        if self
-            .by_phys
-            .get(&key_of(&key))
-            .is_some_and(|ids| ids.iter().any(|&i| self.regions[i as usize].as_ref().is_some_and(|r| r.key == key)))
-        {
+        if self.by_phys.get(&key_of(&key)).is_some_and(|ids| {
+            ids.iter().any(|&i| {
+                self.regions[i as usize]
+                    .as_ref()
+                    .is_some_and(|r| r.key == key)
+            })
+        }) {
             return;
         }
         let frame = phys & !PAGE_MASK;

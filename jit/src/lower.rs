@@ -100,9 +100,7 @@ pub fn kind(i: &Instruction) -> Kind {
     }
     let k = match i.mnemonic() {
         M::Mov => Kind::Mov,
-        M::Add | M::Or | M::Adc | M::Sbb | M::And | M::Sub | M::Xor | M::Cmp | M::Test => {
-            Kind::Alu
-        }
+        M::Add | M::Or | M::Adc | M::Sbb | M::And | M::Sub | M::Xor | M::Cmp | M::Test => Kind::Alu,
         M::Inc | M::Dec => Kind::IncDec,
         M::Neg => Kind::Neg,
         M::Not => Kind::Not,
@@ -161,7 +159,10 @@ pub fn kind(i: &Instruction) -> Kind {
     if !simple_operands(i) {
         return Kind::Helper;
     }
-    if k == Kind::Push && i.op0_kind() == OpKind::Register && gpr(i.op0_register()).is_some_and(|g| g.1 == 1) {
+    if k == Kind::Push
+        && i.op0_kind() == OpKind::Register
+        && gpr(i.op0_register()).is_some_and(|g| g.1 == 1)
+    {
         return Kind::Helper;
     }
     k

@@ -1,7 +1,7 @@
 //! The mode a region is compiled for: what compiled code takes as fixed about the CPU
 //! state, and part of every region's key, so that a mode change selects other code.
 
-use ox86_cpu::state::{CR0_AM, AC, CS, DS, ES, SEG_READ, SEG_WRITE, SS};
+use ox86_cpu::state::{AC, CR0_AM, CS, DS, ES, SEG_READ, SEG_WRITE, SS};
 use ox86_cpu::CpuState;
 
 /// The mode bits of a region.

@@ -134,10 +134,7 @@ fn decode_block(page: &[u8], e: &Entry, eip: u64, max_insns: usize) -> GuestBloc
         if insn.is_invalid() {
             break End::Dynamic;
         }
-        let direct = matches!(
-            insn.op0_kind(),
-            OpKind::NearBranch16 | OpKind::NearBranch32
-        );
+        let direct = matches!(insn.op0_kind(), OpKind::NearBranch16 | OpKind::NearBranch32);
         match insn.flow_control() {
             FlowControl::ConditionalBranch if direct && !is_loop(&insn) => {
                 break End::Cond(insn.near_branch_target() & ip_mask, next);

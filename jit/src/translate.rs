@@ -113,7 +113,10 @@ fn region_registers(region: &Region) -> (u8, u8) {
                 continue;
             };
             used |= 1 << idx;
-            if !matches!(u.access(), iced_x86::OpAccess::Read | iced_x86::OpAccess::CondRead) {
+            if !matches!(
+                u.access(),
+                iced_x86::OpAccess::Read | iced_x86::OpAccess::CondRead
+            ) {
                 written |= 1 << idx;
             }
         }
@@ -157,7 +160,9 @@ impl<'a, 'b> Tx<'a, 'b> {
             }
         }
         let icount = b.declare_var(I64);
-        let v = b.ins().load(I64, MF, state, offset_of!(CpuState, icount) as i32);
+        let v = b
+            .ins()
+            .load(I64, MF, state, offset_of!(CpuState, icount) as i32);
         b.def_var(icount, v);
         let end = b.ins().load(I64, MF, ctx, offset_of!(JitCtx, end) as i32);
         let tlb = b.ins().load(I64, MF, ctx, offset_of!(JitCtx, tlb) as i32);
@@ -276,7 +281,9 @@ impl<'a, 'b> Tx<'a, 'b> {
             self.materialize(flags);
             let r = self.b.ins().iconst(I64, rip as i64);
             let st = self.b.ins().iconst(I32, JUMP as i64);
-            self.b.ins().jump(self.exit, &[r.into(), icount.into(), st.into()]);
+            self.b
+                .ins()
+                .jump(self.exit, &[r.into(), icount.into(), st.into()]);
             return;
         };
         let tb = &self.region.blocks[target];
@@ -285,7 +292,10 @@ impl<'a, 'b> Tx<'a, 'b> {
         }
         // Enough budget for the whole next block?
         let after = self.b.ins().iadd_imm_s(icount, tb.insns.len() as i64);
-        let over = self.b.ins().icmp(IntCC::UnsignedGreaterThan, after, self.end);
+        let over = self
+            .b
+            .ins()
+            .icmp(IntCC::UnsignedGreaterThan, after, self.end);
         let stop = self.b.create_block();
         let go = self.b.create_block();
         self.b.ins().brif(over, stop, &[], go, &[]);
@@ -293,7 +303,9 @@ impl<'a, 'b> Tx<'a, 'b> {
         self.materialize(flags);
         let r = self.b.ins().iconst(I64, rip as i64);
         let st = self.b.ins().iconst(I32, CHECK as i64);
-        self.b.ins().jump(self.exit, &[r.into(), icount.into(), st.into()]);
+        self.b
+            .ins()
+            .jump(self.exit, &[r.into(), icount.into(), st.into()]);
         self.b.switch_to_block(go);
         self.b.def_var(self.icount, icount);
         self.b.ins().jump(self.blocks[target], &[]);
@@ -304,7 +316,9 @@ impl<'a, 'b> Tx<'a, 'b> {
         let flags = self.flags.clone();
         self.materialize(&flags);
         let st = self.b.ins().iconst(I32, status as i64);
-        self.b.ins().jump(self.exit, &[rip.into(), icount.into(), st.into()]);
+        self.b
+            .ins()
+            .jump(self.exit, &[rip.into(), icount.into(), st.into()]);
     }
 
     // ---- registers ----
@@ -314,7 +328,11 @@ impl<'a, 'b> Tx<'a, 'b> {
         let (idx, size, high) = gpr(r).expect("lowered instructions use EAX..EDI");
         debug_assert!(self.used & (1 << idx) != 0, "{r:?} not in the used set");
         let v = self.b.use_var(self.regs[idx]);
-        let v = if high { self.b.ins().ushr_imm_s(v, 8) } else { v };
+        let v = if high {
+            self.b.ins().ushr_imm_s(v, 8)
+        } else {
+            v
+        };
         self.narrow(v, size)
     }
 
@@ -322,7 +340,10 @@ impl<'a, 'b> Tx<'a, 'b> {
     /// writes zero the upper half).
     pub fn set(&mut self, r: Register, v: Value) {
         let (idx, size, high) = gpr(r).expect("lowered instructions use EAX..EDI");
-        debug_assert!(self.written & (1 << idx) != 0, "{r:?} not in the written set");
+        debug_assert!(
+            self.written & (1 << idx) != 0,
+            "{r:?} not in the written set"
+        );
         let wide = self.widen(v);
         let new = match (size, high) {
             (4, _) => wide,
@@ -450,10 +471,12 @@ impl<'a, 'b> Tx<'a, 'b> {
             .b
             .ins()
             .load(I32, MF, self.state, seg_off(seg, offset_of!(Segment, hi)));
-        let rights = self
-            .b
-            .ins()
-            .load(I32, MF, self.state, seg_off(seg, offset_of!(Segment, rights)));
+        let rights = self.b.ins().load(
+            I32,
+            MF,
+            self.state,
+            seg_off(seg, offset_of!(Segment, rights)),
+        );
         let need = if write {
             ox86_cpu::state::SEG_WRITE
         } else {
@@ -483,10 +506,7 @@ impl<'a, 'b> Tx<'a, 'b> {
         let bail = self.bail_block();
         let idx = self.b.ins().ushr_imm_s(lin, 12);
         let idx = self.b.ins().band_imm_s(idx, (TLB_ENTRIES - 1) as i64);
-        let idx = self
-            .b
-            .ins()
-            .imul_imm_s(idx, size_of::<TlbEntry>() as i64);
+        let idx = self.b.ins().imul_imm_s(idx, size_of::<TlbEntry>() as i64);
         let entry = self.b.ins().iadd(self.tlb, idx);
         let tag_off = if write {
             offset_of!(TlbEntry, write)
@@ -624,10 +644,15 @@ impl<'a, 'b> Tx<'a, 'b> {
         });
         self.b.switch_to_block(bail);
         self.materialize(before);
-        let p = self.b.ins().iconst(I64, d as *const DecodedInsn as usize as i64);
+        let p = self
+            .b
+            .ins()
+            .iconst(I64, d as *const DecodedInsn as usize as i64);
         let ip = self.b.ins().iconst(I64, d.insn.ip() as i64);
         let cnt = self.icount_at(self.k);
-        self.b.ins().jump(self.slow, &[p.into(), ip.into(), cnt.into()]);
+        self.b
+            .ins()
+            .jump(self.slow, &[p.into(), ip.into(), cnt.into()]);
         if let Some(c) = cont {
             self.b.switch_to_block(c);
         }
@@ -639,12 +664,8 @@ impl<'a, 'b> Tx<'a, 'b> {
         let k = self.k;
         let next_count = self.icount_at(k + 1);
         let i = &d.insn;
-        let direct_ok = match end {
-            End::Cond(..) | End::Jump(_) => true,
-            _ => false,
-        };
         match (kind(i), end) {
-            (Kind::Jcc, End::Cond(t, n)) if direct_ok => {
+            (Kind::Jcc, End::Cond(t, n)) => {
                 let c = self.cond(i.condition_code());
                 let taken = self.b.create_block();
                 let fall = self.b.create_block();
@@ -699,7 +720,10 @@ impl<'a, 'b> Tx<'a, 'b> {
             .b
             .ins()
             .iconst(I64, helpers::interp as *const () as usize as i64);
-        let p = self.b.ins().iconst(I64, d as *const DecodedInsn as usize as i64);
+        let p = self
+            .b
+            .ins()
+            .iconst(I64, d as *const DecodedInsn as usize as i64);
         let call = self
             .b
             .ins()

@@ -56,14 +56,14 @@ fn emit_one(a: &mut CodeAssembler, r: (u8, u8, u8, u32)) -> Result<(), IcedError
         15 => a.dec(d),
         16 => a.neg(d),
         17 => a.not(d),
-        18 => a.shl(d, (imm & 31) as u32),
+        18 => a.shl(d, imm & 31),
         19 => a.shr(d, cl),
-        47 => a.shr(d16, (imm & 31) as u32),
-        48 => a.ror(d8, (imm & 31) as u32),
+        47 => a.shr(d16, imm & 31),
+        48 => a.ror(d8, imm & 31),
         49 => a.sar(word_ptr(ebx + disp), cl),
-        50 => a.rol(dword_ptr(ebx + disp), (imm & 31) as u32),
+        50 => a.rol(dword_ptr(ebx + disp), imm & 31),
         51 => a.imul_3(d16, word_ptr(ebx + disp), (imm as i32) >> 20),
-        20 => a.sar(d, (imm & 31) as u32),
+        20 => a.sar(d, imm & 31),
         21 => a.imul_2(d, s),
         22 => a.imul_3(d, s, imm32 >> 16),
         23 => a.lea(d, ptr(ebx + s * 4 + disp)),
@@ -73,7 +73,7 @@ fn emit_one(a: &mut CodeAssembler, r: (u8, u8, u8, u32)) -> Result<(), IcedError
         27 => a.mov(m, s),
         28 => a.add(d8, s8),
         29 => a.sub(d16, s16),
-        30 => a.cmp(byte_ptr(ebx + disp), (imm & 0xff) as u32),
+        30 => a.cmp(byte_ptr(ebx + disp), imm & 0xff),
         31 => a.inc(word_ptr(ebx + disp)),
         32 => a.cdq(),
         33 => a.cwde(),
@@ -97,16 +97,16 @@ fn emit_one(a: &mut CodeAssembler, r: (u8, u8, u8, u32)) -> Result<(), IcedError
         38 => a.mul(s),
         39 => a.div(s),
         40 => a.xadd(m, s),
-        41 => a.rol(d, (imm & 31) as u32),
+        41 => a.rol(d, imm & 31),
         42 => a.bt(d, s),
         43 => a.adc(m, imm32 & 0x7f),
-        44 => a.sbb(d8, (imm & 0xff) as u32),
+        44 => a.sbb(d8, imm & 0xff),
         45 => a.shl(d16, cl),
         46 => {
             a.push(imm32)?;
             a.pop(d)
         }
-        _ => a.mov(d, imm as u32),
+        _ => a.mov(d, imm),
     }
 }
 
@@ -189,7 +189,12 @@ fn compare(code: &[u8], regs: &Regs32) -> u64 {
 
 #[test]
 fn simple_loop_compiles_and_matches() {
-    let body = [(0u8, 0u8, 1u8, 0u32), (9, 1, 0, 7), (12, 2, 0, 64), (27, 2, 0, 128)];
+    let body = [
+        (0u8, 0u8, 1u8, 0u32),
+        (9, 1, 0, 7),
+        (12, 2, 0, 64),
+        (27, 2, 0, 128),
+    ];
     let code = program(&body, 1000);
     let compiled = compare(&code, &initial([1, 2, 3, 4, 5, 6, 7], 0));
     assert!(compiled > 4000, "compiled code ran {compiled} instructions");

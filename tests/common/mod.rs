@@ -100,3 +100,16 @@ pub fn run_ox86_input(args: &[&str], input: Option<&[u8]>, timeout: Duration) ->
 pub fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).replace('\r', "")
 }
+
+/// The two engines every guest test runs on: the JIT (the default) and the
+/// interpreter alone.
+pub const ENGINES: [&[&str]; 2] = [&[], &["--interp"]];
+
+/// The engine's name for messages.
+pub fn engine_name(engine: &[&str]) -> &'static str {
+    match engine.first() {
+        None => "jit",
+        Some(&"--interp") => "interp",
+        Some(_) => "lockstep",
+    }
+}
