@@ -127,7 +127,9 @@ impl Exec<'_> {
             let n = if debug || shadow {
                 1
             } else {
-                insns.len().min((end - self.s.icount) as usize)
+                // Exceptions count against the budget here too (checked above), so
+                // that the interpreter and the JIT stop at the same instruction.
+                insns.len().min((end - events - self.s.icount) as usize)
             };
             if debug {
                 let lin = self.s.seg[CS].base.wrapping_add(self.s.rip) & 0xffff_ffff;
