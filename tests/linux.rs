@@ -7,6 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -27,8 +28,14 @@ fn linux_dir() -> &'static Path {
     })
 }
 
+/// One boot at a time: guest time follows the host clock, and two boots (each with
+/// its JIT compiler thread) on a 2-core host preempt each other enough to upset the
+/// kernel's TSC calibration against the PIT.
+static ONE_BOOT: Mutex<()> = Mutex::new(());
+
 /// Boots with `ox86test=NAME` and returns the serial output.
 fn boot(test: &str, engine: &[&str]) -> String {
+    let _one = ONE_BOOT.lock().unwrap_or_else(|e| e.into_inner());
     let label = format!("{test} ({})", engine_name(engine));
     let d = linux_dir();
     let kernel = d.join("vmlinuz");
@@ -247,6 +254,7 @@ fn bad_linux_input_gets_one_clear_line() {
 /// issue's notes.)
 #[test]
 fn linux_boot_in_lockstep() {
+    let _one = ONE_BOOT.lock().unwrap_or_else(|e| e.into_inner());
     let d = linux_dir();
     let kernel = d.join("vmlinuz");
     let initrd = d.join("initramfs.cpio.gz");

@@ -132,7 +132,6 @@ impl Jit {
             let handle = std::thread::Builder::new()
                 .name("ox86-jit".into())
                 .spawn(move || {
-                    lower_priority();
                     let mut c = Compiler::new(gen_limit, max_blocks);
                     for msg in in_rx {
                         match msg {
@@ -388,18 +387,6 @@ impl Jit {
             region: found,
         };
         found
-    }
-}
-
-/// Makes the compiler thread yield to the CPU thread when the host is busy: guest
-/// time follows the host clock, and a CPU thread preempted in the middle of the
-/// kernel's TSC calibration against the PIT fails it.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority on the calling thread's id only changes its nice value; it
-    // has no memory-safety preconditions.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
     }
 }
 
