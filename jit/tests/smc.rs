@@ -800,7 +800,7 @@ fn fresh_model(iters: u32) -> u32 {
 fn fresh_code_bounded(config: JitConfig, iters: u32, check: impl Fn(&AccelStats)) -> AccelStats {
     let code = fresh_code(iters);
     let r = regs(0, 0, 0, 0, 0, 0, 0);
-    let max = 100_000_000;
+    let max = 400 * iters as u64 + 1_000_000;
     let a = run_on(&mut Snippet::new(), &code, &r, &initial_data(), max);
     assert_eq!(a.end, SnippetEnd::Done);
     assert_eq!(
