@@ -28,6 +28,25 @@ fn linux_dir() -> &'static Path {
     })
 }
 
+/// Runs `ox86 run` on the Debian kernel and initramfs with `append` and `extra`.
+fn run_linux(append: &str, extra: &[&str]) -> std::process::Output {
+    let d = linux_dir();
+    let file = |n: &str| d.join(n).to_str().expect("UTF-8 path").to_string();
+    let mut args: Vec<String> = ["run", "--kernel", &file("vmlinuz"), "--initrd"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(file("initramfs.cpio.gz"));
+    for a in ["--append", append, "-m", "256M", "--no-reboot"]
+        .iter()
+        .chain(extra)
+    {
+        args.push(a.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_ox86(&args, Duration::from_secs(600))
+}
+
 /// One boot at a time: guest time follows the host clock, and two boots (each with
 /// its JIT compiler thread) on a 2-core host preempt each other enough to upset the
 /// kernel's TSC calibration against the PIT.
@@ -37,29 +56,7 @@ static ONE_BOOT: Mutex<()> = Mutex::new(());
 fn boot(test: &str, engine: &[&str]) -> String {
     let _one = ONE_BOOT.lock().unwrap_or_else(|e| e.into_inner());
     let label = format!("{test} ({})", engine_name(engine));
-    let d = linux_dir();
-    let kernel = d.join("vmlinuz");
-    let initrd = d.join("initramfs.cpio.gz");
-    let append = format!("console=ttyS0 ox86test={test}");
-    let out = run_ox86(
-        &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--append",
-            &append,
-            "-m",
-            "256M",
-            "--no-reboot",
-        ]
-        .iter()
-        .chain(engine)
-        .copied()
-        .collect::<Vec<_>>(),
-        Duration::from_secs(600),
-    );
+    let out = run_linux(&format!("console=ttyS0 ox86test={test}"), engine);
     let so = text(&out.stdout);
     assert!(
         so.contains("OX86-TEST-PASS"),
@@ -255,26 +252,9 @@ fn bad_linux_input_gets_one_clear_line() {
 #[test]
 fn linux_boot_in_lockstep() {
     let _one = ONE_BOOT.lock().unwrap_or_else(|e| e.into_inner());
-    let d = linux_dir();
-    let kernel = d.join("vmlinuz");
-    let initrd = d.join("initramfs.cpio.gz");
-    let out = run_ox86(
-        &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--append",
-            "console=ttyS0 ox86test=smoke",
-            "-m",
-            "256M",
-            "--no-reboot",
-            "--lockstep",
-            "--max-insns",
-            "6000000000",
-        ],
-        Duration::from_secs(600),
+    let out = run_linux(
+        "console=ttyS0 ox86test=smoke",
+        &["--lockstep", "--max-insns", "6000000000"],
     );
     let so = text(&out.stdout);
     let se = text(&out.stderr);

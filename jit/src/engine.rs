@@ -61,6 +61,8 @@ const EMPTY: Slot = Slot {
 };
 const NONE: u32 = u32::MAX;
 const JUMP_CACHE: usize = 4096;
+/// Compile times kept for the median.
+const TIMES: usize = 1 << 16;
 /// Most compilations queued at once: hot blocks ask again later, so a short queue
 /// keeps the code being compiled close to the code running now.
 const MAX_PENDING: usize = 16;
@@ -97,6 +99,7 @@ pub struct Jit {
     freed_below: u32,
     live: usize,
     stats: AccelStats,
+    /// The most recent compile times (a ring of [`TIMES`]), for the median.
     compile_times: Vec<u64>,
     ctx: Box<JitCtx>,
 }
@@ -241,7 +244,12 @@ impl Jit {
     fn install(&mut self, ex: &mut Exec<'_>, key: Key, c: Compiled) {
         self.stats.regions_compiled += 1;
         self.stats.compile_ns += c.nanos;
-        self.compile_times.push(c.nanos);
+        if self.compile_times.len() < TIMES {
+            self.compile_times.push(c.nanos);
+        } else {
+            let k = (self.stats.regions_compiled as usize) % TIMES;
+            self.compile_times[k] = c.nanos;
+        }
         // A newer generation retires the one before the previous.
         if self.max_gen.is_none_or(|m| c.gen > m) {
             self.max_gen = Some(c.gen);

@@ -13,7 +13,7 @@ use cranelift_codegen::ir::{
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, Variable};
 use iced_x86::{Instruction, OpKind, Register};
-use ox86_cpu::exec::operand::seg_index;
+use ox86_cpu::exec::operand::{addr_mask, seg_index};
 use ox86_cpu::state::{DS, ES, SS};
 use ox86_cpu::{CpuState, DecodedInsn, Segment};
 use ox86_mmu::tlb::{TlbEntry, TLB_ENTRIES};
@@ -414,13 +414,6 @@ impl<'a, 'b> Tx<'a, 'b> {
     pub fn ea(&mut self, i: &Instruction) -> Value {
         let base = i.memory_base();
         let index = i.memory_index();
-        let asize = if base != Register::None {
-            base.size()
-        } else if index != Register::None {
-            index.size()
-        } else {
-            i.memory_displ_size() as usize
-        };
         let mut a = self.b.ins().iconst(I64, i.memory_displacement64() as i64);
         if base != Register::None {
             let (idx, ..) = gpr(base).expect("checked by kind");
@@ -436,8 +429,7 @@ impl<'a, 'b> Tx<'a, 'b> {
             };
             a = self.b.ins().iadd(a, v);
         }
-        let mask = if asize == 2 { 0xffff } else { 0xffff_ffff };
-        self.b.ins().band_imm_s(a, mask)
+        self.b.ins().band_imm_s(a, addr_mask(i) as i64)
     }
 
     /// The slow path of the current instruction.

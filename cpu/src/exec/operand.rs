@@ -60,7 +60,7 @@ pub fn op_size(i: &Instruction, n: u32) -> u32 {
 
 /// Mask of the address size of a memory operand.
 #[inline(always)]
-pub(crate) fn addr_mask(i: &Instruction) -> u64 {
+pub fn addr_mask(i: &Instruction) -> u64 {
     let base = i.memory_base();
     let index = i.memory_index();
     let size = if base != Register::None {
