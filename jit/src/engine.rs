@@ -379,6 +379,7 @@ impl Jit {
                     let r = self.regions[id as usize].as_ref().expect("indexed region");
                     if r.key.eip == eip && r.key.cs_base == cs.base && r.key.mode == mode {
                         found = id;
+                        break;
                     }
                 }
             }

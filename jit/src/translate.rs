@@ -210,34 +210,14 @@ impl<'a, 'b> Tx<'a, 'b> {
         // The exit block writes the registers back and returns the status.
         self.b.switch_to_block(self.exit);
         let p = self.b.block_params(self.exit).to_vec();
-        self.writeback_regs();
-        self.b
-            .ins()
-            .store(MF, p[0], self.state, offset_of!(CpuState, rip) as i32);
-        self.b
-            .ins()
-            .store(MF, p[1], self.state, offset_of!(CpuState, icount) as i32);
+        self.store_state(p[0], p[1]);
         self.b.ins().return_(&[p[2]]);
         // The common slow path runs one instruction in the interpreter (the flags are
         // already in the state) and leaves.
         self.b.switch_to_block(self.slow);
         let p = self.b.block_params(self.slow).to_vec();
-        self.writeback_regs();
-        self.b
-            .ins()
-            .store(MF, p[1], self.state, offset_of!(CpuState, rip) as i32);
-        self.b
-            .ins()
-            .store(MF, p[2], self.state, offset_of!(CpuState, icount) as i32);
-        let f = self
-            .b
-            .ins()
-            .iconst(I64, helpers::interp as *const () as usize as i64);
-        let call = self
-            .b
-            .ins()
-            .call_indirect(self.sigs.interp, f, &[self.ctx, p[0]]);
-        let r = self.b.inst_results(call)[0];
+        self.store_state(p[1], p[2]);
+        let r = self.call_interp(p[0]);
         let is_ok = self.b.ins().icmp_imm_s(IntCC::Equal, r, OK as i64);
         let chk = self.b.ins().iconst(I32, CHECK as i64);
         let st = self.b.ins().select(is_ok, chk, r);
@@ -254,7 +234,7 @@ impl<'a, 'b> Tx<'a, 'b> {
             let last = k + 1 == n;
             let lowered_end = last && !matches!(gb.end, End::Next(_) | End::Stop(_));
             if lowered_end {
-                self.terminator(d, gb.end, gb.live_after[k]);
+                self.terminator(d, gb.end);
                 return;
             }
             self.instruction(d, gb.live_after[k]);
@@ -287,8 +267,10 @@ impl<'a, 'b> Tx<'a, 'b> {
             return;
         };
         let tb = &self.region.blocks[target];
+        let mut flags = flags;
         if tb.live_in & ARITH != 0 {
             self.materialize(flags);
+            flags = &FlagSrc::State;
         }
         // Enough budget for the whole next block?
         let after = self.b.ins().iadd_imm_s(icount, tb.insns.len() as i64);
@@ -614,7 +596,7 @@ impl<'a, 'b> Tx<'a, 'b> {
         if !crate::emit::emit(self, &d.insn, live_after) {
             // Not lowered: the interpreter runs it and the region goes on.
             let cont = self.b.create_block();
-            self.helper(d, &before, Some(cont));
+            self.helper(d, &before, cont);
             self.b.switch_to_block(cont);
             self.flags = FlagSrc::State;
             return;
@@ -635,22 +617,13 @@ impl<'a, 'b> Tx<'a, 'b> {
             c
         });
         self.b.switch_to_block(bail);
-        self.materialize(before);
-        let p = self
-            .b
-            .ins()
-            .iconst(I64, d as *const DecodedInsn as usize as i64);
-        let ip = self.b.ins().iconst(I64, d.insn.ip() as i64);
-        let cnt = self.icount_at(self.k);
-        self.b
-            .ins()
-            .jump(self.slow, &[p.into(), ip.into(), cnt.into()]);
+        self.leave_slow(d, before);
         if let Some(c) = cont {
             self.b.switch_to_block(c);
         }
     }
 
-    fn terminator(&mut self, d: &DecodedInsn, end: End, live_after: u32) {
+    fn terminator(&mut self, d: &DecodedInsn, end: End) {
         let before = self.flags.clone();
         self.bail = None;
         let k = self.k;
@@ -686,61 +659,73 @@ impl<'a, 'b> Tx<'a, 'b> {
             }
             _ => {
                 // Run by the interpreter; the region ends after it.
-                self.helper(d, &before, None);
-                let _ = live_after;
+                self.leave_slow(d, &before);
                 return;
             }
         }
         self.finish_slow(d, &before, false);
     }
 
-    /// Runs instruction `d` in the interpreter. With `cont`, execution continues there
-    /// afterwards (the state reloaded); without, the region is left after it.
-    fn helper(&mut self, d: &DecodedInsn, flags: &FlagSrc, cont: Option<Block>) {
-        let k = self.k;
+    /// Leaves through the common slow path: the flags `flags` into the state, then
+    /// instruction `d` run by the interpreter.
+    fn leave_slow(&mut self, d: &DecodedInsn, flags: &FlagSrc) {
         self.materialize(flags);
-        self.writeback_regs();
-        let ip = self.b.ins().iconst(I64, d.insn.ip() as i64);
-        self.b
-            .ins()
-            .store(MF, ip, self.state, offset_of!(CpuState, rip) as i32);
-        let cnt = self.icount_at(k);
-        self.b
-            .ins()
-            .store(MF, cnt, self.state, offset_of!(CpuState, icount) as i32);
-        let f = self
-            .b
-            .ins()
-            .iconst(I64, helpers::interp as *const () as usize as i64);
         let p = self
             .b
             .ins()
             .iconst(I64, d as *const DecodedInsn as usize as i64);
+        let ip = self.b.ins().iconst(I64, d.insn.ip() as i64);
+        let cnt = self.icount_at(self.k);
+        self.b
+            .ins()
+            .jump(self.slow, &[p.into(), ip.into(), cnt.into()]);
+    }
+
+    /// Writes the registers the region changed, RIP and the instruction count back to
+    /// the state.
+    fn store_state(&mut self, rip: Value, icount: Value) {
+        self.writeback_regs();
+        self.b
+            .ins()
+            .store(MF, rip, self.state, offset_of!(CpuState, rip) as i32);
+        self.b
+            .ins()
+            .store(MF, icount, self.state, offset_of!(CpuState, icount) as i32);
+    }
+
+    /// Calls the interpreter helper on the instruction at `insn` (an i64 pointer).
+    fn call_interp(&mut self, insn: Value) -> Value {
+        let f = self
+            .b
+            .ins()
+            .iconst(I64, helpers::interp as *const () as usize as i64);
         let call = self
             .b
             .ins()
-            .call_indirect(self.sigs.interp, f, &[self.ctx, p]);
-        let r = self.b.inst_results(call)[0];
-        match cont {
-            Some(cont) => {
-                let ok = self.b.create_block();
-                let leave = self.b.create_block();
-                let is_ok = self.b.ins().icmp_imm_s(IntCC::Equal, r, OK as i64);
-                self.b.ins().brif(is_ok, ok, &[], leave, &[]);
-                self.b.switch_to_block(leave);
-                self.b.ins().return_(&[r]);
-                self.b.switch_to_block(ok);
-                self.reload_regs();
-                self.b.ins().jump(cont, &[]);
-            }
-            None => {
-                // OK means the next instruction is due: the dispatcher checks
-                // interrupts and mode before going on.
-                let is_ok = self.b.ins().icmp_imm_s(IntCC::Equal, r, OK as i64);
-                let chk = self.b.ins().iconst(I32, CHECK as i64);
-                let st = self.b.ins().select(is_ok, chk, r);
-                self.b.ins().return_(&[st]);
-            }
-        }
+            .call_indirect(self.sigs.interp, f, &[self.ctx, insn]);
+        self.b.inst_results(call)[0]
+    }
+
+    /// Runs instruction `d` (not lowered) in the interpreter and goes on at `cont`
+    /// with the registers reloaded; leaves the region if it faulted or must leave.
+    fn helper(&mut self, d: &DecodedInsn, flags: &FlagSrc, cont: Block) {
+        self.materialize(flags);
+        let ip = self.b.ins().iconst(I64, d.insn.ip() as i64);
+        let cnt = self.icount_at(self.k);
+        self.store_state(ip, cnt);
+        let p = self
+            .b
+            .ins()
+            .iconst(I64, d as *const DecodedInsn as usize as i64);
+        let r = self.call_interp(p);
+        let ok = self.b.create_block();
+        let leave = self.b.create_block();
+        let is_ok = self.b.ins().icmp_imm_s(IntCC::Equal, r, OK as i64);
+        self.b.ins().brif(is_ok, ok, &[], leave, &[]);
+        self.b.switch_to_block(leave);
+        self.b.ins().return_(&[r]);
+        self.b.switch_to_block(ok);
+        self.reload_regs();
+        self.b.ins().jump(cont, &[]);
     }
 }
