@@ -256,6 +256,7 @@ pub fn emit(t: &mut Tx<'_, '_>, i: &Instruction, live_after: u32) -> bool {
             t.set(bp, v);
         }
         Kind::Nop => {}
+        Kind::X87 => return t.x87(i),
         _ => return false,
     }
     true

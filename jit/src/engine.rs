@@ -176,6 +176,7 @@ impl Jit {
                 end: 0,
                 exec: std::ptr::null_mut(),
                 fault: None,
+                x87_out: 0,
             }),
         }
     }

@@ -4,8 +4,12 @@
 use std::ffi::c_void;
 
 use ox86_cpu::exception::Exception;
+use ox86_cpu::exec::x87 as fpu;
 use ox86_cpu::{CpuState, DecodedInsn, Exec};
 use ox86_mmu::tlb::TlbEntry;
+use ox86_x87::ops::MemUse;
+
+use crate::x87::X87Insn;
 
 /// Helper status: carry on.
 pub const OK: u32 = 0;
@@ -34,6 +38,9 @@ pub struct JitCtx {
     pub exec: *mut c_void,
     /// The exception of a FAULT status.
     pub fault: Option<Exception>,
+    /// What the FPU helper hands back: the bytes to store, the EFLAGS bits of a
+    /// compare, or the new AX.
+    pub x87_out: u64,
 }
 
 /// Runs `f` on the execution context behind `ctx`.
@@ -82,6 +89,52 @@ pub unsafe extern "C" fn interp(ctx: *mut JitCtx, d: *const DecodedInsn) -> u32 
                     FAULT
                 }
             }
+        })
+    }
+}
+
+/// FPU helper status: the instruction completed; for a compare into EFLAGS or
+/// FNSTSW AX, `x87_out` holds the flags or AX.
+pub const X87_DONE: u32 = 0;
+/// FPU helper status: nothing was done; the interpreter must run the instruction
+/// (it raises #NM or #MF, or the staging failed).
+pub const X87_DECLINED: u32 = 1;
+/// FPU helper status: the instruction completed and compiled code must store
+/// `x87_out` at the operand.
+pub const X87_STORE: u32 = 2;
+
+/// Runs an x87 instruction whose memory operand compiled code accesses: `ea` is the
+/// operand's offset, `loaded` the bytes it loaded. Touches no GPR and no flag.
+///
+/// # Safety
+/// Called only by compiled code, with the context the dispatcher passed it and an
+/// instruction the region keeps alive.
+pub unsafe extern "C" fn x87(ctx: *mut JitCtx, xi: *const X87Insn, ea: u64, loaded: u64) -> u32 {
+    // SAFETY: the region owns its x87 instructions for as long as its code can run.
+    let xi = unsafe { &*xi };
+    // SAFETY: compiled code passes its context through.
+    unsafe {
+        with_exec(ctx, |ex, ctx| {
+            if !fpu::ready(ex.s) {
+                return X87_DECLINED;
+            }
+            let mut st = fpu::Staged::new(ex.s, &xi.insn, xi.seg, ea);
+            if let MemUse::Load(n) = xi.op.mem_use() {
+                st.load(loaded, usize::from(n));
+            }
+            if fpu::run_staged(ex.s, xi.op, &xi.insn, xi.fop, &mut st).is_err() {
+                return X87_DECLINED;
+            }
+            if st.stored > 0 {
+                ctx.x87_out = st.stored_u64();
+                return X87_STORE;
+            }
+            if let Some(v) = st.compare {
+                ctx.x87_out = u64::from(v);
+            } else if let Some(ax) = st.ax {
+                ctx.x87_out = u64::from(ax);
+            }
+            X87_DONE
         })
     }
 }

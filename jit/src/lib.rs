@@ -24,6 +24,7 @@ mod lower;
 mod mode;
 mod region;
 mod translate;
+mod x87;
 
 pub use compiler::CompileError;
 pub use engine::Jit;

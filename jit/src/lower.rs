@@ -59,6 +59,9 @@ pub enum Kind {
     JmpInd,
     /// CALL r/m (near).
     CallInd,
+    /// An x87 instruction run by a direct FPU helper, its memory operand accessed by
+    /// compiled code (see `x87.rs`).
+    X87,
 }
 
 /// Index and size of a general-purpose register EAX..EDI (any width), and whether it
@@ -74,15 +77,20 @@ pub fn gpr(r: Register) -> Option<(usize, u32, bool)> {
     }
 }
 
+/// Whether the memory operand's base and index are 16- or 32-bit GPRs (or absent).
+pub fn simple_address(i: &Instruction) -> bool {
+    [i.memory_base(), i.memory_index()]
+        .iter()
+        .all(|&r| r == Register::None || gpr(r).is_some_and(|g| g.1 >= 2 && !g.2))
+}
+
 /// Whether every operand is a low-eight GPR, memory or an immediate of size 1, 2 or 4.
 fn simple_operands(i: &Instruction) -> bool {
     (0..i.op_count()).all(|n| match i.op_kind(n) {
         OpKind::Register => gpr(i.op_register(n)).is_some(),
         OpKind::Memory => {
             (matches!(i.memory_size().size(), 1 | 2 | 4) || i.mnemonic() == M::Lea)
-                && [i.memory_base(), i.memory_index()]
-                    .iter()
-                    .all(|&r| r == Register::None || gpr(r).is_some_and(|g| g.1 >= 2 && !g.2))
+                && simple_address(i)
         }
         OpKind::Immediate8
         | OpKind::Immediate16
@@ -97,6 +105,9 @@ fn simple_operands(i: &Instruction) -> bool {
 pub fn kind(i: &Instruction) -> Kind {
     if i.is_invalid() || i.has_lock_prefix() {
         return Kind::Helper;
+    }
+    if let Some(fpu) = crate::x87::lowerable(i) {
+        return if fpu { Kind::X87 } else { Kind::Helper };
     }
     let k = match i.mnemonic() {
         M::Mov => Kind::Mov,
@@ -184,6 +195,9 @@ pub fn may_fault(i: &Instruction) -> bool {
         Kind::Lea | Kind::Nop => false,
         Kind::Push | Kind::Pop | Kind::Leave | Kind::Call | Kind::Ret => true,
         Kind::JmpInd | Kind::CallInd => true,
+        // The FPU helper declines when CR0 or a pending exception needs the
+        // interpreter, which may then fault.
+        Kind::X87 => true,
         _ => (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory),
     }
 }

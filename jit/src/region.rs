@@ -9,6 +9,7 @@ use ox86_cpu::block::ends_block;
 use ox86_cpu::DecodedInsn;
 
 use crate::mode::Mode;
+use crate::x87::X87Insn;
 
 /// Page size.
 pub const PAGE: usize = 4096;
@@ -62,6 +63,9 @@ pub struct Region {
     pub index: HashMap<u64, usize>,
     /// Byte ranges of the page the region was decoded from: [start, end) offsets.
     pub ranges: Vec<(u32, u32)>,
+    /// The lowered x87 instructions, pre-classified; compiled code points at them, so
+    /// the vector is not changed after decoding.
+    pub x87: Vec<X87Insn>,
 }
 
 /// What the region decoder needs to know of the entry.
@@ -202,10 +206,16 @@ impl Region {
                 }
             }
         }
+        let x87 = blocks
+            .iter()
+            .flat_map(|b| b.insns.iter())
+            .filter_map(|d| X87Insn::new(&d.insn))
+            .collect();
         let mut r = Region {
             blocks,
             index,
             ranges: Vec::new(),
+            x87,
         };
         r.ranges = r.byte_ranges(e);
         r.liveness();

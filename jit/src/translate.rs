@@ -40,6 +40,8 @@ pub struct Sigs {
     pub interp: SigRef,
     /// `eflags(state) -> u64`.
     pub eflags: SigRef,
+    /// `x87(ctx, insn, ea, loaded) -> u32`.
+    pub x87: SigRef,
 }
 
 /// Builds the helper signatures.
@@ -53,7 +55,15 @@ pub fn import_sigs(b: &mut FunctionBuilder<'_>, cc: CallConv) -> Sigs {
     s.params.push(AbiParam::new(I64));
     s.returns.push(AbiParam::new(I64));
     let eflags = b.import_signature(s);
-    Sigs { interp, eflags }
+    let mut s = Signature::new(cc);
+    s.params.extend([AbiParam::new(I64); 4]);
+    s.returns.push(AbiParam::new(I32));
+    let x87 = b.import_signature(s);
+    Sigs {
+        interp,
+        eflags,
+        x87,
+    }
 }
 
 /// State of the translation of one region.
@@ -124,9 +134,9 @@ fn region_registers(region: &Region) -> (u8, u8) {
     (used, written)
 }
 
-const MF: MemFlagsData = MemFlagsData::trusted();
+pub(crate) const MF: MemFlagsData = MemFlagsData::trusted();
 /// Guest memory: never traps (the TLB vouches for it), may be unaligned.
-const GUEST: MemFlagsData = MemFlagsData::new().with_notrap();
+pub(crate) const GUEST: MemFlagsData = MemFlagsData::new().with_notrap();
 
 fn reg_off(i: usize) -> i32 {
     (offset_of!(CpuState, regs) + 8 * i) as i32
@@ -428,7 +438,7 @@ impl<'a, 'b> Tx<'a, 'b> {
 
     /// Linear address of `size` bytes at `seg:off`, branching to the slow path when
     /// segmentation needs the interpreter's checks.
-    fn linear(&mut self, seg: usize, off: Value, size: u32, write: bool) -> Value {
+    pub(crate) fn linear(&mut self, seg: usize, off: Value, size: u32, write: bool) -> Value {
         if self.mode.flat && matches!(seg, DS | ES | SS) {
             return off;
         }
@@ -476,7 +486,7 @@ impl<'a, 'b> Tx<'a, 'b> {
 
     /// Host address for `size` bytes at linear `lin` through the TLB, branching to the
     /// slow path on a miss, a slow page or a page-crossing access.
-    fn host(&mut self, lin: Value, size: u32, write: bool) -> Value {
+    pub(crate) fn host(&mut self, lin: Value, size: u32, write: bool) -> Value {
         let bail = self.bail_block();
         let idx = self.b.ins().ushr_imm_s(lin, 12);
         let idx = self.b.ins().band_imm_s(idx, (TLB_ENTRIES - 1) as i64);

@@ -6,6 +6,7 @@
 use iced_x86::code_asm::*;
 use ox86_cpu::testkit::{Regs32, Snippet, SnippetEnd, DATA_ADDR};
 use ox86_jit::{Jit, JitConfig};
+use ox86_x87::X87State;
 use proptest::prelude::*;
 
 const DATA_LEN: usize = 0x1000;
@@ -37,7 +38,9 @@ fn emit_one(a: &mut CodeAssembler, r: (u8, u8, u8, u32)) -> Result<(), IcedError
     let disp = (imm % 0xf00) as i32 & !3;
     let m = dword_ptr(ebx + disp);
     let imm32 = imm as i32;
-    match op % 53 {
+    let st = [st0, st1, st2, st3, st4, st5, st6, st7][y as usize % 8];
+    let q = qword_ptr(ebx + disp);
+    match op % 68 {
         0 => a.add(d, s),
         1 => a.sub(d, s),
         2 => a.and(d, s),
@@ -106,6 +109,66 @@ fn emit_one(a: &mut CodeAssembler, r: (u8, u8, u8, u32)) -> Result<(), IcedError
             a.push(imm32)?;
             a.pop(d)
         }
+        // x87: the data are random bytes, so NaNs, denormals and infinities come up,
+        // and the stack overflows and underflows.
+        53 => a.fld(q),
+        54 => a.fld(m),
+        55 => match y % 3 {
+            0 => a.fild(m),
+            1 => a.fild(word_ptr(ebx + disp)),
+            _ => a.fild(q),
+        },
+        56 => match y % 4 {
+            0 => a.fadd(q),
+            1 => a.fsub(m),
+            2 => a.fmul(q),
+            _ => a.fdivr(m),
+        },
+        57 => match x % 6 {
+            0 => a.fadd_2(st0, st),
+            1 => a.fsubr_2(st, st0),
+            2 => a.fmul_2(st0, st),
+            3 => a.fdiv_2(st, st0),
+            4 => a.faddp(st, st0),
+            _ => a.fdivrp(st, st0),
+        },
+        58 => match y % 3 {
+            0 => a.fstp(q),
+            1 => a.fst(m),
+            _ => a.fstp(m),
+        },
+        59 => match y % 3 {
+            0 => a.fistp(m),
+            1 => a.fist(word_ptr(ebx + disp)),
+            _ => a.fisttp(q),
+        },
+        60 => a.fxch(st0, st),
+        61 => a.fld(st),
+        62 => match y % 3 {
+            0 => a.fcomip(st0, st),
+            1 => a.fucomi(st0, st),
+            _ => a.fcom(q),
+        },
+        63 => a.fnstsw(ax),
+        64 => match x % 6 {
+            0 => a.fchs(),
+            1 => a.fabs(),
+            2 => a.fsqrt(),
+            3 => a.fld1(),
+            4 => a.fldz(),
+            _ => a.frndint(),
+        },
+        65 => match y % 8 {
+            // Exceptions unmasked now and then: #MF at the next waiting instruction.
+            0 => {
+                a.mov(word_ptr(ebx + disp), (imm as u16 & 0x0f3f) as u32)?;
+                a.fldcw(word_ptr(ebx + disp))
+            }
+            1 | 2 => a.fnstcw(word_ptr(ebx + disp)),
+            _ => a.fnstsw(word_ptr(ebx + disp)),
+        },
+        66 => a.fstp(st),
+        67 => a.fcmovb(st0, st),
         _ => a.mov(d, imm),
     }
 }
@@ -148,14 +211,16 @@ fn program(body: &[(u8, u8, u8, u32)], iters: u32) -> Vec<u8> {
     a.assemble(ox86_cpu::testkit::CODE_ADDR as u64).unwrap()
 }
 
-fn run(s: &mut Snippet, code: &[u8], regs: &Regs32) -> (SnippetEnd, Regs32, Vec<u8>, u64) {
+type Run = (SnippetEnd, Regs32, Vec<u8>, u64, X87State);
+
+fn run(s: &mut Snippet, code: &[u8], regs: &Regs32) -> Run {
     let mut r = *regs;
     let mut data = vec![0u8; DATA_LEN];
     for (k, b) in data.iter_mut().enumerate() {
         *b = (k as u8).wrapping_mul(37).wrapping_add(11);
     }
     let end = s.run(code, &mut r, &mut data, 200_000);
-    (end, r, data, s.cpu.state.icount)
+    (end, r, data, s.cpu.state.icount, s.cpu.state.fpu.clone())
 }
 
 fn initial(seed: [u32; 7], flags: u32) -> Regs32 {
@@ -183,6 +248,7 @@ fn compare(code: &[u8], regs: &Regs32) -> u64 {
     assert_eq!(a.1, b.1, "registers and flags");
     assert_eq!(a.3, b.3, "instruction count");
     assert!(a.2 == b.2, "data memory differs");
+    assert_eq!(a.4, b.4, "x87 state");
     let st = jit.cpu.accel.as_ref().unwrap().stats();
     st.compiled_insns
 }
@@ -198,6 +264,31 @@ fn simple_loop_compiles_and_matches() {
     let code = program(&body, 1000);
     let compiled = compare(&code, &initial([1, 2, 3, 4, 5, 6, 7], 0));
     assert!(compiled > 4000, "compiled code ran {compiled} instructions");
+}
+
+#[test]
+fn x87_loop_compiles_and_matches() {
+    // FILD, FADD m64, FMUL, FSTP m64, FLD m64, FCOMIP, FNSTSW AX, FXCH, FSTP ST(i)
+    // and friends around the loop; 8-byte loads and stores of the data.
+    let body = [
+        (55u8, 0u8, 0u8, 0x100u32),
+        (56, 0, 0, 0x208),
+        (57, 2, 1, 0),
+        (53, 0, 0, 0x100),
+        (62, 0, 1, 0),
+        (63, 0, 0, 0),
+        (60, 0, 1, 0),
+        (58, 0, 0, 0x300),
+        (64, 3, 0, 0),
+        (66, 0, 1, 0),
+        (58, 0, 0, 0x308),
+    ];
+    let code = program(&body, 1000);
+    let compiled = compare(&code, &initial([1, 2, 3, 4, 5, 6, 7], 0));
+    assert!(
+        compiled > 10_000,
+        "compiled code ran {compiled} instructions"
+    );
 }
 
 proptest! {

@@ -10,6 +10,7 @@ use ox86_cpu::testkit::{Regs32, Snippet, SnippetEnd, CODE_ADDR, DATA_ADDR};
 use ox86_cpu::{Accel, AccelRun, AccelStats, CpuExit, Exec, RunLimits};
 use ox86_jit::{Jit, JitConfig};
 use ox86_mmu::{NullBus, PhysAddr};
+use ox86_x87::X87State;
 
 const DATA_LEN: usize = 0x1000;
 /// Loop counter, at [EBX + COUNTER] (EBX = DATA_ADDR).
@@ -31,7 +32,7 @@ fn stats(s: &Snippet) -> AccelStats {
 }
 
 /// Everything a run leaves that the two engines must agree on.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 struct Outcome {
     end: SnippetEnd,
     regs: Regs32,
@@ -39,6 +40,7 @@ struct Outcome {
     icount: u64,
     data: Vec<u8>,
     code: Vec<u8>,
+    fpu: X87State,
 }
 
 fn initial_data() -> Vec<u8> {
@@ -60,6 +62,7 @@ fn run_on(s: &mut Snippet, code: &[u8], regs: &Regs32, data: &[u8], max: u64) ->
         icount: s.cpu.state.icount,
         data: d,
         code: c,
+        fpu: s.cpu.state.fpu.clone(),
     }
 }
 
@@ -80,6 +83,7 @@ fn assert_same(what: &str, a: &Outcome, b: &Outcome) {
             a.data[k], b.data[k]
         );
     }
+    assert_eq!(a.fpu, b.fpu, "{what}: x87 state (interpreter, JIT)");
     if let Some(k) = (0..a.code.len()).find(|&k| a.code[k] != b.code[k]) {
         panic!(
             "{what}: code area differs first at {:#x}: interpreter {:#04x}, JIT {:#04x}",
@@ -684,6 +688,151 @@ fn fault_in_middle_of_region_segment_limit() {
         "CF of the CMP before the store"
     );
     assert_eq!(o.regs.eflags & 0x40 != 0, x == y, "ZF of the CMP");
+}
+
+/// The x87 loop of the fault tests: ST(0) = 1 / ECX (FIDIV from memory), plus a
+/// running sum kept as a double at [EBX + 0xf50], with ECX counting down from `ecx0`.
+/// `pre` runs at the top of every iteration, `store` after the sum is kept. Returns
+/// the code and the addresses of the FLD1, the FADD and the `store`.
+fn x87_loop(
+    iters: u32,
+    ecx0: u32,
+    fcw: u16,
+    pre: impl Fn(&mut CodeAssembler),
+    store: impl Fn(&mut CodeAssembler),
+) -> (Vec<u8>, Vec<u32>) {
+    let mut a = CodeAssembler::new(32).unwrap();
+    let mut top = a.create_label();
+    let mut first = a.create_label();
+    let mut add = a.create_label();
+    let mut st = a.create_label();
+    a.fninit().unwrap();
+    a.mov(word_ptr(ebx + 0xf40), fcw as u32).unwrap();
+    a.fldcw(word_ptr(ebx + 0xf40)).unwrap();
+    a.mov(dword_ptr(ebx + COUNTER), iters).unwrap();
+    a.mov(ecx, ecx0).unwrap();
+    a.xor(esi, esi).unwrap();
+    a.fldz().unwrap();
+    a.fstp(qword_ptr(ebx + 0xf50)).unwrap();
+    a.set_label(&mut top).unwrap();
+    pre(&mut a);
+    a.mov(eax, ecx).unwrap();
+    a.set_label(&mut first).unwrap();
+    a.fld1().unwrap();
+    a.mov(dword_ptr(ebx + 0xf48), ecx).unwrap();
+    a.fidiv(dword_ptr(ebx + 0xf48)).unwrap();
+    a.set_label(&mut add).unwrap();
+    a.fadd(qword_ptr(ebx + 0xf50)).unwrap();
+    a.fst(qword_ptr(ebx + 0xf50)).unwrap();
+    a.set_label(&mut st).unwrap();
+    store(&mut a);
+    a.add(esi, 8).unwrap();
+    a.dec(ecx).unwrap();
+    a.dec(dword_ptr(ebx + COUNTER)).unwrap();
+    a.jne(top).unwrap();
+    assemble(&mut a, &[first, add, st])
+}
+
+/// The running sum of the x87 loop after `n` iterations, computed by the host's FPU
+/// with the same instructions (the oracle).
+fn x87_sum(ecx0: u32, n: u32) -> f64 {
+    let mut sum = 0.0f64;
+    for k in 0..n {
+        let d = (ecx0 - k) as i32;
+        // SAFETY: x87 instructions on two locals; the stack is left empty and FNINIT
+        // gives the guest's control word (0x37f) for these steps.
+        unsafe {
+            std::arch::asm!(
+                "fninit",
+                "fld1",
+                "fidiv dword ptr [{d}]",
+                "fadd qword ptr [{s}]",
+                "fstp qword ptr [{s}]",
+                d = in(reg) &d,
+                s = in(reg) &mut sum,
+                out("st(0)") _, out("st(1)") _, out("st(2)") _, out("st(3)") _,
+                out("st(4)") _, out("st(5)") _, out("st(6)") _, out("st(7)") _,
+                options(nostack),
+            );
+        }
+    }
+    sum
+}
+
+#[test]
+fn fault_in_middle_of_region_x87() {
+    // (d) #MF: zero-divide unmasked (FCW 0x37b); 1/ECX divides by zero at iteration
+    // 250, which leaves the exception pending, and the FADD after it raises #MF.
+    let iters = 300u32;
+    let (code, ips) = x87_loop(iters, 249, 0x37b, |_| {}, |a| a.fstp(st0).unwrap());
+    let r = regs(0, 0, 0, 0, 0, 0, 0);
+    let o = fault_case("x87 #MF", &code, &r, 16, ips[1], 200 * 10);
+    assert_eq!(counter(&o), iters - 249, "faulting iteration");
+    assert_eq!(o.fpu.fsw & 0x0084, 0x0084, "FSW.ES and ZE set");
+    let sum = f64::from_le_bytes(o.data[0xf50..0xf58].try_into().unwrap());
+    assert_eq!(sum, x87_sum(249, 249), "the running sum before the fault");
+
+    // (e) #GP: the FSTP of the sum goes to FS:[ESI + 0x400] and passes the FS limit
+    // (0x7ff) at iteration 129; the FPU keeps ST(0), as a faulting store must.
+    let mut data = initial_data();
+    let gdt = 0xf08usize;
+    data[0xf00..0xf02].copy_from_slice(&0x0fu16.to_le_bytes());
+    data[0xf02..0xf06].copy_from_slice(&(DATA_ADDR + gdt as u32).to_le_bytes());
+    data[gdt..gdt + 8].fill(0);
+    data[gdt + 8..gdt + 16].copy_from_slice(&[0xff, 0x07, 0x00, 0x00, 0x10, 0x93, 0x40, 0x00]);
+    let pre = |a: &mut CodeAssembler| {
+        // Load FS once (ECX = ecx0 on the first iteration only).
+        let mut skip = a.create_label();
+        a.cmp(ecx, 1000).unwrap();
+        a.jne(skip).unwrap();
+        a.lgdt(ptr(ebx + 0xf00)).unwrap();
+        a.mov(eax, 8u32).unwrap();
+        a.mov(fs, ax).unwrap();
+        a.set_label(&mut skip).unwrap();
+        a.nop().unwrap();
+    };
+    let (code, ips) = x87_loop(iters, 1000, 0x37f, pre, |a| {
+        a.fstp(qword_ptr(esi + 0x400).fs()).unwrap()
+    });
+    let mut last: Option<Outcome> = None;
+    for threshold in [1u64, 3, 10] {
+        let what = format!("x87 store past the FS limit, threshold {threshold}");
+        let config = JitConfig {
+            hot_threshold: threshold,
+            ..JitConfig::default()
+        };
+        let (o, st) = compare_with(&what, config, &code, &r, &data, 1_000_000);
+        assert_eq!(o.end, SnippetEnd::Exception(13), "{what}");
+        assert_eq!(o.rip, ips[2] as u64, "{what}: RIP is the faulting FSTP");
+        assert!(st.compiled_insns > 100 * 10, "{what}: {st:?}");
+        assert_eq!(counter(&o), iters - 128, "{what}: faulting iteration");
+        assert_eq!(
+            o.fpu.tag_valid.count_ones(),
+            1,
+            "{what}: the sum still on the stack"
+        );
+        if let Some(p) = &last {
+            assert_eq!(p, &o, "{what}: thresholds disagree");
+        }
+        last = Some(o);
+    }
+
+    // (f) #NM: CR0.TS is set at iteration 200, and the FLD1 after it faults.
+    let pre = |a: &mut CodeAssembler| {
+        let mut skip = a.create_label();
+        a.cmp(ecx, 800).unwrap();
+        a.jne(skip).unwrap();
+        a.mov(eax, cr0).unwrap();
+        a.or(eax, 8).unwrap();
+        a.mov(cr0, eax).unwrap();
+        a.set_label(&mut skip).unwrap();
+        a.nop().unwrap();
+    };
+    let (code, ips) = x87_loop(iters, 1000, 0x37f, pre, |a| a.fstp(st0).unwrap());
+    let o = fault_case("x87 #NM", &code, &r, 7, ips[0], 150 * 10);
+    assert_eq!(counter(&o), iters - 200, "faulting iteration");
+    let sum = f64::from_le_bytes(o.data[0xf50..0xf58].try_into().unwrap());
+    assert_eq!(sum, x87_sum(1000, 200), "the running sum before the fault");
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! Glue between the interpreter and the x87 FPU crate: CR0.EM/TS/MP checks (#NM),
 //! pending unmasked exceptions (#MF), and memory operands through the CPU's MMU.
 
-use iced_x86::{Code, Instruction, Mnemonic, OpKind};
-use ox86_x87::{X87Context, X87Error, X87State};
+use iced_x86::{Code, Instruction, Mnemonic};
+use ox86_x87::ops::{classify, MemUse, Op};
+use ox86_x87::{fop_of, X87Context, X87Error, X87State};
 
 use crate::exception::{Exception, Fault};
 use crate::state::{AF, CF, CR0_EM, CR0_MP, CR0_NE, CR0_TS, CS, OF, PF, SF, ZF};
-use crate::Exec;
+use crate::{CpuState, Exec};
 
 /// Whether the instruction belongs to the FPU (WAIT/FWAIT included).
 pub fn is_x87(i: &Instruction) -> bool {
@@ -73,6 +74,149 @@ impl X87Context for Ctx<'_, '_> {
     }
 }
 
+/// The context of an instruction whose memory operand is staged: a load's bytes are
+/// read before the FPU runs and a store's bytes are written after it, to a destination
+/// already known to be writable. The FPU state is then borrowed alone, with no copy of
+/// it, and the compiled code of the JIT can do the memory accesses itself.
+pub struct Staged {
+    /// Loaded bytes (little-endian), or the bytes the FPU stored.
+    pub mem: [u8; 10],
+    /// How many bytes of `mem` were loaded.
+    pub loaded: usize,
+    /// How many bytes the FPU stored (0: none, e.g. blocked by an unmasked exception).
+    pub stored: usize,
+    /// EFLAGS, for FCMOVcc.
+    pub eflags: u32,
+    /// ZF, PF and CF as FCOMI & co. set them (OF, SF and AF clear).
+    pub compare: Option<u32>,
+    /// AX as FNSTSW AX sets it.
+    pub ax: Option<u16>,
+    ip: (u32, u16),
+    dp: (u32, u16),
+}
+
+impl Staged {
+    /// The context of instruction `i` whose memory operand (if any) is at `seg:off`.
+    pub fn new(s: &CpuState, i: &Instruction, seg: usize, off: u64) -> Staged {
+        Staged {
+            mem: [0; 10],
+            loaded: 0,
+            stored: 0,
+            eflags: 0,
+            compare: None,
+            ax: None,
+            ip: (i.ip32(), s.seg[CS].selector),
+            dp: (off as u32, s.seg[seg].selector),
+        }
+    }
+
+    /// Stages the `n` loaded bytes of `v`.
+    pub fn load(&mut self, v: u64, n: usize) {
+        self.mem[..8].copy_from_slice(&v.to_le_bytes());
+        self.loaded = n;
+    }
+
+    /// The first 8 stored bytes as a little-endian value.
+    pub fn stored_u64(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.mem[..8]);
+        u64::from_le_bytes(b)
+    }
+}
+
+impl X87Context for Staged {
+    type Fault = Exception;
+
+    fn read_mem(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), Exception> {
+        match self.mem.get(..buf.len()) {
+            Some(b) if offset == 0 && buf.len() <= self.loaded => {
+                buf.copy_from_slice(b);
+                Ok(())
+            }
+            // `Op::mem_use` says what is staged; anything else is a bug in it.
+            _ => {
+                debug_assert!(false, "x87 read outside the staged operand");
+                Err(Exception::UD)
+            }
+        }
+    }
+
+    fn write_mem(&mut self, offset: u32, data: &[u8]) -> Result<(), Exception> {
+        match self.mem.get_mut(..data.len()) {
+            Some(b) if offset == 0 => {
+                b.copy_from_slice(data);
+                self.stored = data.len();
+                Ok(())
+            }
+            _ => {
+                debug_assert!(false, "x87 write outside the staged operand");
+                Err(Exception::UD)
+            }
+        }
+    }
+
+    fn eflags(&self) -> u32 {
+        self.eflags
+    }
+
+    fn set_compare_flags(&mut self, zf: bool, pf: bool, cf: bool) {
+        let v = (zf as u64 * ZF) | (pf as u64 * PF) | (cf as u64 * CF);
+        self.compare = Some(v as u32);
+    }
+
+    fn set_ax(&mut self, value: u16) {
+        self.ax = Some(value);
+    }
+
+    // Only the state-image instructions, which are never staged, ask these two.
+    fn real_mode(&self) -> bool {
+        false
+    }
+
+    fn operand_size_16(&self) -> bool {
+        false
+    }
+
+    fn instruction_pointer(&self) -> (u32, u16) {
+        self.ip
+    }
+
+    fn data_pointer(&self) -> (u32, u16) {
+        self.dp
+    }
+}
+
+/// Whether operation `op` can run staged: its memory operand, if any, is at most
+/// 8 bytes.
+pub fn stageable(op: Op) -> bool {
+    match op.mem_use() {
+        MemUse::None => true,
+        MemUse::Load(n) | MemUse::Store(n) => n <= 8,
+        MemUse::Image => false,
+    }
+}
+
+/// Whether the FPU may run instruction `i` now without an exception of the CPU's
+/// own: CR0.EM and CR0.TS clear, and no unmasked FPU exception pending (which a
+/// waiting instruction reports first).
+pub fn ready(s: &CpuState) -> bool {
+    s.cr0 & (CR0_EM | CR0_TS) == 0 && !s.fpu.exception_pending()
+}
+
+/// Runs a staged instruction: `op` is `classify(i.code())`, `fop` is `fop_of(i)` (or
+/// anything for a control instruction), and a load's bytes are in `st`. The caller
+/// applies `st.compare`, `st.ax` and `st.stored` afterwards.
+pub fn run_staged(s: &mut CpuState, op: Op, i: &Instruction, fop: u16, st: &mut Staged) -> Fault {
+    match s.fpu.execute_op(op, i, fop, st) {
+        Ok(()) => Ok(()),
+        Err(X87Error::Fault(x)) => Err(x),
+        Err(X87Error::Unimplemented(code)) => {
+            tracing::warn!(target: "ox86::cpu", "x87 instruction {code:?} not implemented: #UD");
+            Err(Exception::UD)
+        }
+    }
+}
+
 /// Executes an x87 instruction.
 pub fn exec_x87(e: &mut Exec<'_>, i: &Instruction) -> Fault {
     let cr0 = e.s.cr0;
@@ -95,13 +239,67 @@ pub fn exec_x87(e: &mut Exec<'_>, i: &Instruction) -> Fault {
     if wait {
         return Ok(());
     }
-    let (seg, off, mask) =
-        if i.op_count() > 0 && (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory) {
-            let (s, o) = e.mem_operand(i);
-            (s, o, super::operand::addr_mask(i))
-        } else {
-            (crate::state::DS, 0, 0xffff_ffff)
-        };
+    let Some(op) = classify(i.code()) else {
+        tracing::warn!(target: "ox86::cpu", "x87 instruction {:?} not implemented: #UD", i.code());
+        return Err(Exception::UD);
+    };
+    let mem_use = op.mem_use();
+    let (seg, off, mask) = if mem_use != MemUse::None {
+        let (s, o) = e.mem_operand(i);
+        (s, o, super::operand::addr_mask(i))
+    } else {
+        (crate::state::DS, 0, 0xffff_ffff)
+    };
+    let mut st = Staged::new(e.s, i, seg, off);
+    match mem_use {
+        MemUse::None => {
+            if matches!(op, Op::Cmov(_)) {
+                st.eflags = e.s.eflags() as u32;
+            }
+        }
+        MemUse::Load(n) => {
+            let n = usize::from(n);
+            match n {
+                2 => st.load(u64::from(e.read::<u16>(seg, off)?), 2),
+                4 => st.load(u64::from(e.read::<u32>(seg, off)?), 4),
+                8 => st.load(e.read::<u64>(seg, off)?, 8),
+                _ => {
+                    e.read_bytes(seg, off, &mut st.mem[..n])?;
+                    st.loaded = n;
+                }
+            }
+        }
+        MemUse::Store(n) => {
+            // A store the FPU blocks (unmasked exception) must not fault: only a
+            // destination known to be writable is staged.
+            if e.probe_write(seg, off, u32::from(n)).is_err() {
+                return exec_unstaged(e, i, seg, off, mask);
+            }
+        }
+        MemUse::Image => return exec_unstaged(e, i, seg, off, mask),
+    }
+    let fop = if op.is_control() { 0 } else { fop_of(i) };
+    run_staged(e.s, op, i, fop, &mut st)?;
+    if let Some(ax) = st.ax {
+        e.s.set_r16(crate::state::RAX, ax);
+    }
+    if let Some(v) = st.compare {
+        e.s.set_arith_flags(ZF | PF | CF | OF | SF | AF, u64::from(v));
+    }
+    // Probed above: these cannot fault.
+    match st.stored {
+        0 => {}
+        2 => e.write::<u16>(seg, off, st.stored_u64() as u16)?,
+        4 => e.write::<u32>(seg, off, st.stored_u64() as u32)?,
+        8 => e.write::<u64>(seg, off, st.stored_u64())?,
+        n => e.write_bytes(seg, off, &st.mem[..n])?,
+    }
+    Ok(())
+}
+
+/// Runs an instruction with the whole CPU as its context (state images, and stores
+/// to a destination that may fault).
+fn exec_unstaged(e: &mut Exec<'_>, i: &Instruction, seg: usize, off: u64, mask: u64) -> Fault {
     if matches!(i.code(), Code::Fxsave_m512byte | Code::Fxrstor_m512byte) && off & 15 != 0 {
         return Err(Exception::GP0);
     }

@@ -16,6 +16,7 @@ pub struct Operand {
 
 impl Operand {
     /// A register operand.
+    #[inline]
     pub fn reg(v: F80) -> Operand {
         Operand {
             v,
@@ -36,6 +37,7 @@ pub struct Res {
 }
 
 impl Res {
+    #[inline]
     pub(crate) fn exact(value: F80) -> Res {
         Res {
             value,
@@ -50,6 +52,7 @@ impl Res {
             up: false,
         }
     }
+    #[inline]
     pub(crate) fn from_outcome(o: &Outcome) -> Res {
         Res {
             value: o.to_f80(),
@@ -141,6 +144,7 @@ pub fn screen2(a: Operand, b: Operand) -> Result<u16, Res> {
     Ok(if a.denormal || b.denormal { DE } else { 0 })
 }
 
+#[inline]
 pub(crate) fn shr_sticky(v: u128, d: u32) -> (u128, bool) {
     if d >= 128 {
         (0, v != 0)

@@ -17,6 +17,7 @@ use iced_x86::{Code, Instruction, OpKind, Register};
 
 type Out<C> = Result<(), X87Error<<C as X87Context>::Fault>>;
 
+#[inline]
 fn read<C: X87Context, const N: usize>(ctx: &mut C) -> Result<[u8; N], X87Error<C::Fault>> {
     let mut b = [0u8; N];
     ctx.read_mem(0, &mut b).map_err(X87Error::Fault)?;
@@ -28,6 +29,7 @@ fn write<C: X87Context>(ctx: &mut C, data: &[u8]) -> Out<C> {
 }
 
 /// Reads a memory operand and widens it to an operand.
+#[inline]
 fn load_mem<C: X87Context>(ctx: &mut C, fmt: Mem) -> Result<Operand, X87Error<C::Fault>> {
     let int = |i: i64| Operand {
         v: int_to_f80(i),
@@ -51,6 +53,7 @@ fn load_mem<C: X87Context>(ctx: &mut C, fmt: Mem) -> Result<Operand, X87Error<C:
 }
 
 /// Index i of the instruction's ST(i) operand (the one that is not ST(0), if any).
+#[inline]
 fn sti(insn: &Instruction) -> usize {
     let mut idx = 0usize;
     for n in 0..insn.op_count() {
@@ -145,9 +148,21 @@ impl X87State {
         let Some(op) = classify(code) else {
             return Err(X87Error::Unimplemented(code));
         };
+        self.execute_op(op, insn, fop_of(insn), ctx)
+    }
+
+    /// [`X87State::execute`] for an instruction already classified: `op` must be
+    /// `classify(insn.code())` and `fop` must be `fop_of(insn)`.
+    pub fn execute_op<C: X87Context>(
+        &mut self,
+        op: Op,
+        insn: &Instruction,
+        fop: u16,
+        ctx: &mut C,
+    ) -> Out<C> {
         self.exec_op(op, insn, ctx)?;
         if !op.is_control() && op != Op::Nop {
-            self.fop = fop_of(insn);
+            self.fop = fop;
             let (ip, cs) = ctx.instruction_pointer();
             self.fip = u64::from(ip);
             self.fcs = cs;
@@ -215,9 +230,15 @@ impl X87State {
                     return Ok(());
                 }
                 let x = Operand::reg(self.st(dst));
-                let y = mem.unwrap_or_else(|| Operand::reg(self.st(other)));
-                let (a, b) = if rev { (y, x) } else { (x, y) };
-                let r = binop(bop, a, b, &ctl);
+                let y = match mem {
+                    Some(m) => m,
+                    None => Operand::reg(self.st(other)),
+                };
+                let r = if rev {
+                    binop(bop, y, x, &ctl)
+                } else {
+                    binop(bop, x, y, &ctl)
+                };
                 self.commit(dst, r, pop);
             }
             Op::Compare {

@@ -50,6 +50,7 @@ impl F80 {
     };
 
     /// Builds a value from its sign, biased exponent and significand.
+    #[inline]
     pub const fn new(sign: bool, biased_exp: u16, signif: u64) -> F80 {
         F80 {
             signif,
@@ -58,11 +59,13 @@ impl F80 {
     }
 
     /// ±0.
+    #[inline]
     pub const fn zero(sign: bool) -> F80 {
         F80::new(sign, 0, 0)
     }
 
     /// ±∞.
+    #[inline]
     pub const fn infinity(sign: bool) -> F80 {
         F80::new(sign, 0x7FFF, 1 << 63)
     }
@@ -86,16 +89,19 @@ impl F80 {
     }
 
     /// The sign bit.
+    #[inline]
     pub const fn sign(self) -> bool {
         self.sign_exp & 0x8000 != 0
     }
 
     /// The biased exponent.
+    #[inline]
     pub const fn biased_exp(self) -> u16 {
         self.sign_exp & 0x7FFF
     }
 
     /// The value with its sign replaced.
+    #[inline]
     pub const fn with_sign(self, sign: bool) -> F80 {
         F80 {
             signif: self.signif,
@@ -104,6 +110,7 @@ impl F80 {
     }
 
     /// The value with the quiet bit set (only meaningful for NaNs).
+    #[inline]
     pub const fn quieted(self) -> F80 {
         F80 {
             signif: self.signif | (1 << 62),
@@ -112,6 +119,7 @@ impl F80 {
     }
 
     /// Classifies the encoding.
+    #[inline]
     pub const fn class(self) -> Class {
         let e = self.biased_exp();
         let j = self.signif >> 63 != 0;
@@ -148,17 +156,20 @@ impl F80 {
     }
 
     /// True for QNaN and SNaN.
+    #[inline]
     pub const fn is_nan(self) -> bool {
         matches!(self.class(), Class::QNaN | Class::SNaN)
     }
 
     /// True for denormals and pseudo-denormals (operands that raise #D).
+    #[inline]
     pub const fn is_denormal(self) -> bool {
         matches!(self.class(), Class::Denormal | Class::PseudoDenormal)
     }
 
     /// The finite non-zero value as (sign, unbiased exponent of bit 63, normalized significand).
     /// Returns `None` for zeros, infinities, NaNs and unsupported encodings.
+    #[inline]
     pub fn unpack(self) -> Option<Unpacked> {
         match self.class() {
             Class::Normal => Some(Unpacked {

@@ -196,8 +196,62 @@ pub enum Op {
     Wait,
 }
 
+/// How an operation uses its memory operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemUse {
+    /// No memory operand.
+    None,
+    /// Reads this many bytes at the operand, before anything else happens.
+    Load(u8),
+    /// Writes at most this many bytes at the operand (perhaps none, when an
+    /// unmasked exception blocks the store).
+    Store(u8),
+    /// Reads or writes a state image (FLDENV, FNSAVE, FXSAVE and the like).
+    Image,
+}
+
+impl Mem {
+    /// The operand's size in bytes.
+    #[inline]
+    pub fn size(self) -> u8 {
+        match self {
+            Mem::I16 => 2,
+            Mem::F32 | Mem::I32 => 4,
+            Mem::F64 | Mem::I64 => 8,
+            Mem::F80 | Mem::Bcd => 10,
+        }
+    }
+}
+
 impl Op {
+    /// How the operation uses its memory operand. Every `Load` reads its bytes
+    /// before the operation changes anything, so a CPU may read them first and hand
+    /// them over (see [`crate::X87State::execute_op`]).
+    #[inline]
+    pub fn mem_use(self) -> MemUse {
+        match self {
+            Op::Arith {
+                src: Src::Mem(m), ..
+            }
+            | Op::Compare {
+                src: Src::Mem(m), ..
+            }
+            | Op::LoadMem(m) => MemUse::Load(m.size()),
+            Op::Ldcw => MemUse::Load(2),
+            Op::StoreMem { fmt, .. } => MemUse::Store(fmt.size()),
+            Op::Stcw | Op::StswMem => MemUse::Store(2),
+            Op::Stenv { .. }
+            | Op::Ldenv { .. }
+            | Op::Save { .. }
+            | Op::Rstor { .. }
+            | Op::Fxsave { .. }
+            | Op::Fxrstor { .. } => MemUse::Image,
+            _ => MemUse::None,
+        }
+    }
+
     /// Control instructions do not update FOP/FIP/FDP.
+    #[inline]
     pub fn is_control(self) -> bool {
         matches!(
             self,

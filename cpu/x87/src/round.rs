@@ -64,6 +64,7 @@ pub struct Outcome {
 
 impl Outcome {
     /// Encodes as an 80-bit value (the format must have the extended exponent range).
+    #[inline]
     pub fn to_f80(&self) -> F80 {
         if self.inf {
             return F80::infinity(self.sign);
@@ -110,6 +111,7 @@ struct Raw {
     up: bool,
 }
 
+#[inline]
 fn round_raw(
     sign: bool,
     e: i32,
@@ -316,6 +318,7 @@ pub fn round(
     o
 }
 
+#[inline]
 fn finish(sign: bool, r: Raw, fmt: Format) -> Outcome {
     let exc = if r.inexact { PE } else { 0 };
     if r.kept == 0 {

@@ -119,30 +119,36 @@ impl X87State {
     }
 
     /// TOP of stack.
+    #[inline]
     pub fn top(&self) -> usize {
         usize::from((self.fsw >> 11) & 7)
     }
 
+    #[inline]
     pub(crate) fn set_top(&mut self, top: usize) {
         self.fsw = (self.fsw & !TOP_MASK) | (((top & 7) as u16) << 11);
     }
 
     /// Physical index of ST(i).
+    #[inline]
     pub fn phys(&self, i: usize) -> usize {
         (self.top() + i) & 7
     }
 
     /// True when ST(i) is empty.
+    #[inline]
     pub fn is_empty(&self, i: usize) -> bool {
         self.tag_valid & (1 << self.phys(i)) == 0
     }
 
     /// ST(i), whatever its tag.
+    #[inline]
     pub fn st(&self, i: usize) -> F80 {
         self.regs[self.phys(i)]
     }
 
     /// Writes ST(i) and marks it valid.
+    #[inline]
     pub fn set_st(&mut self, i: usize, v: F80) {
         let p = self.phys(i);
         self.regs[p] = v;
@@ -150,6 +156,7 @@ impl X87State {
     }
 
     /// Marks ST(0) empty and increments TOP.
+    #[inline]
     pub fn pop(&mut self) {
         let p = self.phys(0);
         self.tag_valid &= !(1 << p);
@@ -157,22 +164,26 @@ impl X87State {
     }
 
     /// Decrements TOP and writes the new ST(0).
+    #[inline]
     pub fn push(&mut self, v: F80) {
         self.set_top(self.top().wrapping_sub(1));
         self.set_st(0, v);
     }
 
     /// Decoded control word.
+    #[inline]
     pub fn control(&self) -> Control {
         Control::from_fcw(self.fcw)
     }
 
     /// True when FSW.ES is set (an unmasked exception is pending).
+    #[inline]
     pub fn exception_pending(&self) -> bool {
         self.fsw & ES != 0
     }
 
     /// Recomputes ES and B from the flags and the masks.
+    #[inline]
     pub(crate) fn update_es(&mut self) {
         if self.fsw & EXC_MASK & !self.fcw & EXC_MASK != 0 {
             self.fsw |= ES | B;
@@ -182,12 +193,14 @@ impl X87State {
     }
 
     /// Raises exception flags (sets ES/B when one is unmasked).
+    #[inline]
     pub(crate) fn raise(&mut self, exc: u16) {
         self.fsw |= exc & (EXC_MASK | SF);
         self.update_es();
     }
 
     /// Sets or clears C1.
+    #[inline]
     pub(crate) fn set_c1(&mut self, v: bool) {
         if v {
             self.fsw |= C1;
@@ -197,6 +210,7 @@ impl X87State {
     }
 
     /// Sets the condition codes given by `mask` to `value`.
+    #[inline]
     pub(crate) fn set_cc(&mut self, mask: u16, value: u16) {
         self.fsw = (self.fsw & !mask) | (value & mask);
     }

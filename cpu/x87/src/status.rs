@@ -59,6 +59,7 @@ pub struct Control {
 
 impl Control {
     /// Decodes an FCW value.
+    #[inline]
     pub fn from_fcw(fcw: u16) -> Control {
         let rc = match (fcw >> 10) & 3 {
             0 => Rounding::Nearest,
@@ -80,6 +81,7 @@ impl Control {
     }
 
     /// True when every exception in `exc` is masked.
+    #[inline]
     pub fn masked(&self, exc: u16) -> bool {
         exc & EXC_MASK & !self.masks == 0
     }
