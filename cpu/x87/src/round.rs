@@ -176,7 +176,74 @@ fn max_finite(sign: bool, fmt: Format) -> Outcome {
 ///
 /// `to_register` selects the x87 register rules for unmasked overflow/underflow
 /// (result scaled by 2^∓24576) instead of the memory rules (no store).
+#[inline]
 pub fn round(
+    sign: bool,
+    e: i32,
+    sig: u128,
+    sticky: bool,
+    fmt: Format,
+    ctl: &Control,
+    to_register: bool,
+) -> Outcome {
+    match round_normal(sign, e, sig, sticky, fmt, ctl.rc) {
+        Some(o) => o,
+        None => round_any(sign, e, sig, sticky, fmt, ctl, to_register),
+    }
+}
+
+/// [`round`] for the common case, a result that is normal in `fmt` whether or not it
+/// rounds up: no underflow, no overflow, so the control word's masks and the
+/// destination do not matter. `None` for anything else.
+#[inline]
+fn round_normal(
+    sign: bool,
+    e: i32,
+    sig: u128,
+    sticky: bool,
+    fmt: Format,
+    rc: Rounding,
+) -> Option<Outcome> {
+    if sig == 0 {
+        return None;
+    }
+    let lz = sig.leading_zeros();
+    let sig = sig << lz;
+    // Bit 127 of `sig` now weighs 2^e.
+    let e = e - lz as i32;
+    if e < fmt.emin || e >= fmt.emax || !(1..=64).contains(&fmt.prec) {
+        return None;
+    }
+    let sh = 128 - fmt.prec;
+    let kept = (sig >> sh) as u64;
+    let rb = (sig >> (sh - 1)) & 1 != 0;
+    let below = sig & ((1u128 << (sh - 1)) - 1) != 0 || sticky;
+    let inexact = rb || below;
+    let up = match rc {
+        Rounding::Nearest => rb && (below || kept & 1 != 0),
+        Rounding::Zero => false,
+        Rounding::Down => inexact && sign,
+        Rounding::Up => inexact && !sign,
+    };
+    let (kept, exp) = match kept.checked_add(up as u64) {
+        // Rounding up carried into a new leading bit: 1.0 × 2^(e+1).
+        Some(k) if k >> (fmt.prec - 1) > 1 => (1u64 << (fmt.prec - 1), e + 1),
+        Some(k) => (k, e),
+        None => (1u64 << 63, e + 1),
+    };
+    Some(Outcome {
+        sign,
+        exp,
+        sig: kept << (64 - fmt.prec),
+        inf: false,
+        exc: if inexact { PE } else { 0 },
+        up,
+        store: true,
+    })
+}
+
+/// [`round`] for every case.
+fn round_any(
     sign: bool,
     e: i32,
     sig: u128,
@@ -388,6 +455,48 @@ mod tests {
             rc,
             prec: 64,
             masks: 0x3F,
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 20000, ..Default::default() })]
+        #[test]
+        fn fast_path_agrees_with_the_general_one(
+            sign: bool,
+            e in -17000i32..17000,
+            hi: u64,
+            lo: u64,
+            shift in 0u32..128,
+            sticky: bool,
+            f in 0usize..5,
+            rc in 0usize..4,
+            masks in 0u16..0x40,
+            pattern in 0usize..3,
+            low_bits in 0u32..128,
+        ) {
+            let random = u128::from(hi) << 64 | u128::from(lo);
+            let low_mask = (1u128 << low_bits) - 1;
+            // Random bits, all ones (rounding up carries), or a power of two (ties and
+            // exact values), each with random low bits.
+            let sig = match pattern {
+                0 => random,
+                1 => !0u128 & !low_mask | random & low_mask,
+                _ => 1u128 << 127 | random & low_mask,
+            } >> shift;
+            let fmt = [ext(64), ext(53), ext(24), DOUBLE, SINGLE][f];
+            let rc = [Rounding::Nearest, Rounding::Down, Rounding::Up, Rounding::Zero][rc];
+            let c = Control { rc, prec: fmt.prec, masks };
+            let normal = sig != 0 && {
+                let top = e - sig.leading_zeros() as i32;
+                top >= fmt.emin && top < fmt.emax
+            };
+            let fast = round_normal(sign, e, sig, sticky, fmt, rc);
+            proptest::prop_assert_eq!(fast.is_some(), normal);
+            if let Some(o) = fast {
+                for to_register in [false, true] {
+                    proptest::prop_assert_eq!(o, round_any(sign, e, sig, sticky, fmt, &c, to_register));
+                }
+            }
         }
     }
 
