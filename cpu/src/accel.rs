@@ -53,8 +53,10 @@ pub struct AccelStats {
     pub compiled_insns: u64,
     /// Entries into compiled code.
     pub entries: u64,
-    /// Regions compiled.
+    /// Regions compiled (both tiers).
     pub regions_compiled: u64,
+    /// Regions compiled again, optimised, because they ran many instructions.
+    pub regions_optimized: u64,
     /// Regions that failed to compile (they run in the interpreter).
     pub compile_failures: u64,
     /// Total compile time in nanoseconds.

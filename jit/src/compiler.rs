@@ -2,16 +2,23 @@
 //! and keeps the code in generations. cranelift-jit cannot free single functions, so a
 //! generation (one `JITModule`) is freed whole once the dispatcher has dropped every
 //! region in it. Runs on the compiler thread, or inline for deterministic tests.
+//!
+//! Two tiers: a region is first compiled quickly (Cranelift's single-pass register
+//! allocator, no optimisation), so that new code leaves the interpreter soon; one that
+//! then runs many instructions is compiled again with the backtracking allocator and
+//! optimisations, which take about three times as long and give about twice the speed.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::types::{I32, I64};
 use cranelift_codegen::ir::AbiParam;
+use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Module};
+use cranelift_module::{default_libcall_names, Module, ModuleReloc};
 
 use crate::region::{Entry, Region, PAGE};
 use crate::translate::Tx;
@@ -26,6 +33,8 @@ pub struct Request {
     pub cs_base: u64,
     /// The page's bytes when the region became hot.
     pub page: Box<[u8]>,
+    /// Which tier: 0 compiles fast, 1 compiles for speed.
+    pub tier: u8,
 }
 
 /// A compiled region.
@@ -50,6 +59,12 @@ struct Gen {
     bytes: usize,
 }
 
+/// The code generator of each tier.
+struct Isas {
+    fast: OwnedTargetIsa,
+    optimized: OwnedTargetIsa,
+}
+
 /// Compiles regions into generations of code memory.
 pub struct Compiler {
     gens: VecDeque<Gen>,
@@ -57,7 +72,12 @@ pub struct Compiler {
     next_id: u32,
     max_blocks: usize,
     fctx: FunctionBuilderContext,
-    dump: bool,
+    /// The code generators (an error when Cranelift cannot generate code here: every
+    /// compilation then fails, and the interpreter runs everything).
+    isas: Result<Isas, String>,
+    /// `OX86_JIT_DUMP`: print the IR of every region (`1`), or of the regions entered
+    /// at one EIP (a hex address).
+    dump: Option<Option<u64>>,
 }
 
 /// Compilation failed (an internal error: the region runs in the interpreter).
@@ -70,10 +90,16 @@ pub struct CompileError {
     pub msg: String,
 }
 
-fn new_module() -> Result<JITModule, String> {
+fn new_isa(tier: u8) -> Result<OwnedTargetIsa, String> {
     let mut flags = settings::builder();
+    let (opt, regalloc) = if tier == 0 {
+        ("none", "single_pass")
+    } else {
+        ("speed", "backtracking")
+    };
     for (k, v) in [
-        ("opt_level", "none"),
+        ("opt_level", opt),
+        ("regalloc_algorithm", regalloc),
         ("is_pic", "false"),
         ("use_colocated_libcalls", "false"),
         (
@@ -87,12 +113,15 @@ fn new_module() -> Result<JITModule, String> {
     ] {
         flags.set(k, v).map_err(|e| e.to_string())?;
     }
-    let isa = cranelift_native::builder()
+    cranelift_native::builder()
         .map_err(|e| e.to_string())?
         .finish(settings::Flags::new(flags))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+fn new_module() -> Result<JITModule, String> {
     Ok(JITModule::new(JITBuilder::with_isa(
-        isa,
+        new_isa(1)?,
         default_libcall_names(),
     )))
 }
@@ -100,13 +129,24 @@ fn new_module() -> Result<JITModule, String> {
 impl Compiler {
     /// A compiler whose generations hold about `gen_limit` bytes of code each.
     pub fn new(gen_limit: usize, max_blocks: usize) -> Compiler {
+        let isas = new_isa(0).and_then(|fast| {
+            Ok(Isas {
+                fast,
+                optimized: new_isa(1)?,
+            })
+        });
         Compiler {
+            isas,
             gens: VecDeque::new(),
             gen_limit: gen_limit.max(1 << 16),
             next_id: 0,
             max_blocks,
             fctx: FunctionBuilderContext::new(),
-            dump: std::env::var_os("OX86_JIT_DUMP").is_some(),
+            dump: std::env::var("OX86_JIT_DUMP").ok().map(|v| {
+                u64::from_str_radix(v.trim_start_matches("0x"), 16)
+                    .ok()
+                    .filter(|_| v != "1")
+            }),
         }
     }
 
@@ -167,7 +207,10 @@ impl Compiler {
             tx.translate();
             b.finalize(module.target_config());
         }
-        if self.dump {
+        if self
+            .dump
+            .is_some_and(|only| only.is_none_or(|eip| eip == req.entry.eip))
+        {
             eprintln!(
                 "region {:#x} ({} blocks):\n{}",
                 phys,
@@ -178,13 +221,32 @@ impl Compiler {
         let id = module
             .declare_anonymous_function(&ctx.func.signature)
             .map_err(|e| err(e.to_string()))?;
+        let isas = self.isas.as_ref().map_err(|e| err(e.clone()))?;
+        let isa = if req.tier == 0 {
+            &isas.fast
+        } else {
+            &isas.optimized
+        };
+        let (bytes, alignment, relocs) = {
+            ctx.compile(&**isa, &mut ControlPlane::default())
+                .map_err(|e| err(format!("{:?}", e.inner)))?;
+            let code = ctx.compiled_code().ok_or_else(|| err("no code".into()))?;
+            let relocs: Vec<ModuleReloc> = code
+                .buffer
+                .relocs()
+                .iter()
+                .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, id))
+                .collect();
+            (
+                code.code_buffer().to_vec(),
+                u64::from(code.buffer.alignment),
+                relocs,
+            )
+        };
         module
-            .define_function(id, &mut ctx)
+            .define_function_bytes(id, alignment, &bytes, &relocs)
             .map_err(|e| err(format!("{e:?}")))?;
-        let code_bytes = ctx
-            .compiled_code()
-            .map(|c| c.code_info().total_size as usize)
-            .unwrap_or(0);
+        let code_bytes = bytes.len();
         module.clear_context(&mut ctx);
         module
             .finalize_definitions()

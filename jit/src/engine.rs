@@ -36,6 +36,12 @@ struct Installed {
     first_len: u64,
     ranges: Vec<(u32, u32)>,
     code_bytes: usize,
+    /// Its tier (0: compiled fast, 1: optimised).
+    tier: u8,
+    /// Instructions it has run.
+    insns: u64,
+    /// Its optimised compilation was asked for.
+    optimizing: bool,
     // The code points at the region's instructions (for helper calls).
     _region: Region,
 }
@@ -72,7 +78,7 @@ enum Msg {
     Free(u32),
 }
 
-type Done = (Key, Result<Compiled, CompileError>);
+type Done = (Key, u8, Result<Compiled, CompileError>);
 
 enum Worker {
     Thread {
@@ -94,7 +100,7 @@ pub struct Jit {
     jump: Box<[Slot]>,
     stamp: u64,
     epoch: u64,
-    pending: HashSet<Key>,
+    pending: HashSet<(Key, u8)>,
     max_gen: Option<u32>,
     freed_below: u32,
     live: usize,
@@ -139,8 +145,8 @@ impl Jit {
                     for msg in in_rx {
                         match msg {
                             Msg::Compile(req) => {
-                                let key = req_key(&req);
-                                if out_tx.send((key, c.compile(req))).is_err() {
+                                let (key, tier) = (req_key(&req), req.tier);
+                                if out_tx.send((key, tier, c.compile(req))).is_err() {
                                     break;
                                 }
                             }
@@ -215,8 +221,8 @@ impl Jit {
         }
     }
 
-    fn finish(&mut self, ex: &mut Exec<'_>, (key, r): Done) {
-        self.pending.remove(&key);
+    fn finish(&mut self, ex: &mut Exec<'_>, (key, tier, r): Done) {
+        self.pending.remove(&(key, tier));
         match r {
             Ok(c) => self.install(ex, key, c),
             Err(e) => {
@@ -277,6 +283,28 @@ impl Jit {
         if ex.mem.mark_code_page(PhysAddr(frame)) {
             ex.tlb.protect_frame(frame);
         }
+        let tier = c.req.tier;
+        if tier > 0 {
+            // The optimised code replaces the quick one.
+            self.stats.regions_optimized += 1;
+            let old: Vec<u32> = self
+                .by_phys
+                .get(&key_of(&key))
+                .map(|ids| {
+                    ids.iter()
+                        .copied()
+                        .filter(|&i| {
+                            self.regions[i as usize]
+                                .as_ref()
+                                .is_some_and(|r| r.key == key)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            for id in old {
+                self.remove(id);
+            }
+        }
         let first_len = c.region.blocks[0].insns.len() as u64;
         // SAFETY: `func` is the address of a function Cranelift compiled with the
         // signature (state, ctx) -> u32 in the C calling convention of this host;
@@ -290,6 +318,9 @@ impl Jit {
             first_len,
             ranges: c.region.ranges.clone(),
             code_bytes: c.code_bytes,
+            tier,
+            insns: 0,
+            optimizing: false,
             _region: c.region,
         };
         self.stats.code_bytes += inst.code_bytes as u64;
@@ -308,6 +339,50 @@ impl Jit {
         self.live += 1;
         // Forget cached misses.
         self.flush_jump();
+    }
+
+    /// Asks for region `key` to be compiled at `tier`; false if that cannot be done
+    /// now (the queue is full, or the page is not memory).
+    fn request(&mut self, ex: &mut Exec<'_>, key: Key, cs_hi: u64, tier: u8) -> bool {
+        if self.pending.contains(&(key, tier)) || self.pending.len() >= MAX_PENDING {
+            return false;
+        }
+        let frame = key.phys & !PAGE_MASK;
+        if matches!(ex.mem.region(PhysAddr(frame)), MemRegion::Mmio) {
+            return false;
+        }
+        let mut page = vec![0u8; PAGE].into_boxed_slice();
+        ex.mem.read_phys(PhysAddr(frame), &mut page);
+        let req = Request {
+            phys: key.phys,
+            entry: Entry {
+                eip: key.eip,
+                page_off: (key.phys & PAGE_MASK) as usize,
+                cs_hi,
+                mode: key.mode,
+            },
+            cs_base: key.cs_base,
+            page,
+            tier,
+        };
+        self.pending.insert((key, tier));
+        match &mut self.worker {
+            Worker::Thread { tx: Some(tx), .. } => {
+                if tx.send(Msg::Compile(req)).is_err() {
+                    self.pending.remove(&(key, tier));
+                    return false;
+                }
+            }
+            Worker::Thread { .. } => {
+                self.pending.remove(&(key, tier));
+                return false;
+            }
+            Worker::Inline(c) => {
+                let r = c.compile(req);
+                self.finish(ex, (key, tier, r));
+            }
+        }
+        true
     }
 
     fn remove(&mut self, id: u32) {
@@ -452,9 +527,22 @@ impl Accel for Jit {
             // unused meanwhile.
             let status = unsafe { func(state, ctx as *mut u8) };
             self.ctx.exec = std::ptr::null_mut();
+            let n = ex.s.icount - before;
             self.stats.entries += 1;
-            self.stats.compiled_insns += ex.s.icount - before;
+            self.stats.compiled_insns += n;
             ran = true;
+            let optimize = self.regions[id as usize].as_mut().and_then(|r| {
+                r.insns += n;
+                let due = r.tier == 0 && !r.optimizing && r.insns >= self.config.optimize_after;
+                due.then_some((r.key, r.cs_hi))
+            });
+            if let Some((key, cs_hi)) = optimize {
+                if self.request(ex, key, cs_hi, 1) {
+                    if let Some(r) = self.regions[id as usize].as_mut() {
+                        r.optimizing = true;
+                    }
+                }
+            }
             match status {
                 FAULT => {
                     if let Some(e) = self.ctx.fault.take() {
@@ -498,9 +586,6 @@ impl Accel for Jit {
             cs_base,
             mode,
         };
-        if self.pending.contains(&key) || self.pending.len() >= MAX_PENDING {
-            return;
-        }
         if self.by_phys.get(&key_of(&key)).is_some_and(|ids| {
             ids.iter().any(|&i| {
                 self.regions[i as usize]
@@ -510,38 +595,9 @@ impl Accel for Jit {
         }) {
             return;
         }
-        let frame = phys & !PAGE_MASK;
-        if matches!(ex.mem.region(PhysAddr(frame)), MemRegion::Mmio) {
-            return;
-        }
-        let mut page = vec![0u8; PAGE].into_boxed_slice();
-        ex.mem.read_phys(PhysAddr(frame), &mut page);
-        let req = Request {
-            phys,
-            entry: Entry {
-                eip,
-                page_off: (phys & PAGE_MASK) as usize,
-                cs_hi: ex.s.seg[CS].hi as u64,
-                mode,
-            },
-            cs_base,
-            page,
-        };
-        self.pending.insert(key);
-        match &mut self.worker {
-            Worker::Thread { tx: Some(tx), .. } => {
-                if tx.send(Msg::Compile(req)).is_err() {
-                    self.pending.remove(&key);
-                }
-            }
-            Worker::Thread { .. } => {
-                self.pending.remove(&key);
-            }
-            Worker::Inline(c) => {
-                let r = c.compile(req);
-                self.finish(ex, (key, r));
-            }
-        }
+        let tier = u8::from(self.config.optimize_after == 0);
+        let cs_hi = ex.s.seg[CS].hi as u64;
+        self.request(ex, key, cs_hi, tier);
     }
 
     fn invalidate(&mut self, addr: u64, len: u64) -> bool {

@@ -43,6 +43,9 @@ pub struct JitConfig {
     pub max_region_blocks: usize,
     /// Bytes of code memory, in two generations; a generation is freed whole.
     pub arena_bytes: usize,
+    /// Instructions a quickly compiled region runs before it is compiled again with
+    /// optimisations (0: optimise from the start; `u64::MAX`: never).
+    pub optimize_after: u64,
     /// Compile on the CPU thread when a block becomes hot (deterministic timing of
     /// installation, for tests) instead of on the compiler thread.
     pub inline_compile: bool,
@@ -53,7 +56,8 @@ impl Default for JitConfig {
         JitConfig {
             hot_threshold: 50,
             max_region_blocks: 32,
-            arena_bytes: 64 << 20,
+            arena_bytes: 256 << 20,
+            optimize_after: 1_000_000,
             inline_compile: false,
         }
     }

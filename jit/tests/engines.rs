@@ -12,15 +12,20 @@ use proptest::prelude::*;
 const DATA_LEN: usize = 0x1000;
 const COUNTER: i32 = 0xff0;
 
-fn jit_snippet(threshold: u64) -> Snippet {
+fn jit_snippet(threshold: u64, optimize_after: u64) -> Snippet {
     let mut s = Snippet::new();
     s.cpu.accel = Some(Box::new(Jit::new(JitConfig {
         hot_threshold: threshold,
+        optimize_after,
         inline_compile: true,
         ..JitConfig::default()
     })));
     s
 }
+
+/// The tiers a run uses: quick code only, optimised code only, or quick code that is
+/// replaced by optimised code during the run.
+const TIERS: [u64; 3] = [u64::MAX, 0, 150];
 
 /// One random instruction, from a recipe of random numbers.
 fn emit_one(a: &mut CodeAssembler, r: (u8, u8, u8, u32)) -> Result<(), IcedError> {
@@ -239,9 +244,9 @@ fn initial(seed: [u32; 7], flags: u32) -> Regs32 {
     }
 }
 
-fn compare(code: &[u8], regs: &Regs32) -> u64 {
+fn compare(code: &[u8], regs: &Regs32, optimize_after: u64) -> u64 {
     let mut interp = Snippet::new();
-    let mut jit = jit_snippet(1);
+    let mut jit = jit_snippet(1, optimize_after);
     let a = run(&mut interp, code, regs);
     let b = run(&mut jit, code, regs);
     assert_eq!(a.0, b.0, "end of run");
@@ -250,6 +255,9 @@ fn compare(code: &[u8], regs: &Regs32) -> u64 {
     assert!(a.2 == b.2, "data memory differs");
     assert_eq!(a.4, b.4, "x87 state");
     let st = jit.cpu.accel.as_ref().unwrap().stats();
+    if optimize_after == 150 && st.compiled_insns > 10 * optimize_after {
+        assert!(st.regions_optimized > 0, "no region was optimised: {st:?}");
+    }
     st.compiled_insns
 }
 
@@ -262,8 +270,10 @@ fn simple_loop_compiles_and_matches() {
         (27, 2, 0, 128),
     ];
     let code = program(&body, 1000);
-    let compiled = compare(&code, &initial([1, 2, 3, 4, 5, 6, 7], 0));
-    assert!(compiled > 4000, "compiled code ran {compiled} instructions");
+    for t in TIERS {
+        let compiled = compare(&code, &initial([1, 2, 3, 4, 5, 6, 7], 0), t);
+        assert!(compiled > 4000, "compiled code ran {compiled} instructions");
+    }
 }
 
 #[test]
@@ -284,11 +294,13 @@ fn x87_loop_compiles_and_matches() {
         (58, 0, 0, 0x308),
     ];
     let code = program(&body, 1000);
-    let compiled = compare(&code, &initial([1, 2, 3, 4, 5, 6, 7], 0));
-    assert!(
-        compiled > 10_000,
-        "compiled code ran {compiled} instructions"
-    );
+    for t in TIERS {
+        let compiled = compare(&code, &initial([1, 2, 3, 4, 5, 6, 7], 0), t);
+        assert!(
+            compiled > 10_000,
+            "compiled code ran {compiled} instructions"
+        );
+    }
 }
 
 proptest! {
@@ -300,8 +312,9 @@ proptest! {
         iters in 1u32..40,
         seed in any::<[u32; 7]>(),
         flags in any::<u32>(),
+        tier in 0usize..3,
     ) {
         let code = program(&body, iters);
-        compare(&code, &initial(seed, flags));
+        compare(&code, &initial(seed, flags), TIERS[tier]);
     }
 }

@@ -480,7 +480,7 @@ mod tests {
             // exact values), each with random low bits.
             let sig = match pattern {
                 0 => random,
-                1 => !0u128 & !low_mask | random & low_mask,
+                1 => !low_mask | random & low_mask,
                 _ => 1u128 << 127 | random & low_mask,
             } >> shift;
             let fmt = [ext(64), ext(53), ext(24), DOUBLE, SINGLE][f];
