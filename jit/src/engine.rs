@@ -55,6 +55,9 @@ struct Slot {
     cs_base: u64,
     mode: Option<Mode>,
     region: u32,
+    /// For a miss (`region` NONE): the install count when it was found; an install
+    /// since makes it stale.
+    installs: u64,
 }
 
 const EMPTY: Slot = Slot {
@@ -64,6 +67,7 @@ const EMPTY: Slot = Slot {
     cs_base: 0,
     mode: None,
     region: NONE,
+    installs: 0,
 };
 const NONE: u32 = u32::MAX;
 const JUMP_CACHE: usize = 4096;
@@ -99,6 +103,8 @@ pub struct Jit {
     by_frame: HashMap<u64, Vec<u32>>,
     jump: Box<[Slot]>,
     stamp: u64,
+    /// Regions installed so far.
+    installs: u64,
     epoch: u64,
     pending: HashSet<(Key, u8)>,
     max_gen: Option<u32>,
@@ -170,6 +176,7 @@ impl Jit {
             by_frame: HashMap::new(),
             jump: vec![EMPTY; JUMP_CACHE].into_boxed_slice(),
             stamp: 1,
+            installs: 0,
             epoch: u64::MAX,
             pending: HashSet::new(),
             max_gen: None,
@@ -304,6 +311,7 @@ impl Jit {
             for id in old {
                 self.remove(id);
             }
+            self.flush_jump();
         }
         let first_len = c.region.blocks[0].insns.len() as u64;
         // SAFETY: `func` is the address of a function Cranelift compiled with the
@@ -337,8 +345,8 @@ impl Jit {
         self.by_phys.entry(key_of(&key)).or_default().push(id);
         self.by_frame.entry(frame >> 12).or_default().push(id);
         self.live += 1;
-        // Forget cached misses.
-        self.flush_jump();
+        // Cached misses are stale now; cached hits stay good.
+        self.installs += 1;
     }
 
     /// Asks for region `key` to be compiled at `tier`; false if that cannot be done
@@ -436,6 +444,7 @@ impl Jit {
             && slot.lin == lin
             && slot.eip == eip
             && slot.cs_base == cs.base
+            && (slot.region != NONE || slot.installs == self.installs)
         {
             return slot.region;
         }
@@ -470,6 +479,7 @@ impl Jit {
             cs_base: cs.base,
             mode: Some(mode),
             region: found,
+            installs: self.installs,
         };
         found
     }
