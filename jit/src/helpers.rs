@@ -5,8 +5,10 @@ use std::ffi::c_void;
 
 use ox86_cpu::exception::Exception;
 use ox86_cpu::exec::x87 as fpu;
+use ox86_cpu::state::CS;
 use ox86_cpu::{CpuState, DecodedInsn, Exec};
 use ox86_mmu::tlb::TlbEntry;
+use ox86_x87::fast::Fast;
 use ox86_x87::ops::MemUse;
 
 use crate::x87::X87Insn;
@@ -118,6 +120,21 @@ pub unsafe extern "C" fn x87(ctx: *mut JitCtx, xi: *const X87Insn, ea: u64, load
             if !fpu::ready(ex.s) {
                 return X87_DECLINED;
             }
+            let ip = (xi.insn.ip32(), ex.s.seg[CS].selector);
+            let data =
+                (xi.op.mem_use() != MemUse::None).then(|| (ea as u32, ex.s.seg[xi.seg].selector));
+            match ex
+                .s
+                .fpu
+                .execute_fast(xi.op, xi.sti, loaded, xi.fop, ip, data)
+            {
+                Fast::Done => return X87_DONE,
+                Fast::Store(b) => {
+                    ctx.x87_out = b;
+                    return X87_STORE;
+                }
+                Fast::NotDone => {}
+            }
             let mut st = fpu::Staged::new(ex.s, &xi.insn, xi.seg, ea);
             if let MemUse::Load(n) = xi.op.mem_use() {
                 st.load(loaded, usize::from(n));
@@ -126,7 +143,7 @@ pub unsafe extern "C" fn x87(ctx: *mut JitCtx, xi: *const X87Insn, ea: u64, load
                 return X87_DECLINED;
             }
             if st.stored > 0 {
-                ctx.x87_out = st.stored_u64();
+                ctx.x87_out = st.bits();
                 return X87_STORE;
             }
             if let Some(v) = st.compare {

@@ -15,8 +15,8 @@ use cranelift_codegen::ir::InstBuilder;
 use iced_x86::{Instruction, Register};
 use ox86_cpu::exec::operand::seg_index;
 use ox86_cpu::exec::x87 as fpu;
-use ox86_x87::fop_of;
 use ox86_x87::ops::{classify, MemUse, Op};
+use ox86_x87::{fop_of, sti_of};
 
 use crate::flagsrc::FlagSrc;
 use crate::helpers::{self, JitCtx, X87_DONE, X87_STORE};
@@ -33,6 +33,8 @@ pub struct X87Insn {
     pub fop: u16,
     /// Segment of its memory operand (DS when it has none).
     pub seg: usize,
+    /// Index i of its ST(i) operand.
+    pub sti: usize,
 }
 
 impl X87Insn {
@@ -51,6 +53,7 @@ impl X87Insn {
             op,
             fop: if op.is_control() { 0 } else { fop_of(i) },
             seg,
+            sti: sti_of(i),
         })
     }
 }

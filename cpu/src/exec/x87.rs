@@ -2,8 +2,9 @@
 //! pending unmasked exceptions (#MF), and memory operands through the CPU's MMU.
 
 use iced_x86::{Code, Instruction, Mnemonic};
+use ox86_x87::fast::Fast;
 use ox86_x87::ops::{classify, MemUse, Op};
-use ox86_x87::{fop_of, X87Context, X87Error, X87State};
+use ox86_x87::{fop_of, sti_of, X87Context, X87Error, X87State};
 
 use crate::exception::{Exception, Fault};
 use crate::state::{AF, CF, CR0_EM, CR0_MP, CR0_NE, CR0_TS, CS, OF, PF, SF, ZF};
@@ -116,8 +117,8 @@ impl Staged {
         self.loaded = n;
     }
 
-    /// The first 8 stored bytes as a little-endian value.
-    pub fn stored_u64(&self) -> u64 {
+    /// The first 8 bytes of the operand (loaded, or stored by the FPU), little-endian.
+    pub fn bits(&self) -> u64 {
         let mut b = [0u8; 8];
         b.copy_from_slice(&self.mem[..8]);
         u64::from_le_bytes(b)
@@ -279,7 +280,21 @@ pub fn exec_x87(e: &mut Exec<'_>, i: &Instruction) -> Fault {
         MemUse::Image => return exec_unstaged(e, i, seg, off, mask),
     }
     let fop = if op.is_control() { 0 } else { fop_of(i) };
-    run_staged(e.s, op, i, fop, &mut st)?;
+    let data = (mem_use != MemUse::None).then_some(st.dp);
+    match e
+        .s
+        .fpu
+        .execute_fast(op, sti_of(i), st.bits(), fop, st.ip, data)
+    {
+        Fast::Done => return Ok(()),
+        Fast::Store(b) => {
+            st.mem[..8].copy_from_slice(&b.to_le_bytes());
+            if let MemUse::Store(n) = mem_use {
+                st.stored = usize::from(n);
+            }
+        }
+        Fast::NotDone => run_staged(e.s, op, i, fop, &mut st)?,
+    }
     if let Some(ax) = st.ax {
         e.s.set_r16(crate::state::RAX, ax);
     }
@@ -289,9 +304,9 @@ pub fn exec_x87(e: &mut Exec<'_>, i: &Instruction) -> Fault {
     // Probed above: these cannot fault.
     match st.stored {
         0 => {}
-        2 => e.write::<u16>(seg, off, st.stored_u64() as u16)?,
-        4 => e.write::<u32>(seg, off, st.stored_u64() as u32)?,
-        8 => e.write::<u64>(seg, off, st.stored_u64())?,
+        2 => e.write::<u16>(seg, off, st.bits() as u16)?,
+        4 => e.write::<u32>(seg, off, st.bits() as u32)?,
+        8 => e.write::<u64>(seg, off, st.bits())?,
         n => e.write_bytes(seg, off, &st.mem[..n])?,
     }
     Ok(())

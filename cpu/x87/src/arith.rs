@@ -253,21 +253,40 @@ fn mul(a: F80, b: F80, ctl: &Control) -> Res {
         (Class::Infinity, _) | (_, Class::Infinity) => Res::exact(F80::infinity(sign)),
         (Class::Zero, _) | (_, Class::Zero) => Res::exact(F80::zero(sign)),
         _ => match (a.unpack(), b.unpack()) {
-            (Some(x), Some(y)) => {
-                let p = u128::from(x.sig) * u128::from(y.sig);
-                Res::from_outcome(&round(
-                    sign,
-                    x.exp + y.exp + 1,
-                    p,
-                    false,
-                    ext(ctl.prec),
-                    ctl,
-                    true,
-                ))
-            }
+            (Some(x), Some(y)) => mul_finite(x, y, ctl),
             _ => Res::invalid(),
         },
     }
+}
+
+/// Exact product of two finite non-zero values rounded per `ctl`.
+#[inline]
+pub fn mul_finite(x: Unpacked, y: Unpacked, ctl: &Control) -> Res {
+    let p = u128::from(x.sig) * u128::from(y.sig);
+    Res::from_outcome(&round(
+        x.sign ^ y.sign,
+        x.exp + y.exp + 1,
+        p,
+        false,
+        ext(ctl.prec),
+        ctl,
+        true,
+    ))
+}
+
+/// Quotient of two finite non-zero values rounded per `ctl`.
+#[inline]
+pub fn div_finite(x: Unpacked, y: Unpacked, ctl: &Control) -> Res {
+    let (q, sticky) = div_sig(x.sig, y.sig);
+    Res::from_outcome(&round(
+        x.sign ^ y.sign,
+        x.exp - y.exp,
+        q,
+        sticky,
+        ext(ctl.prec),
+        ctl,
+        true,
+    ))
 }
 
 /// 128-bit quotient of two normalized significands: `(Q, sticky)` with
@@ -294,18 +313,7 @@ fn div(a: F80, b: F80, ctl: &Control) -> Res {
             up: false,
         },
         _ => match (a.unpack(), b.unpack()) {
-            (Some(x), Some(y)) => {
-                let (q, sticky) = div_sig(x.sig, y.sig);
-                Res::from_outcome(&round(
-                    sign,
-                    x.exp - y.exp,
-                    q,
-                    sticky,
-                    ext(ctl.prec),
-                    ctl,
-                    true,
-                ))
-            }
+            (Some(x), Some(y)) => div_finite(x, y, ctl),
             _ => Res::invalid(),
         },
     }

@@ -53,6 +53,11 @@ fn load_mem<C: X87Context>(ctx: &mut C, fmt: Mem) -> Result<Operand, X87Error<C:
 }
 
 /// Index i of the instruction's ST(i) operand (the one that is not ST(0), if any).
+pub fn sti_of(insn: &Instruction) -> usize {
+    sti(insn)
+}
+
+/// Index i of the instruction's ST(i) operand (the one that is not ST(0), if any).
 #[inline]
 fn sti(insn: &Instruction) -> usize {
     let mut idx = 0usize;

@@ -18,6 +18,7 @@ mod context;
 pub mod convert;
 pub mod env;
 mod exec;
+pub mod fast;
 pub mod float;
 pub mod ops;
 pub mod prem;
@@ -28,6 +29,6 @@ pub mod status;
 pub mod transcendental;
 
 pub use context::{X87Context, X87Error};
-pub use exec::fop_of;
+pub use exec::{fop_of, sti_of};
 pub use float::{Class, F80};
 pub use state::{X87State, FCW_INIT, MXCSR_INIT, MXCSR_MASK_INIT};
