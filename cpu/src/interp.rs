@@ -265,7 +265,7 @@ impl Exec<'_> {
             ];
         }
         for r in ranges.iter().filter(|r| r.1 > r.0) {
-            if self.mem.mark_code_page(PhysAddr(r.0)) {
+            if self.mem.mark_code(PhysAddr(r.0), r.1 - r.0) {
                 self.tlb.protect_frame(r.0 & !PAGE_MASK);
             }
         }

@@ -287,7 +287,13 @@ impl Jit {
             self.stats.stale += 1;
             return;
         }
-        if ex.mem.mark_code_page(PhysAddr(frame)) {
+        let mut marked = false;
+        for &(s, e) in &c.region.ranges {
+            marked |= ex
+                .mem
+                .mark_code(PhysAddr(frame + u64::from(s)), u64::from(e - s));
+        }
+        if marked {
             ex.tlb.protect_frame(frame);
         }
         let tier = c.req.tier;

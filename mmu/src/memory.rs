@@ -29,6 +29,22 @@ pub enum Region {
 }
 
 /// Guest physical memory.
+/// Bytes of a code-tracking chunk: a code page keeps one bit per chunk.
+const CHUNK: u64 = 64;
+
+/// The chunk bits of `len` (> 0) bytes at page offset `off` (within the page).
+#[inline]
+fn chunks(off: u64, len: u64) -> u64 {
+    let first = off / CHUNK;
+    let last = ((off + len.max(1) - 1) / CHUNK).min(PAGE_SIZE / CHUNK - 1);
+    let upto = if last == 63 {
+        u64::MAX
+    } else {
+        (1u64 << (last + 1)) - 1
+    };
+    upto & !((1u64 << first) - 1)
+}
+
 pub struct Memory {
     ram: MmapMut,
     ram_size: u64,
@@ -36,7 +52,8 @@ pub struct Memory {
     mmio: Vec<(u64, u64)>,
     a20_enabled: bool,
     /// One byte per RAM page: non-zero when decoded or compiled code came from it.
-    code_pages: Vec<u8>,
+    /// Per RAM page, one bit per 64-byte chunk that holds code.
+    code_pages: Vec<u64>,
     /// Writes to code pages since the CPU last drained them: (address, length).
     dirty_code: Vec<(u64, u32)>,
     /// More code writes happened than `dirty_code` holds.
@@ -233,16 +250,25 @@ impl Memory {
         self.write_phys(addr, &v.to_le_bytes());
     }
 
-    /// Marks the RAM page holding `addr` as holding code. Returns false when it is not RAM.
-    pub fn mark_code_page(&mut self, addr: PhysAddr) -> bool {
-        let pfn = addr.0 / PAGE_SIZE;
-        match self.code_pages.get_mut(pfn as usize) {
-            Some(m) => {
-                *m = 1;
-                true
+    /// Marks `[addr, addr+len)` as holding code, in 64-byte chunks: its pages become
+    /// code pages, and writes to the marked chunks are reported (see
+    /// [`Memory::note_write`]). Returns false when the first byte is not RAM.
+    pub fn mark_code(&mut self, addr: PhysAddr, len: u64) -> bool {
+        let mut a = addr.0;
+        let end = addr.0.saturating_add(len.max(1));
+        let mut first = true;
+        while a < end {
+            let pfn = a / PAGE_SIZE;
+            let n = (PAGE_SIZE - a % PAGE_SIZE).min(end - a);
+            match self.code_pages.get_mut(pfn as usize) {
+                Some(m) => *m |= chunks(a % PAGE_SIZE, n),
+                None if first => return false,
+                None => {}
             }
-            None => false,
+            first = false;
+            a += n;
         }
+        true
     }
 
     /// Whether the RAM page holding `addr` holds code.
@@ -252,14 +278,17 @@ impl Memory {
             .is_some_and(|&m| m != 0)
     }
 
-    /// Records a write of `len` bytes at `addr` (within one page): if the page holds
-    /// code, the written range is queued for the CPU, which invalidates the code it
-    /// overlaps and unmarks the page when no code remains on it. Returns whether the
-    /// page held code.
+    /// Records a write of `len` bytes at `addr` (within one page): if it touches a
+    /// chunk that holds code, the written range is queued for the CPU, which
+    /// invalidates the code it overlaps and unmarks the page when no code remains on
+    /// it. Returns whether it touched code.
     #[inline]
     pub fn note_write(&mut self, addr: u64, len: u32) -> bool {
         let pfn = addr / PAGE_SIZE;
-        if self.code_pages.get(pfn as usize).is_none_or(|&m| m == 0) {
+        let Some(&m) = self.code_pages.get(pfn as usize) else {
+            return false;
+        };
+        if m == 0 || m & chunks(addr % PAGE_SIZE, u64::from(len)) == 0 {
             return false;
         }
         let end = addr + len as u64;
@@ -347,17 +376,38 @@ mod tests {
     #[test]
     fn code_page_writes_are_reported_and_merged() {
         let mut m = Memory::new(2 << 20).unwrap();
-        assert!(m.mark_code_page(PhysAddr(0x3000)));
+        assert!(m.mark_code(PhysAddr(0x3000), 0x50));
         assert!(m.is_code_page(PhysAddr(0x3fff)));
         m.write_phys(PhysAddr(0x3010), &[0x90]);
         m.write_phys(PhysAddr(0x3020), &[0x90, 0x90]);
         assert!(m.has_dirty_code());
         assert_eq!(m.take_dirty_code(), Some(vec![(0x3010, 0x12)]));
         assert!(!m.has_dirty_code());
+        // Data beside the code (past its last 64-byte chunk) is not code.
+        m.write_phys(PhysAddr(0x3080), &[1, 2, 3, 4]);
+        assert!(!m.has_dirty_code());
+        // A write straddling into the code's chunk is.
+        m.write_phys(PhysAddr(0x307e), &[1, 2, 3, 4]);
+        assert_eq!(m.take_dirty_code(), Some(vec![(0x307e, 4)]));
+        // Code across a page boundary marks both pages.
+        assert!(m.mark_code(PhysAddr(0x4ffc), 8));
+        assert!(m.is_code_page(PhysAddr(0x5000)));
+        m.write_phys(PhysAddr(0x5002), &[0]);
+        assert_eq!(m.take_dirty_code(), Some(vec![(0x5002, 1)]));
+        m.unmark_code_page(PhysAddr(0x5000));
         m.unmark_code_page(PhysAddr(0x3000));
         m.write_phys(PhysAddr(0x3010), &[0x90]);
         assert!(!m.has_dirty_code());
         m.write_phys(PhysAddr(0x5010), &[0x90]);
         assert!(!m.has_dirty_code());
+    }
+
+    #[test]
+    fn chunk_bits() {
+        assert_eq!(chunks(0, 1), 1);
+        assert_eq!(chunks(63, 2), 0b11);
+        assert_eq!(chunks(64, 64), 0b10);
+        assert_eq!(chunks(0, 4096), u64::MAX);
+        assert_eq!(chunks(4095, 1), 1 << 63);
     }
 }
