@@ -297,24 +297,29 @@ impl Jit {
             ex.tlb.protect_frame(frame);
         }
         let tier = c.req.tier;
+        let same: Vec<u32> = self
+            .by_phys
+            .get(&key_of(&key))
+            .map(|ids| {
+                ids.iter()
+                    .copied()
+                    .filter(|&i| {
+                        self.regions[i as usize]
+                            .as_ref()
+                            .is_some_and(|r| r.key == key)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if tier == 0 && !same.is_empty() {
+            // Asked for again after an invalidation, but a region for the same code
+            // (its optimised compilation, asked for earlier) was installed meanwhile.
+            return;
+        }
         if tier > 0 {
             // The optimised code replaces the quick one.
             self.stats.regions_optimized += 1;
-            let old: Vec<u32> = self
-                .by_phys
-                .get(&key_of(&key))
-                .map(|ids| {
-                    ids.iter()
-                        .copied()
-                        .filter(|&i| {
-                            self.regions[i as usize]
-                                .as_ref()
-                                .is_some_and(|r| r.key == key)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            for id in old {
+            for id in same {
                 self.remove(id);
             }
             self.flush_jump();

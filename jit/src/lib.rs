@@ -56,7 +56,7 @@ impl Default for JitConfig {
         JitConfig {
             hot_threshold: 50,
             max_region_blocks: 32,
-            arena_bytes: 256 << 20,
+            arena_bytes: 128 << 20,
             optimize_after: 1_000_000,
             inline_compile: false,
         }
