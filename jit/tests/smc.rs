@@ -513,10 +513,35 @@ fn fault_case(
     fault_ip: u32,
     min_compiled: u64,
 ) -> Outcome {
+    fault_case_with(
+        what,
+        code,
+        r,
+        &initial_data(),
+        vector,
+        fault_ip,
+        min_compiled,
+    )
+}
+
+/// [`fault_case`] with a data area of the test's own.
+fn fault_case_with(
+    what: &str,
+    code: &[u8],
+    r: &Regs32,
+    data: &[u8],
+    vector: u8,
+    fault_ip: u32,
+    min_compiled: u64,
+) -> Outcome {
     let mut last = None;
     for threshold in [1u64, 3, 10] {
         let what = format!("{what}, threshold {threshold}");
-        let (o, st) = compare(&what, threshold, code, r, 1_000_000);
+        let config = JitConfig {
+            hot_threshold: threshold,
+            ..JitConfig::default()
+        };
+        let (o, st) = compare_with(&what, config, code, r, data, 1_000_000);
         assert_eq!(o.end, SnippetEnd::Exception(vector), "{what}");
         assert_eq!(
             o.rip, fault_ip as u64,
@@ -611,11 +636,9 @@ fn fault_in_middle_of_region_divide_error() {
     assert_eq!(o.regs.gpr[5], k, "EBP");
 }
 
-#[test]
-fn fault_in_middle_of_region_segment_limit() {
-    // (b) #GP(0) from a store past the limit of FS (base DATA_ADDR, limit 0x7ff, set
-    // up with a GDT in the data area): the store goes to FS:[ESI + 0x400] with ESI
-    // growing by 4, so it faults at iteration 256.
+/// The data area with a GDT at 0xf08 (its pseudo-descriptor at 0xf00, for LGDT) whose
+/// selector 8 is a data segment at DATA_ADDR with limit 0x7ff.
+fn data_with_small_segment() -> Vec<u8> {
     let mut data = initial_data();
     let gdt = 0xf08usize;
     data[0xf00..0xf02].copy_from_slice(&0x0fu16.to_le_bytes());
@@ -623,6 +646,15 @@ fn fault_in_middle_of_region_segment_limit() {
     data[gdt..gdt + 8].fill(0);
     // Selector 8: base 0x0010_0000, limit 0x7ff, present, DPL 0, data RW accessed, D.
     data[gdt + 8..gdt + 16].copy_from_slice(&[0xff, 0x07, 0x00, 0x00, 0x10, 0x93, 0x40, 0x00]);
+    data
+}
+
+#[test]
+fn fault_in_middle_of_region_segment_limit() {
+    // (b) #GP(0) from a store past the limit of FS (base DATA_ADDR, limit 0x7ff, set
+    // up with a GDT in the data area): the store goes to FS:[ESI + 0x400] with ESI
+    // growing by 4, so it faults at iteration 256.
+    let data = data_with_small_segment();
     let iters = 300u32;
     let mut a = CodeAssembler::new(32).unwrap();
     let mut top = a.create_label();
@@ -644,26 +676,10 @@ fn fault_in_middle_of_region_segment_limit() {
     a.jne(top).unwrap();
     let (code, ips) = assemble(&mut a, &[st]);
     let r = regs(0, 0, 0x1357, 0, 0, 0, 0);
-    let mut last: Option<Outcome> = None;
-    for threshold in [1u64, 3, 10] {
-        let what = format!("FS limit, threshold {threshold}");
-        let config = JitConfig {
-            hot_threshold: threshold,
-            ..JitConfig::default()
-        };
-        let (o, st) = compare_with(&what, config, &code, &r, &data, 1_000_000);
-        assert_eq!(o.end, SnippetEnd::Exception(13), "{what}");
-        assert_eq!(o.rip, ips[0] as u64, "{what}: RIP is the faulting store");
-        assert!(st.compiled_insns > 200 * 8, "{what}: {st:?}");
-        assert_eq!(counter(&o), iters - 256, "{what}: faulting iteration");
-        assert_eq!(o.regs.gpr[6], 0x400, "{what}: ESI");
-        if let Some(p) = &last {
-            assert_eq!(p, &o, "{what}: thresholds disagree");
-        }
-        last = Some(o);
-    }
+    let o = fault_case_with("FS limit", &code, &r, &data, 13, ips[0], 200 * 8 + 1);
+    assert_eq!(counter(&o), iters - 256, "faulting iteration");
+    assert_eq!(o.regs.gpr[6], 0x400, "ESI");
     // The model of the loop, with the stores feeding the later loads.
-    let o = last.unwrap();
     let mut m = data.clone();
     let (mut r_edx, mut r_edi) = (0x1357u32, 0u32);
     let mut flags_cmp = (0u32, 0u32);
@@ -774,12 +790,7 @@ fn fault_in_middle_of_region_x87() {
 
     // (e) #GP: the FSTP of the sum goes to FS:[ESI + 0x400] and passes the FS limit
     // (0x7ff) at iteration 129; the FPU keeps ST(0), as a faulting store must.
-    let mut data = initial_data();
-    let gdt = 0xf08usize;
-    data[0xf00..0xf02].copy_from_slice(&0x0fu16.to_le_bytes());
-    data[0xf02..0xf06].copy_from_slice(&(DATA_ADDR + gdt as u32).to_le_bytes());
-    data[gdt..gdt + 8].fill(0);
-    data[gdt + 8..gdt + 16].copy_from_slice(&[0xff, 0x07, 0x00, 0x00, 0x10, 0x93, 0x40, 0x00]);
+    let data = data_with_small_segment();
     let pre = |a: &mut CodeAssembler| {
         // Load FS once (ECX = ecx0 on the first iteration only).
         let mut skip = a.create_label();
@@ -794,28 +805,14 @@ fn fault_in_middle_of_region_x87() {
     let (code, ips) = x87_loop(iters, 1000, 0x37f, pre, |a| {
         a.fstp(qword_ptr(esi + 0x400).fs()).unwrap()
     });
-    let mut last: Option<Outcome> = None;
-    for threshold in [1u64, 3, 10] {
-        let what = format!("x87 store past the FS limit, threshold {threshold}");
-        let config = JitConfig {
-            hot_threshold: threshold,
-            ..JitConfig::default()
-        };
-        let (o, st) = compare_with(&what, config, &code, &r, &data, 1_000_000);
-        assert_eq!(o.end, SnippetEnd::Exception(13), "{what}");
-        assert_eq!(o.rip, ips[2] as u64, "{what}: RIP is the faulting FSTP");
-        assert!(st.compiled_insns > 100 * 10, "{what}: {st:?}");
-        assert_eq!(counter(&o), iters - 128, "{what}: faulting iteration");
-        assert_eq!(
-            o.fpu.tag_valid.count_ones(),
-            1,
-            "{what}: the sum still on the stack"
-        );
-        if let Some(p) = &last {
-            assert_eq!(p, &o, "{what}: thresholds disagree");
-        }
-        last = Some(o);
-    }
+    let what = "x87 store past the FS limit";
+    let o = fault_case_with(what, &code, &r, &data, 13, ips[2], 100 * 10);
+    assert_eq!(counter(&o), iters - 128, "{what}: faulting iteration");
+    assert_eq!(
+        o.fpu.tag_valid.count_ones(),
+        1,
+        "{what}: the sum still on the stack"
+    );
 
     // (f) #NM: CR0.TS is set at iteration 200, and the FLD1 after it faults.
     let pre = |a: &mut CodeAssembler| {
