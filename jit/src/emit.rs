@@ -183,6 +183,54 @@ pub fn emit(t: &mut Tx<'_, '_>, i: &Instruction, live_after: u32) -> bool {
                 t.flags = FlagSrc::Bits(bits);
             }
         }
+        Kind::Mul => {
+            let s = t.read_op(i, 0, 4);
+            let a = t.get(Register::EAX);
+            let (wa, ws) = (t.widen(a), t.widen(s));
+            let p = t.b.ins().imul(wa, ws);
+            let lo = t.narrow(p, 4);
+            let hi = t.b.ins().ushr_imm_s(p, 32);
+            let hi = t.narrow(hi, 4);
+            t.set(Register::EAX, lo);
+            t.set(Register::EDX, hi);
+            if flags_dead {
+                t.flags = FlagSrc::Dead;
+            } else {
+                // CF = OF = the high half is not zero; SF ZF PF from the low half, AF
+                // clear (as the interpreter).
+                let c = t.b.ins().icmp_imm_s(IntCC::NotEqual, hi, 0);
+                let c = t.b.ins().uextend(I64, c);
+                let wl = t.widen(lo);
+                let bits = t.szp_bits(wl, 4, c, c);
+                t.flags = FlagSrc::Bits(bits);
+            }
+        }
+        Kind::Div => {
+            // The flags are left as they were, as the interpreter leaves them.
+            let d = t.read_op(i, 0, 4);
+            let d = t.widen(d);
+            let bail = t.bail_block();
+            let zero = t.b.ins().icmp_imm_s(IntCC::Equal, d, 0);
+            let go = t.b.create_block();
+            t.b.ins().brif(zero, bail, &[], go, &[]);
+            t.b.switch_to_block(go);
+            let lo = t.get(Register::EAX);
+            let hi = t.get(Register::EDX);
+            let (lo, hi) = (t.widen(lo), t.widen(hi));
+            let hi = t.b.ins().ishl_imm_s(hi, 32);
+            let n = t.b.ins().bor(hi, lo);
+            let q = t.b.ins().udiv(n, d);
+            let big =
+                t.b.ins()
+                    .icmp_imm_s(IntCC::UnsignedGreaterThan, q, 0xffff_ffff);
+            let ok = t.b.create_block();
+            t.b.ins().brif(big, bail, &[], ok, &[]);
+            t.b.switch_to_block(ok);
+            let r = t.b.ins().urem(n, d);
+            let (q, r) = (t.narrow(q, 4), t.narrow(r, 4));
+            t.set(Register::EAX, q);
+            t.set(Register::EDX, r);
+        }
         Kind::Setcc => {
             let p = t.place0(i);
             let c = t.cond(i.condition_code());

@@ -3,6 +3,7 @@
 //! speed, never of correctness.
 
 use iced_x86::{Code, Instruction, Mnemonic as M, OpKind, Register};
+use ox86_cpu::exec::operand::op_size;
 
 /// The form an instruction is lowered in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,10 @@ pub enum Kind {
     Rotate,
     /// Two- and three-operand IMUL.
     Imul,
+    /// MUL r/m32 (EDX:EAX = EAX × operand).
+    Mul,
+    /// DIV r/m32 (EDX:EAX ÷ operand); #DE goes to the interpreter.
+    Div,
     /// SETcc.
     Setcc,
     /// CMOVcc.
@@ -122,6 +127,8 @@ pub fn kind(i: &Instruction) -> Kind {
         M::Shl | M::Sal | M::Shr | M::Sar => Kind::Shift,
         M::Rol | M::Ror if i.op1_kind() != OpKind::Register => Kind::Rotate,
         M::Imul if i.op_count() >= 2 => Kind::Imul,
+        M::Mul if op_size(i, 0) == 4 => Kind::Mul,
+        M::Div if op_size(i, 0) == 4 => Kind::Div,
         M::Seto | M::Setno | M::Setb | M::Setae | M::Sete | M::Setne | M::Setbe | M::Seta => {
             Kind::Setcc
         }
@@ -195,6 +202,8 @@ pub fn may_fault(i: &Instruction) -> bool {
         Kind::Lea | Kind::Nop => false,
         Kind::Push | Kind::Pop | Kind::Leave | Kind::Call | Kind::Ret => true,
         Kind::JmpInd | Kind::CallInd => true,
+        // A zero divisor or a quotient too large leaves for the interpreter (#DE).
+        Kind::Div => true,
         // The FPU helper declines when CR0 or a pending exception needs the
         // interpreter, which may then fault.
         Kind::X87 => true,
