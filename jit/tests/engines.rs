@@ -25,7 +25,10 @@ fn jit_snippet(threshold: u64, optimize_after: u64) -> Snippet {
 
 /// The tiers a run uses: quick code only, optimised code only, or quick code that is
 /// replaced by optimised code during the run.
-const TIERS: [u64; 3] = [u64::MAX, 0, 150];
+const TIERS: [u64; 3] = [u64::MAX, 0, SWITCH_AFTER];
+/// Instructions a region runs in quick code before its optimised code replaces it, in
+/// the runs that switch.
+const SWITCH_AFTER: u64 = 150;
 
 /// One random instruction, from a recipe of random numbers.
 fn emit_one(a: &mut CodeAssembler, r: (u8, u8, u8, u32)) -> Result<(), IcedError> {
@@ -255,7 +258,7 @@ fn compare(code: &[u8], regs: &Regs32, optimize_after: u64) -> u64 {
     assert!(a.2 == b.2, "data memory differs");
     assert_eq!(a.4, b.4, "x87 state");
     let st = jit.cpu.accel.as_ref().unwrap().stats();
-    if optimize_after == 150 && st.compiled_insns > 10 * optimize_after {
+    if optimize_after == SWITCH_AFTER && st.compiled_insns > 10 * SWITCH_AFTER {
         assert!(st.regions_optimized > 0, "no region was optimised: {st:?}");
     }
     st.compiled_insns

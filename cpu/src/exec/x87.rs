@@ -187,8 +187,8 @@ impl X87Context for Staged {
     }
 }
 
-/// Whether operation `op` can run staged: its memory operand, if any, is at most
-/// 8 bytes.
+/// Whether compiled code can stage operation `op`: its memory operand, if any, is
+/// one load or store of at most 8 bytes (the interpreter stages 10-byte ones too).
 pub fn stageable(op: Op) -> bool {
     match op.mem_use() {
         MemUse::None => true,
@@ -197,7 +197,7 @@ pub fn stageable(op: Op) -> bool {
     }
 }
 
-/// Whether the FPU may run instruction `i` now without an exception of the CPU's
+/// Whether the FPU may run a waiting instruction now without an exception of the CPU's
 /// own: CR0.EM and CR0.TS clear, and no unmasked FPU exception pending (which a
 /// waiting instruction reports first).
 pub fn ready(s: &CpuState) -> bool {
@@ -208,14 +208,21 @@ pub fn ready(s: &CpuState) -> bool {
 /// anything for a control instruction), and a load's bytes are in `st`. The caller
 /// applies `st.compare`, `st.ax` and `st.stored` afterwards.
 pub fn run_staged(s: &mut CpuState, op: Op, i: &Instruction, fop: u16, st: &mut Staged) -> Fault {
-    match s.fpu.execute_op(op, i, fop, st) {
-        Ok(()) => Ok(()),
-        Err(X87Error::Fault(x)) => Err(x),
-        Err(X87Error::Unimplemented(code)) => {
-            tracing::warn!(target: "ox86::cpu", "x87 instruction {code:?} not implemented: #UD");
-            Err(Exception::UD)
-        }
+    s.fpu.execute_op(op, i, fop, st).map_err(fault)
+}
+
+/// The exception for an FPU error: the memory fault, or #UD for an instruction the
+/// FPU does not implement.
+fn fault(e: X87Error<Exception>) -> Exception {
+    match e {
+        X87Error::Fault(x) => x,
+        X87Error::Unimplemented(code) => unimplemented(code),
     }
+}
+
+fn unimplemented(code: Code) -> Exception {
+    tracing::warn!(target: "ox86::cpu", "x87 instruction {code:?} not implemented: #UD");
+    Exception::UD
 }
 
 /// Executes an x87 instruction.
@@ -241,8 +248,7 @@ pub fn exec_x87(e: &mut Exec<'_>, i: &Instruction) -> Fault {
         return Ok(());
     }
     let Some(op) = classify(i.code()) else {
-        tracing::warn!(target: "ox86::cpu", "x87 instruction {:?} not implemented: #UD", i.code());
-        return Err(Exception::UD);
+        return Err(unimplemented(i.code()));
     };
     let mem_use = op.mem_use();
     let (seg, off, mask) = if mem_use != MemUse::None {
@@ -330,12 +336,5 @@ fn exec_unstaged(e: &mut Exec<'_>, i: &Instruction, seg: usize, off: u64, mask: 
         },
     );
     e.s.fpu = fpu;
-    match r {
-        Ok(()) => Ok(()),
-        Err(X87Error::Fault(x)) => Err(x),
-        Err(X87Error::Unimplemented(code)) => {
-            tracing::warn!(target: "ox86::cpu", "x87 instruction {code:?} not implemented: #UD");
-            Err(Exception::UD)
-        }
-    }
+    r.map_err(fault)
 }

@@ -342,6 +342,34 @@ pub fn f80_to_bcd(v: F80, ctl: &Control) -> Narrowed<[u8; 10]> {
     }
 }
 
+/// A memory operand of format `fmt` from its little-endian bytes (the first
+/// `fmt.size()` of `b`), widened to an operand.
+pub fn mem_to_operand(fmt: crate::ops::Mem, b: [u8; 10]) -> Operand {
+    use crate::ops::Mem;
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    let bits = u64::from_le_bytes(w);
+    let int = |i: i64| Operand {
+        v: int_to_f80(i),
+        denormal: false,
+    };
+    match fmt {
+        Mem::F32 => f32_to_f80(bits as u32),
+        Mem::F64 => f64_to_f80(bits),
+        Mem::I16 => int(i64::from(bits as u16 as i16)),
+        Mem::I32 => int(i64::from(bits as u32 as i32)),
+        Mem::I64 => int(bits as i64),
+        Mem::F80 => Operand {
+            v: F80::from_le_bytes(b),
+            denormal: false,
+        },
+        Mem::Bcd => Operand {
+            v: bcd_to_f80(b),
+            denormal: false,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,7 @@ use crate::arith::{binop, sqrt, Operand, Res};
 use crate::compare::{compare, fxam, Order};
 use crate::context::{X87Context, X87Error};
 use crate::convert::{
-    bcd_to_f80, f32_to_f80, f64_to_f80, f80_to_bcd, f80_to_f32, f80_to_f64, f80_to_int, int_to_f80,
-    round_int_f80, BCD_INDEFINITE,
+    f80_to_bcd, f80_to_f32, f80_to_f64, f80_to_int, mem_to_operand, round_int_f80, BCD_INDEFINITE,
 };
 use crate::env::EnvLayout;
 use crate::float::{Class, F80};
@@ -31,25 +30,10 @@ fn write<C: X87Context>(ctx: &mut C, data: &[u8]) -> Out<C> {
 /// Reads a memory operand and widens it to an operand.
 #[inline]
 fn load_mem<C: X87Context>(ctx: &mut C, fmt: Mem) -> Result<Operand, X87Error<C::Fault>> {
-    let int = |i: i64| Operand {
-        v: int_to_f80(i),
-        denormal: false,
-    };
-    Ok(match fmt {
-        Mem::F32 => f32_to_f80(u32::from_le_bytes(read::<C, 4>(ctx)?)),
-        Mem::F64 => f64_to_f80(u64::from_le_bytes(read::<C, 8>(ctx)?)),
-        Mem::F80 => Operand {
-            v: F80::from_le_bytes(read::<C, 10>(ctx)?),
-            denormal: false,
-        },
-        Mem::I16 => int(i64::from(i16::from_le_bytes(read::<C, 2>(ctx)?))),
-        Mem::I32 => int(i64::from(i32::from_le_bytes(read::<C, 4>(ctx)?))),
-        Mem::I64 => int(i64::from_le_bytes(read::<C, 8>(ctx)?)),
-        Mem::Bcd => Operand {
-            v: bcd_to_f80(read::<C, 10>(ctx)?),
-            denormal: false,
-        },
-    })
+    let mut b = [0u8; 10];
+    ctx.read_mem(0, &mut b[..usize::from(fmt.size())])
+        .map_err(X87Error::Fault)?;
+    Ok(mem_to_operand(fmt, b))
 }
 
 /// Index i of the instruction's ST(i) operand (the one that is not ST(0), if any).

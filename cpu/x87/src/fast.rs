@@ -6,7 +6,7 @@
 //! The `x87_fast` tests check them against `execute` on random operands.
 
 use crate::arith::{add_finite, div_finite, mul_finite, BinOp, Operand};
-use crate::convert::{f32_to_f80, f64_to_f80, f80_to_f32, f80_to_f64, f80_to_int, int_to_f80};
+use crate::convert::{f80_to_f32, f80_to_f64, f80_to_int, mem_to_operand};
 use crate::float::{Class, Unpacked, F80};
 use crate::ops::{Mem, Op, Src};
 use crate::state::X87State;
@@ -16,18 +16,9 @@ use crate::status::{Rounding, PE};
 /// the 80-bit formats.
 #[inline]
 pub fn mem_operand(fmt: Mem, bits: u64) -> Option<Operand> {
-    let int = |i: i64| Operand {
-        v: int_to_f80(i),
-        denormal: false,
-    };
-    Some(match fmt {
-        Mem::F32 => f32_to_f80(bits as u32),
-        Mem::F64 => f64_to_f80(bits),
-        Mem::I16 => int(i64::from(bits as u16 as i16)),
-        Mem::I32 => int(i64::from(bits as u32 as i32)),
-        Mem::I64 => int(bits as i64),
-        Mem::F80 | Mem::Bcd => return None,
-    })
+    let mut b = [0u8; 10];
+    b[..8].copy_from_slice(&bits.to_le_bytes());
+    (fmt.size() <= 8).then(|| mem_to_operand(fmt, b))
 }
 
 /// The unpacked value of a normal number.
@@ -312,7 +303,7 @@ mod tests {
     /// Register values: normal numbers mostly, and every special class now and then.
     fn value() -> impl Strategy<Value = F80> {
         prop_oneof![
-            6 => (any::<f64>()).prop_map(|f| f64_to_f80(f.to_bits()).v),
+            6 => (any::<f64>()).prop_map(|f| crate::convert::f64_to_f80(f.to_bits()).v),
             2 => (any::<bool>(), 1u16..0x7FFF, any::<u64>())
                 .prop_map(|(s, e, m)| F80::new(s, e, m | 1 << 63)),
             1 => (any::<bool>(), any::<u16>(), any::<u64>())
