@@ -51,8 +51,10 @@ pub trait Accel {
 pub struct AccelStats {
     /// Instructions retired in compiled code.
     pub compiled_insns: u64,
-    /// Entries into compiled code.
+    /// Entries into compiled code from the dispatcher.
     pub entries: u64,
+    /// Entries into compiled code by chaining from other compiled code.
+    pub chained: u64,
     /// Regions compiled (both tiers).
     pub regions_compiled: u64,
     /// Regions compiled again, optimised, because they ran many instructions.

@@ -12,13 +12,11 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use cranelift_codegen::control::ControlPlane;
-use cranelift_codegen::ir::types::{I32, I64};
-use cranelift_codegen::ir::AbiParam;
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Module, ModuleReloc};
+use cranelift_module::{default_libcall_names, Linkage, Module, ModuleReloc};
 
 use crate::region::{Entry, Region, PAGE};
 use crate::translate::Tx;
@@ -35,6 +33,10 @@ pub struct Request {
     pub page: Box<[u8]>,
     /// Which tier: 0 compiles fast, 1 compiles for speed.
     pub tier: u8,
+    /// The chain context of the region's CS and mode (None: it does not chain).
+    pub chain: Option<u32>,
+    /// Address of the dispatcher's `JitCtx` (compiled in).
+    pub ctx: usize,
 }
 
 /// A compiled region.
@@ -78,6 +80,8 @@ pub struct Compiler {
     /// `OX86_JIT_DUMP`: print the IR of every region (`1`), or of the regions entered
     /// at one EIP (a hex address).
     dump: Option<Option<u64>>,
+    /// Functions compiled so far (makes their names unique).
+    serial: u64,
 }
 
 /// Compilation failed (an internal error: the region runs in the interpreter).
@@ -90,7 +94,8 @@ pub struct CompileError {
     pub msg: String,
 }
 
-fn new_isa(tier: u8) -> Result<OwnedTargetIsa, String> {
+/// The code generator of `tier` (0: fast compilation, 1: fast code).
+pub fn new_isa(tier: u8) -> Result<OwnedTargetIsa, String> {
     let mut flags = settings::builder();
     let (opt, regalloc) = if tier == 0 {
         ("none", "single_pass")
@@ -102,6 +107,8 @@ fn new_isa(tier: u8) -> Result<OwnedTargetIsa, String> {
         ("regalloc_algorithm", regalloc),
         ("is_pic", "false"),
         ("use_colocated_libcalls", "false"),
+        // Cranelift's tail calls (region chaining) need frame pointers.
+        ("preserve_frame_pointers", "true"),
         (
             "enable_verifier",
             if cfg!(debug_assertions) {
@@ -147,6 +154,7 @@ impl Compiler {
                     .ok()
                     .filter(|_| v != "1")
             }),
+            serial: 0,
         }
     }
 
@@ -196,14 +204,20 @@ impl Compiler {
         let g = self.gens.back_mut().expect("a generation");
         let module = &mut g.module;
         let mut ctx = module.make_context();
-        let ptr = I64;
-        ctx.func.signature.params.push(AbiParam::new(ptr));
-        ctx.func.signature.params.push(AbiParam::new(ptr));
-        ctx.func.signature.returns.push(AbiParam::new(I32));
+        // Helpers use the host's C convention; region code the tail one (chaining).
         let cc = ctx.func.signature.call_conv;
+        ctx.func.signature = crate::chain::region_signature();
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
-            let tx = Tx::new(&mut b, &region, req.entry.mode, req.entry.cs_hi, cc);
+            let tx = Tx::new(
+                &mut b,
+                &region,
+                req.entry.mode,
+                req.entry.cs_hi,
+                cc,
+                req.chain,
+                req.ctx as u64,
+            );
             tx.translate();
             b.finalize(module.target_config());
         }
@@ -218,8 +232,14 @@ impl Compiler {
                 ctx.func.display()
             );
         }
+        // Named by guest address and tier, for profilers (perf's map of JIT code).
+        self.serial += 1;
+        let name = format!(
+            "ox86_{:x}_p{:x}_t{}_{}",
+            req.entry.eip, phys, req.tier, self.serial
+        );
         let id = module
-            .declare_anonymous_function(&ctx.func.signature)
+            .declare_function(&name, Linkage::Local, &ctx.func.signature)
             .map_err(|e| err(e.to_string()))?;
         let isas = self.isas.as_ref().map_err(|e| err(e.clone()))?;
         let isa = if req.tier == 0 {

@@ -13,11 +13,12 @@ use ox86_cpu::state::CS;
 use ox86_cpu::{Accel, AccelRun, AccelStats, CpuState, Exec};
 use ox86_mmu::{PhysAddr, Region as MemRegion, PAGE_MASK};
 
-use crate::compiler::{CompileError, Compiled, Compiler, Request};
+use crate::chain::{ChainTable, Trampoline};
+use crate::compiler::{new_isa, CompileError, Compiled, Compiler, Request};
 use crate::helpers::{JitCtx, FAULT, JUMP};
 use crate::mode::Mode;
 use crate::region::{Entry, Region, PAGE};
-use crate::{CompiledFn, JitConfig};
+use crate::JitConfig;
 
 /// Identifies a region: entry physical address, EIP, CS base and mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,7 +32,10 @@ struct Key {
 struct Installed {
     key: Key,
     cs_hi: u64,
-    func: CompiledFn,
+    /// The code (region signature: [`crate::chain::region_signature`]).
+    func: usize,
+    /// Its chain context, if it chains.
+    chain: Option<u32>,
     gen: u32,
     first_len: u64,
     ranges: Vec<(u32, u32)>,
@@ -113,6 +117,10 @@ pub struct Jit {
     stats: AccelStats,
     /// The most recent compile times (a ring of [`TIMES`]), for the median.
     compile_times: Vec<u64>,
+    /// Where compiled code finds the targets it chains to.
+    chain: ChainTable,
+    /// The way into compiled code (None: Cranelift cannot generate code here).
+    enter: Option<Trampoline>,
     ctx: Box<JitCtx>,
 }
 
@@ -146,25 +154,20 @@ impl Jit {
             let max_blocks = config.max_region_blocks;
             let handle = std::thread::Builder::new()
                 .name("ox86-jit".into())
-                .spawn(move || {
-                    let mut c = Compiler::new(gen_limit, max_blocks);
-                    for msg in in_rx {
-                        match msg {
-                            Msg::Compile(req) => {
-                                let (key, tier) = (req_key(&req), req.tier);
-                                if out_tx.send((key, tier, c.compile(req))).is_err() {
-                                    break;
-                                }
-                            }
-                            Msg::Free(g) => c.free(g),
-                        }
-                    }
-                })
+                .spawn(move || compiler_thread(Compiler::new(gen_limit, max_blocks), in_rx, out_tx))
                 .ok();
             Worker::Thread {
                 tx: Some(tx),
                 rx,
                 handle,
+            }
+        };
+        let chain = ChainTable::new();
+        let enter = match new_isa(1).and_then(Trampoline::new) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(target: "ox86::jit", "no trampoline: {e}");
+                None
             }
         };
         Jit {
@@ -183,20 +186,26 @@ impl Jit {
             freed_below: 0,
             live: 0,
             stats: AccelStats::default(),
-            compile_times: Vec::new(),
             ctx: Box::new(JitCtx {
                 tlb: std::ptr::null(),
                 end: 0,
                 exec: std::ptr::null_mut(),
                 fault: None,
                 x87_out: 0,
+                chain: chain.as_ptr(),
+                chained: 0,
             }),
+            chain,
+            enter,
+            compile_times: Vec::new(),
         }
     }
 
-    /// Empties the jump cache (in O(1): slots of older stamps are empty).
+    /// Empties the jump cache (in O(1): slots of older stamps are empty) and the
+    /// chain table.
     fn flush_jump(&mut self) {
         self.stamp += 1;
+        self.chain.flush();
     }
 
     /// Waits until every requested compilation is installed or dropped (for tests
@@ -325,14 +334,11 @@ impl Jit {
             self.flush_jump();
         }
         let first_len = c.region.blocks[0].insns.len() as u64;
-        // SAFETY: `func` is the address of a function Cranelift compiled with the
-        // signature (state, ctx) -> u32 in the C calling convention of this host;
-        // its generation stays alive while the region is installed.
-        let func: CompiledFn = unsafe { std::mem::transmute::<usize, CompiledFn>(c.func) };
         let inst = Installed {
             key,
             cs_hi: c.req.entry.cs_hi,
-            func,
+            func: c.func,
+            chain: c.req.chain,
             gen: c.gen,
             first_len,
             ranges: c.region.ranges.clone(),
@@ -383,6 +389,8 @@ impl Jit {
             cs_base: key.cs_base,
             page,
             tier,
+            chain: self.chain.context(key.cs_base, cs_hi, key.mode),
+            ctx: &*self.ctx as *const JitCtx as usize,
         };
         self.pending.insert((key, tier));
         match &mut self.worker {
@@ -496,6 +504,22 @@ impl Jit {
     }
 }
 
+/// The compiler thread: compiles what the dispatcher asks, in the order asked, and
+/// frees generations when told.
+fn compiler_thread(mut c: Compiler, rx: Receiver<Msg>, tx: Sender<Done>) {
+    for msg in rx {
+        match msg {
+            Msg::Compile(req) => {
+                let (key, tier) = (req_key(&req), req.tier);
+                if tx.send((key, tier, c.compile(req))).is_err() {
+                    return;
+                }
+            }
+            Msg::Free(g) => c.free(g),
+        }
+    }
+}
+
 fn req_key(req: &Request) -> Key {
     Key {
         phys: req.phys,
@@ -516,6 +540,9 @@ impl Accel for Jit {
         let Some(mode) = Mode::of(ex.s) else {
             return AccelRun::NotRun;
         };
+        let Some(enter) = self.enter.as_ref().map(|t| t.enter) else {
+            return AccelRun::NotRun;
+        };
         let mut ran = false;
         // Region after region while they leave by plain branches and nothing needs
         // the interpreter loop's attention; anything else goes back to it.
@@ -533,6 +560,11 @@ impl Accel for Jit {
                 break;
             }
             let func = r.func;
+            // Compiled code may chain here from now on, unless the dispatcher must
+            // still count this region's instructions for its optimised compilation.
+            if let Some(c) = r.chain.filter(|_| r.tier > 0 || r.optimizing) {
+                self.chain.insert(c, r.key.eip, func);
+            }
             self.ctx.end = end;
             self.ctx.tlb = ex.tlb.tables[mode.user() as usize].as_ptr();
             self.ctx.fault = None;
@@ -545,8 +577,12 @@ impl Accel for Jit {
             // writes since invalidate it), and its generation is alive. It reads and
             // writes the state through `state`, guest RAM only through TLB entries
             // filled for RAM, and calls helpers with `ctx`, whose `exec` is this `ex`,
-            // unused meanwhile.
-            let status = unsafe { func(state, ctx as *mut u8) };
+            // unused meanwhile. It chains only to regions of the chain table, which
+            // holds only regions the dispatcher found valid under the current paging
+            // and mode, and is emptied whenever either may have changed or a region
+            // is removed (see `crate::chain`). `enter` calls `func` with the region
+            // signature.
+            let status = unsafe { enter(state, ctx as *mut u8, func) };
             self.ctx.exec = std::ptr::null_mut();
             let n = ex.s.icount - before;
             self.stats.entries += 1;
@@ -664,6 +700,7 @@ impl Accel for Jit {
         t.sort_unstable();
         s.compile_ns_median = t.get(t.len() / 2).copied().unwrap_or(0);
         s.live_regions = self.live as u64;
+        s.chained = self.ctx.chained;
         s
     }
 }

@@ -29,7 +29,7 @@ pub const JUMP: u32 = 3;
 pub const CHECK: u32 = 4;
 
 /// What compiled code gets beside the CPU state. `#[repr(C)]`: compiled code reads
-/// `tlb` and `end` at their `offset_of!` offsets.
+/// its fields at their `offset_of!` offsets.
 #[repr(C)]
 pub struct JitCtx {
     /// The TLB table for the region's privilege level.
@@ -43,6 +43,10 @@ pub struct JitCtx {
     /// What the FPU helper hands back: the bytes to store, the EFLAGS bits of a
     /// compare, or the new AX.
     pub x87_out: u64,
+    /// The chain table (compiled code reads it to chain regions).
+    pub chain: *const crate::chain::ChainSlot,
+    /// Entries into regions by chaining, counted by compiled code.
+    pub chained: u64,
 }
 
 /// Runs `f` on the execution context behind `ctx`.

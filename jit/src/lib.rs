@@ -12,9 +12,11 @@
 //! - Compiled code returns a status to the dispatcher ([`Jit`], the interpreter's
 //!   [`ox86_cpu::Accel`]), which finds regions through a jump cache keyed by RIP and
 //!   mode, invalidates them when their code bytes are written, and frees code memory
-//!   a generation at a time.
+//!   a generation at a time. A region left by a branch to a region the dispatcher
+//!   has already found tail-calls it directly (`chain`).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod chain;
 mod compiler;
 mod emit;
 mod engine;
@@ -29,10 +31,6 @@ mod x87;
 pub use compiler::CompileError;
 pub use engine::Jit;
 pub use mode::Mode;
-
-/// The one signature of compiled code: the CPU state and the helper context; returns
-/// an exit status.
-pub type CompiledFn = unsafe extern "C" fn(state: *mut ox86_cpu::CpuState, ctx: *mut u8) -> u32;
 
 /// How the JIT behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

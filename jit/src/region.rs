@@ -104,6 +104,9 @@ fn writes_segment(i: &Instruction) -> bool {
         && matches!(i.mnemonic(), Mnemonic::Mov | Mnemonic::Pop))
 }
 
+/// Most instructions in one guest block.
+pub const MAX_BLOCK_INSNS: usize = 64;
+
 /// Decodes the block at `eip`.
 fn decode_block(page: &[u8], e: &Entry, eip: u64, max_insns: usize) -> GuestBlock {
     let bitness = e.mode.bitness;
@@ -186,7 +189,7 @@ impl Region {
             if index.contains_key(&eip) || blocks.len() >= max_blocks {
                 continue;
             }
-            let b = decode_block(page, e, eip, 64);
+            let b = decode_block(page, e, eip, MAX_BLOCK_INSNS);
             if b.insns.is_empty() && !blocks.is_empty() {
                 // Nothing decodable here (the instruction crosses the page end or
                 // the CS limit): branches to it leave the region.

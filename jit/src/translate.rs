@@ -18,11 +18,12 @@ use ox86_cpu::state::{DS, ES, SS};
 use ox86_cpu::{CpuState, DecodedInsn, Segment};
 use ox86_mmu::tlb::{TlbEntry, TLB_ENTRIES};
 
+use crate::chain::{self, ChainSlot};
 use crate::flagsrc::FlagSrc;
 use crate::helpers::{self, JitCtx, CHECK, JUMP, OK};
 use crate::lower::{gpr, kind, Kind};
 use crate::mode::Mode;
-use crate::region::{End, Region, ARITH};
+use crate::region::{End, Region, ARITH, MAX_BLOCK_INSNS};
 
 /// Cranelift type of a value of `size` bytes.
 pub fn ty(size: u32) -> Type {
@@ -42,6 +43,8 @@ pub struct Sigs {
     pub eflags: SigRef,
     /// `x87(ctx, insn, ea, loaded) -> u32`.
     pub x87: SigRef,
+    /// Region code, for chaining: `(state, ctx) -> u32`, tail calling convention.
+    pub region: SigRef,
 }
 
 /// Builds the helper signatures.
@@ -59,10 +62,12 @@ pub fn import_sigs(b: &mut FunctionBuilder<'_>, cc: CallConv) -> Sigs {
     s.params.extend([AbiParam::new(I64); 4]);
     s.returns.push(AbiParam::new(I32));
     let x87 = b.import_signature(s);
+    let region = b.import_signature(crate::chain::region_signature());
     Sigs {
         interp,
         eflags,
         x87,
+        region,
     }
 }
 
@@ -74,15 +79,14 @@ pub struct Tx<'a, 'b> {
     pub sigs: Sigs,
     /// `*mut CpuState`.
     pub state: Value,
-    /// `*mut JitCtx`.
-    pub ctx: Value,
+    /// Address of the dispatcher's `JitCtx` (fixed for the JIT's life: compiled in
+    /// as a constant, so that no register holds it).
+    pub ctx_addr: u64,
     /// Guest registers EAX..EDI.
     pub regs: [Variable; 8],
     /// Instruction count at the start of the current guest block.
     pub icount: Variable,
-    /// Budget end (ctx.end).
-    pub end: Value,
-    /// TLB table pointer.
+    /// The TLB table of the region's privilege level (read from the context once).
     pub tlb: Value,
     /// The mode compiled for.
     pub mode: Mode,
@@ -92,6 +96,11 @@ pub struct Tx<'a, 'b> {
     pub flags: FlagSrc,
     /// The common exit block: (rip, icount, status).
     pub exit: Block,
+    /// The common exit by a branch: (rip, icount); chains to the target's code when
+    /// the chain table has it.
+    pub chain: Block,
+    /// The chain context compiled in, if the region chains.
+    pub chain_id: Option<u32>,
     /// The common slow path: (instruction pointer, EIP, icount) of an instruction to
     /// run in the interpreter before leaving the region.
     pub slow: Block,
@@ -154,13 +163,14 @@ impl<'a, 'b> Tx<'a, 'b> {
         mode: Mode,
         cs_hi: u64,
         cc: CallConv,
+        chain_id: Option<u32>,
+        ctx_addr: u64,
     ) -> Tx<'a, 'b> {
         let sigs = import_sigs(b, cc);
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let state = b.block_params(entry)[0];
-        let ctx = b.block_params(entry)[1];
         let regs: [Variable; 8] = std::array::from_fn(|_| b.declare_var(I64));
         let (used, written) = region_registers(region);
         for (k, &r) in regs.iter().enumerate() {
@@ -174,12 +184,15 @@ impl<'a, 'b> Tx<'a, 'b> {
             .ins()
             .load(I64, MF, state, offset_of!(CpuState, icount) as i32);
         b.def_var(icount, v);
-        let end = b.ins().load(I64, MF, ctx, offset_of!(JitCtx, end) as i32);
+        let ctx = b.ins().iconst(I64, ctx_addr as i64);
         let tlb = b.ins().load(I64, MF, ctx, offset_of!(JitCtx, tlb) as i32);
         let exit = b.create_block();
         b.append_block_param(exit, I64);
         b.append_block_param(exit, I64);
         b.append_block_param(exit, I32);
+        let chain = b.create_block();
+        b.append_block_param(chain, I64);
+        b.append_block_param(chain, I64);
         let slow = b.create_block();
         b.append_block_param(slow, I64);
         b.append_block_param(slow, I64);
@@ -190,15 +203,16 @@ impl<'a, 'b> Tx<'a, 'b> {
             b,
             sigs,
             state,
-            ctx,
+            ctx_addr,
             regs,
             icount,
-            end,
             tlb,
             mode,
             cs_hi,
             flags: FlagSrc::State,
             exit,
+            chain,
+            chain_id,
             slow,
             blocks,
             region,
@@ -222,6 +236,7 @@ impl<'a, 'b> Tx<'a, 'b> {
         let p = self.b.block_params(self.exit).to_vec();
         self.store_state(p[0], p[1]);
         self.b.ins().return_(&[p[2]]);
+        self.chain_exit();
         // The common slow path runs one instruction in the interpreter (the flags are
         // already in the state) and leaves.
         self.b.switch_to_block(self.slow);
@@ -270,10 +285,7 @@ impl<'a, 'b> Tx<'a, 'b> {
         let Some(&target) = self.region.index.get(&rip) else {
             self.materialize(flags);
             let r = self.b.ins().iconst(I64, rip as i64);
-            let st = self.b.ins().iconst(I32, JUMP as i64);
-            self.b
-                .ins()
-                .jump(self.exit, &[r.into(), icount.into(), st.into()]);
+            self.b.ins().jump(self.chain, &[r.into(), icount.into()]);
             return;
         };
         let tb = &self.region.blocks[target];
@@ -283,11 +295,9 @@ impl<'a, 'b> Tx<'a, 'b> {
             flags = &FlagSrc::State;
         }
         // Enough budget for the whole next block?
+        let end = self.end();
         let after = self.b.ins().iadd_imm_s(icount, tb.insns.len() as i64);
-        let over = self
-            .b
-            .ins()
-            .icmp(IntCC::UnsignedGreaterThan, after, self.end);
+        let over = self.b.ins().icmp(IntCC::UnsignedGreaterThan, after, end);
         let stop = self.b.create_block();
         let go = self.b.create_block();
         self.b.ins().brif(over, stop, &[], go, &[]);
@@ -303,14 +313,84 @@ impl<'a, 'b> Tx<'a, 'b> {
         self.b.ins().jump(self.blocks[target], &[]);
     }
 
-    /// Leaves to a RIP computed at run time.
-    fn exit_dynamic(&mut self, rip: Value, icount: Value, status: u32) {
+    /// Leaves by a branch to a RIP computed at run time.
+    fn exit_dynamic(&mut self, rip: Value, icount: Value) {
         let flags = self.flags.clone();
         self.materialize(&flags);
-        let st = self.b.ins().iconst(I32, status as i64);
+        self.b.ins().jump(self.chain, &[rip.into(), icount.into()]);
+    }
+
+    /// The exit by a branch: the state written back, then a tail call of the target's
+    /// code if the chain table has it and the budget allows its first block (the
+    /// longest a block can be: the dispatcher checks the exact length), else a JUMP
+    /// status for the dispatcher.
+    fn chain_exit(&mut self) {
+        self.b.switch_to_block(self.chain);
+        let p = self.b.block_params(self.chain).to_vec();
+        let (rip, icount) = (p[0], p[1]);
+        self.store_state(rip, icount);
+        let leave = self.b.create_block();
+        if let Some(id) = self.chain_id {
+            let after = self.b.ins().iadd_imm_s(icount, MAX_BLOCK_INSNS as i64);
+            let end = self.end();
+            let over = self.b.ins().icmp(IntCC::UnsignedGreaterThan, after, end);
+            let look = self.b.create_block();
+            self.b.ins().brif(over, leave, &[], look, &[]);
+            self.b.switch_to_block(look);
+            let hi = self.b.ins().ushr_imm_s(rip, 12);
+            let h = self.b.ins().bxor(rip, hi);
+            let h = self.b.ins().band_imm_s(h, (chain::CHAIN_SLOTS - 1) as i64);
+            let off = self.b.ins().ishl_imm_s(h, chain::SLOT_SHIFT as i64);
+            let ctx = self.ctx();
+            let table = self
+                .b
+                .ins()
+                .load(I64, MF, ctx, offset_of!(JitCtx, chain) as i32);
+            let slot = self.b.ins().iadd(table, off);
+            let tag = self
+                .b
+                .ins()
+                .load(I64, MF, slot, offset_of!(ChainSlot, tag) as i32);
+            let want = self.b.ins().bor_imm_s(rip, (u64::from(id) << 32) as i64);
+            let miss = self.b.ins().icmp(IntCC::NotEqual, tag, want);
+            let hit = self.b.create_block();
+            self.b.ins().brif(miss, leave, &[], hit, &[]);
+            self.b.switch_to_block(hit);
+            let f = self
+                .b
+                .ins()
+                .load(I64, MF, slot, offset_of!(ChainSlot, func) as i32);
+            let n = self
+                .b
+                .ins()
+                .load(I64, MF, ctx, offset_of!(JitCtx, chained) as i32);
+            let n = self.b.ins().iadd_imm_s(n, 1);
+            self.b
+                .ins()
+                .store(MF, n, ctx, offset_of!(JitCtx, chained) as i32);
+            self.b
+                .ins()
+                .return_call_indirect(self.sigs.region, f, &[self.state, ctx]);
+        } else {
+            self.b.ins().jump(leave, &[]);
+        }
+        self.b.switch_to_block(leave);
+        let st = self.b.ins().iconst(I32, JUMP as i64);
+        self.b.ins().return_(&[st]);
+    }
+
+    /// The dispatcher's `JitCtx`, as an i64 pointer.
+    pub fn ctx(&mut self) -> Value {
+        self.b.ins().iconst(I64, self.ctx_addr as i64)
+    }
+
+    /// The instruction count the region must not run past (read from the context
+    /// where needed, so that no register holds it).
+    fn end(&mut self) -> Value {
+        let ctx = self.ctx();
         self.b
             .ins()
-            .jump(self.exit, &[rip.into(), icount.into(), st.into()]);
+            .load(I64, MF, ctx, offset_of!(JitCtx, end) as i32)
     }
 
     // ---- registers ----
@@ -665,7 +745,7 @@ impl<'a, 'b> Tx<'a, 'b> {
             }
             (Kind::Ret | Kind::JmpInd | Kind::CallInd, End::Dynamic) => {
                 let target = crate::emit::indirect(self, i, d.next_ip);
-                self.exit_dynamic(target, next_count, JUMP);
+                self.exit_dynamic(target, next_count);
             }
             _ => {
                 // Run by the interpreter; the region ends after it.
@@ -709,10 +789,11 @@ impl<'a, 'b> Tx<'a, 'b> {
             .b
             .ins()
             .iconst(I64, helpers::interp as *const () as usize as i64);
+        let ctx = self.ctx();
         let call = self
             .b
             .ins()
-            .call_indirect(self.sigs.interp, f, &[self.ctx, insn]);
+            .call_indirect(self.sigs.interp, f, &[ctx, insn]);
         self.b.inst_results(call)[0]
     }
 

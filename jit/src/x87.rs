@@ -100,10 +100,11 @@ impl Tx<'_, '_> {
             .b
             .ins()
             .iconst(I64, xi as *const X87Insn as usize as i64);
+        let ctx = self.ctx();
         let call = self
             .b
             .ins()
-            .call_indirect(self.sigs.x87, f, &[self.ctx, p, ea, loaded]);
+            .call_indirect(self.sigs.x87, f, &[ctx, p, ea, loaded]);
         let r = self.b.inst_results(call)[0];
         let bail = self.bail_block();
         let done = self.b.create_block();
@@ -114,7 +115,10 @@ impl Tx<'_, '_> {
             let is_store = self.b.ins().icmp_imm_s(IntCC::Equal, r, X87_STORE as i64);
             self.b.ins().brif(is_store, store, &[], other, &[]);
             self.b.switch_to_block(store);
-            let v = self.b.ins().load(I64, MF, self.ctx, out_off);
+            let v = {
+                let ctx = self.ctx();
+                self.b.ins().load(I64, MF, ctx, out_off)
+            };
             let v = self.narrow(v, n);
             self.b.ins().store(GUEST, v, h, 0);
             self.b.ins().jump(done, &[]);
@@ -125,11 +129,17 @@ impl Tx<'_, '_> {
         self.b.switch_to_block(done);
         match xi.op {
             Op::Compare { eflags: true, .. } => {
-                let v = self.b.ins().load(I64, MF, self.ctx, out_off);
+                let v = {
+                    let ctx = self.ctx();
+                    self.b.ins().load(I64, MF, ctx, out_off)
+                };
                 self.flags = FlagSrc::Bits(v);
             }
             Op::StswAx => {
-                let v = self.b.ins().load(I16, MF, self.ctx, out_off);
+                let v = {
+                    let ctx = self.ctx();
+                    self.b.ins().load(I16, MF, ctx, out_off)
+                };
                 self.set(Register::AX, v);
             }
             _ => {}

@@ -361,6 +361,54 @@ fn self_modifying_loop() {
     }
 }
 
+/// The same loops with every region optimised from the start, so that regions chain to
+/// each other (the loop calls into other pages, and the returns come back by chaining
+/// too): a patch must reach code that is entered by chaining, not only through the
+/// dispatcher.
+#[test]
+fn self_modifying_code_entered_by_chaining() {
+    let iters = 400;
+    for place in [Where::Inline, Where::CalledSamePage, Where::CalledOtherPage] {
+        for every in [1u32, 16] {
+            let (code, add) = smc_loop(place, every, iters);
+            let what = format!("{place:?}, patch every {every}, optimised, chaining");
+            let config = JitConfig {
+                hot_threshold: 2,
+                optimize_after: 0,
+                ..JitConfig::default()
+            };
+            let r = regs(0, 0, 0x55aa, 0, 7, 0, 0);
+            let (o, st) = compare_with(&what, config, &code, &r, &initial_data(), 1_000_000);
+            assert_eq!(o.end, SnippetEnd::Done, "{what}");
+            let (r_eax, r_esi, r_edx, r_ebp, imm) = smc_model(every, iters, 7, 0x55aa);
+            assert_eq!(
+                [o.regs.gpr[0], o.regs.gpr[6], o.regs.gpr[2], o.regs.gpr[5]],
+                [r_eax, r_esi, r_edx, r_ebp],
+                "{what}: EAX, ESI, EDX, EBP against the model"
+            );
+            let off = (add + 1 - CODE_ADDR) as usize;
+            assert_eq!(&o.code[off..off + 4], &imm.to_le_bytes(), "{what}");
+            eprintln!("{what}: {st:?}");
+            if every > 1 {
+                // Between patches, the patched region is compiled again and runs.
+                assert!(
+                    st.invalidations > 0,
+                    "{what}: no region invalidated ({st:?})"
+                );
+            }
+            if place != Where::Inline && every > 1 {
+                // The loop calls into another region, which returns into the loop's:
+                // both transfers chain once the dispatcher has seen both regions
+                // (a patch empties the chain table when it invalidates code).
+                assert!(
+                    st.chained > st.entries,
+                    "{what}: few regions entered by chaining ({st:?})"
+                );
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // 2. A store patching an instruction later in the same straight-line block.
 // ---------------------------------------------------------------------------------
