@@ -53,7 +53,7 @@ impl Default for JitConfig {
     fn default() -> Self {
         JitConfig {
             hot_threshold: 50,
-            max_region_blocks: 32,
+            max_region_blocks: 8,
             arena_bytes: 128 << 20,
             optimize_after: 1_000_000,
             inline_compile: false,
