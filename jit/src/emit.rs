@@ -291,7 +291,7 @@ pub fn emit(t: &mut Tx<'_, '_>, i: &Instruction, live_after: u32) -> bool {
             let size = stack_size(i);
             let ebp = t.b.use_var(t.regs[5]);
             let m = t.sp_mask();
-            let sp = t.b.ins().band_imm_s(ebp, m);
+            let sp = t.mask(ebp, m);
             let v = t.load(ox86_cpu::state::SS, sp, size);
             let sp = t.b.ins().iadd_imm_s(sp, size as i64);
             let esp = t.new_esp(sp);
@@ -355,7 +355,7 @@ fn shift(t: &mut Tx<'_, '_>, i: &Instruction, flags_dead: bool) {
         M::Sar => {
             let d = t.widen_signed(v);
             let r = t.b.ins().sshr(d, c);
-            let r = t.b.ins().band_imm_s(r, m);
+            let r = t.mask(r, m);
             let x = t.b.ins().sshr(d, cm1);
             let cf = t.b.ins().band_imm_s(x, 1);
             let of = t.b.ins().iconst(I64, 0);
@@ -364,7 +364,7 @@ fn shift(t: &mut Tx<'_, '_>, i: &Instruction, flags_dead: bool) {
         _ => {
             let d = t.widen(v);
             let wide = t.b.ins().ishl(d, c);
-            let r = t.b.ins().band_imm_s(wide, m);
+            let r = t.mask(wide, m);
             let x = t.b.ins().ushr_imm_s(wide, bits);
             let cf = t.b.ins().band_imm_s(x, 1);
             let sgn = t.b.ins().ushr_imm_s(r, bits - 1);

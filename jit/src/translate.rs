@@ -16,7 +16,7 @@ use iced_x86::{Instruction, OpKind, Register};
 use ox86_cpu::exec::operand::{addr_mask, seg_index};
 use ox86_cpu::state::{DS, ES, SS};
 use ox86_cpu::{CpuState, DecodedInsn, Segment};
-use ox86_mmu::tlb::{TlbEntry, TLB_ENTRIES};
+use ox86_mmu::tlb::{TlbEntry, TLB_ENTRIES, TLB_ENTRY_SHIFT};
 
 use crate::chain::{self, ChainSlot};
 use crate::flagsrc::FlagSrc;
@@ -501,7 +501,18 @@ impl<'a, 'b> Tx<'a, 'b> {
             };
             a = self.b.ins().iadd(a, v);
         }
-        self.b.ins().band_imm_s(a, addr_mask(i) as i64)
+        self.mask(a, addr_mask(i) as i64)
+    }
+
+    /// `v & m`; a 32-bit mask is a zero extension of the low half (one move, where an
+    /// AND would need the constant from memory).
+    pub fn mask(&mut self, v: Value, m: i64) -> Value {
+        if m == 0xffff_ffff {
+            let lo = self.b.ins().ireduce(I32, v);
+            self.b.ins().uextend(I64, lo)
+        } else {
+            self.b.ins().band_imm_s(v, m)
+        }
     }
 
     /// The slow path of the current instruction.
@@ -561,17 +572,20 @@ impl<'a, 'b> Tx<'a, 'b> {
         self.b.switch_to_block(ok);
         let off64 = self.b.ins().uextend(I64, off32);
         let lin = self.b.ins().iadd(base, off64);
-        self.b.ins().band_imm_s(lin, 0xffff_ffff)
+        self.mask(lin, 0xffff_ffff)
     }
 
     /// Host address for `size` bytes at linear `lin` through the TLB, branching to the
     /// slow path on a miss, a slow page or a page-crossing access.
     pub(crate) fn host(&mut self, lin: Value, size: u32, write: bool) -> Value {
         let bail = self.bail_block();
-        let idx = self.b.ins().ushr_imm_s(lin, 12);
-        let idx = self.b.ins().band_imm_s(idx, (TLB_ENTRIES - 1) as i64);
-        let idx = self.b.ins().imul_imm_s(idx, size_of::<TlbEntry>() as i64);
-        let entry = self.b.ins().iadd(self.tlb, idx);
+        // ((lin >> 12) % TLB_ENTRIES) * size_of::<TlbEntry>(), in two operations.
+        let off = self.b.ins().ushr_imm_s(lin, 12 - TLB_ENTRY_SHIFT as i64);
+        let off = self
+            .b
+            .ins()
+            .band_imm_s(off, ((TLB_ENTRIES - 1) << TLB_ENTRY_SHIFT) as i64);
+        let entry = self.b.ins().iadd(self.tlb, off);
         let tag_off = if write {
             offset_of!(TlbEntry, write)
         } else {
@@ -642,14 +656,14 @@ impl<'a, 'b> Tx<'a, 'b> {
     pub fn sp(&mut self) -> Value {
         let v = self.b.use_var(self.regs[4]);
         let m = self.sp_mask();
-        self.b.ins().band_imm_s(v, m)
+        self.mask(v, m)
     }
 
     /// The new ESP for a stack pointer value (keeping the upper half for a 16-bit
     /// stack).
     pub fn new_esp(&mut self, sp: Value) -> Value {
         let m = self.sp_mask();
-        let sp = self.b.ins().band_imm_s(sp, m);
+        let sp = self.mask(sp, m);
         if self.mode.ss32 {
             return sp;
         }
@@ -664,7 +678,7 @@ impl<'a, 'b> Tx<'a, 'b> {
         let sp = self.sp();
         let sp = self.b.ins().iadd_imm_s(sp, -(size as i64));
         let m = self.sp_mask();
-        let sp = self.b.ins().band_imm_s(sp, m);
+        let sp = self.mask(sp, m);
         self.store(SS, sp, size, v);
         self.new_esp(sp)
     }

@@ -12,8 +12,9 @@ pub const TLB_INVALID: u64 = 1;
 /// Tag bit: the access must go through the slow path (MMIO, ROM writes, code pages).
 pub const TLB_SLOW: u64 = 2;
 
-/// One cached translation.
-#[repr(C)]
+/// One cached translation. 64 bytes (aligned), so that compiled code finds an entry
+/// with a shift and a mask, and an entry fills one cache line.
+#[repr(C, align(64))]
 #[derive(Debug, Clone, Copy)]
 pub struct TlbEntry {
     /// Tag for data reads.
@@ -29,6 +30,10 @@ pub struct TlbEntry {
     /// Kept across CR3 writes (a global page under CR4.PGE).
     pub global: u64,
 }
+
+/// log2 of the size of a [`TlbEntry`].
+pub const TLB_ENTRY_SHIFT: u32 = 6;
+const _: () = assert!(std::mem::size_of::<TlbEntry>() == 1 << TLB_ENTRY_SHIFT);
 
 impl TlbEntry {
     /// An entry that matches nothing.
