@@ -15,7 +15,7 @@ use ox86_mmu::{PhysAddr, Region as MemRegion, PAGE_MASK};
 
 use crate::chain::{ChainTable, Trampoline};
 use crate::compiler::{new_isa, CompileError, Compiled, Compiler, Request};
-use crate::helpers::{JitCtx, FAULT, JUMP};
+use crate::helpers::{JitCtx, CHECK, FAULT, JUMP};
 use crate::mode::Mode;
 use crate::region::{Entry, Region, PAGE};
 use crate::JitConfig;
@@ -587,7 +587,9 @@ impl Accel for Jit {
             let n = ex.s.icount - before;
             self.stats.entries += 1;
             self.stats.compiled_insns += n;
-            ran = true;
+            // CHECK with nothing run: the budget is too short for the region (see
+            // `Tx::new`); the interpreter runs the last instructions before its end.
+            ran |= n > 0 || status != CHECK;
             let optimize = self.regions[id as usize].as_mut().and_then(|r| {
                 r.insns += n;
                 let due = r.tier == 0 && !r.optimizing && r.insns >= self.config.optimize_after;

@@ -112,6 +112,11 @@ pub struct Tx<'a, 'b> {
     bail: Option<Block>,
     /// Index of the current instruction in its guest block.
     k: usize,
+    /// Index of the current guest block.
+    bi: usize,
+    /// Instructions in all the region's blocks: an upper bound of what runs between
+    /// two budget checks (see [`Tx::edge`]).
+    total: u64,
     /// Registers lowered instructions use (loaded at entry, reloaded after helpers).
     used: u8,
     /// Registers lowered instructions write (stored at exits and before helpers).
@@ -198,7 +203,19 @@ impl<'a, 'b> Tx<'a, 'b> {
         b.append_block_param(slow, I64);
         b.append_block_param(slow, I64);
         let blocks: Vec<Block> = region.blocks.iter().map(|_| b.create_block()).collect();
-        b.ins().jump(blocks[0], &[]);
+        // The budget must allow the longest run up to the first backward edge (where
+        // it is checked again): else nothing runs here, and the dispatcher leaves the
+        // last instructions before the end of the budget to the interpreter.
+        let total: u64 = region.blocks.iter().map(|g| g.insns.len() as u64).sum();
+        let ctx = b.ins().iconst(I64, ctx_addr as i64);
+        let end = b.ins().load(I64, MF, ctx, offset_of!(JitCtx, end) as i32);
+        let after = b.ins().iadd_imm_s(v, total as i64);
+        let over = b.ins().icmp(IntCC::UnsignedGreaterThan, after, end);
+        let none = b.create_block();
+        b.ins().brif(over, none, &[], blocks[0], &[]);
+        b.switch_to_block(none);
+        let st = b.ins().iconst(I32, CHECK as i64);
+        b.ins().return_(&[st]);
         Tx {
             b,
             sigs,
@@ -218,6 +235,8 @@ impl<'a, 'b> Tx<'a, 'b> {
             region,
             bail: None,
             k: 0,
+            bi: 0,
+            total,
             used,
             written,
         }
@@ -229,6 +248,7 @@ impl<'a, 'b> Tx<'a, 'b> {
             let blk = self.blocks[bi];
             self.b.switch_to_block(blk);
             self.flags = FlagSrc::State;
+            self.bi = bi;
             self.guest_block(bi);
         }
         // The exit block writes the registers back and returns the status.
@@ -280,7 +300,7 @@ impl<'a, 'b> Tx<'a, 'b> {
     }
 
     /// Leaves to `rip` (a constant) or continues in the region's block there, checking
-    /// the budget on the way.
+    /// the budget on backward edges.
     fn edge(&mut self, rip: u64, icount: Value, flags: &FlagSrc) {
         let Some(&target) = self.region.index.get(&rip) else {
             self.materialize(flags);
@@ -294,9 +314,17 @@ impl<'a, 'b> Tx<'a, 'b> {
             self.materialize(flags);
             flags = &FlagSrc::State;
         }
-        // Enough budget for the whole next block?
+        if target > self.bi {
+            // A forward edge: no cycle runs without a backward edge (blocks are
+            // numbered, so every cycle has an edge to a block numbered no higher), and
+            // the budget allowed everything up to the next backward edge.
+            self.b.def_var(self.icount, icount);
+            self.b.ins().jump(self.blocks[target], &[]);
+            return;
+        }
+        // Enough budget for everything up to the next backward edge?
         let end = self.end();
-        let after = self.b.ins().iadd_imm_s(icount, tb.insns.len() as i64);
+        let after = self.b.ins().iadd_imm_s(icount, self.total as i64);
         let over = self.b.ins().icmp(IntCC::UnsignedGreaterThan, after, end);
         let stop = self.b.create_block();
         let go = self.b.create_block();
