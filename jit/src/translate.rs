@@ -117,10 +117,35 @@ pub struct Tx<'a, 'b> {
     /// Instructions in all the region's blocks: an upper bound of what runs between
     /// two budget checks (see [`Tx::edge`]).
     total: u64,
+    /// Edges into each block from the region's blocks.
+    preds: Vec<u32>,
+    /// The flags a block starts with, when its only predecessor (numbered lower: it is
+    /// translated first) hands them over as they are instead of storing them.
+    incoming: Vec<Option<FlagSrc>>,
     /// Registers lowered instructions use (loaded at entry, reloaded after helpers).
     used: u8,
     /// Registers lowered instructions write (stored at exits and before helpers).
     written: u8,
+}
+
+/// Edges into each block of `region` from its blocks (the entry has one more, from
+/// outside).
+fn region_preds(region: &Region) -> Vec<u32> {
+    let mut n = vec![0u32; region.blocks.len()];
+    n[0] = 1;
+    for b in &region.blocks {
+        let succ: &[u64] = match &b.end {
+            End::Next(t) | End::Stop(t) | End::Jump(t) => &[*t][..],
+            End::Cond(t, f) => &[*t, *f][..],
+            End::Dynamic => &[][..],
+        };
+        for t in succ {
+            if let Some(&k) = region.index.get(t) {
+                n[k] += 1;
+            }
+        }
+    }
+    n
 }
 
 /// The GPRs (EAX..EDI, as a mask) that the region's lowered instructions use, and
@@ -237,6 +262,8 @@ impl<'a, 'b> Tx<'a, 'b> {
             k: 0,
             bi: 0,
             total,
+            preds: region_preds(region),
+            incoming: vec![None; region.blocks.len()],
             used,
             written,
         }
@@ -247,7 +274,7 @@ impl<'a, 'b> Tx<'a, 'b> {
         for bi in 0..self.region.blocks.len() {
             let blk = self.blocks[bi];
             self.b.switch_to_block(blk);
-            self.flags = FlagSrc::State;
+            self.flags = self.incoming[bi].take().unwrap_or(FlagSrc::State);
             self.bi = bi;
             self.guest_block(bi);
         }
@@ -309,6 +336,15 @@ impl<'a, 'b> Tx<'a, 'b> {
             return;
         };
         let tb = &self.region.blocks[target];
+        if target > self.bi && self.preds[target] == 1 {
+            // The only way into the target, which comes later: its code sees this
+            // block's values, so the flags pass as they are (its slow paths store
+            // them where the state must be exact).
+            self.incoming[target] = Some(flags.clone());
+            self.b.def_var(self.icount, icount);
+            self.b.ins().jump(self.blocks[target], &[]);
+            return;
+        }
         let mut flags = flags;
         if tb.live_in & ARITH != 0 {
             self.materialize(flags);
