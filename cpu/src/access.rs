@@ -191,14 +191,18 @@ impl Exec<'_> {
         };
         let code = ram && self.mem.is_code_page(PhysAddr(frame));
         let watched = self.page_has_data_breakpoint(page);
-        *self.tlb.entry_mut(user, lin) = TlbEntry {
-            read: tag(true, !fast || watched),
-            write: tag(t.writable, !ram || code || watched),
-            exec: tag(t.executable, false),
-            addend: host.wrapping_sub(page),
-            frame,
-            global: t.global as u64,
-        };
+        self.tlb.fill(
+            user,
+            lin,
+            TlbEntry {
+                read: tag(true, !fast || watched),
+                write: tag(t.writable, !ram || code || watched),
+                exec: tag(t.executable, false),
+                addend: host.wrapping_sub(page),
+                frame,
+                global: t.global as u64,
+            },
+        );
         Ok(frame | (lin & PAGE_MASK))
     }
 
