@@ -6,9 +6,9 @@
 //! - The chain table maps (context, EIP) to code. The dispatcher fills it with the
 //!   regions it finds through its jump cache, and empties it whenever the jump cache
 //!   is emptied (paging changed, regions were removed), so compiled code only ever
-//!   finds code that the dispatcher would have run from the same state. Compiled
-//!   code never changes the mode, CS or paging before a chaining exit: instructions
-//!   that could leave by other statuses.
+//!   finds code that the dispatcher would have run from the same state. Only a
+//!   branch exit chains, and nothing before it in compiled code changes the mode, CS
+//!   or paging: instructions that can end their region with another status.
 //! - Region functions use Cranelift's tail calling convention, so that a chain of any
 //!   length runs in one stack frame. The dispatcher enters them through a trampoline
 //!   in the host's C convention.
