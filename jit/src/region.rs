@@ -105,7 +105,7 @@ fn writes_segment(i: &Instruction) -> bool {
 }
 
 /// Most instructions in one guest block.
-pub const MAX_BLOCK_INSNS: usize = 64;
+const MAX_BLOCK_INSNS: usize = 64;
 
 /// Decodes the block at `eip`.
 fn decode_block(page: &[u8], e: &Entry, eip: u64, max_insns: usize) -> GuestBlock {

@@ -23,7 +23,7 @@ use crate::flagsrc::FlagSrc;
 use crate::helpers::{self, JitCtx, CHECK, JUMP, OK};
 use crate::lower::{gpr, kind, Kind};
 use crate::mode::Mode;
-use crate::region::{End, Region, ARITH, MAX_BLOCK_INSNS};
+use crate::region::{End, Region, ARITH};
 
 /// Cranelift type of a value of `size` bytes.
 pub fn ty(size: u32) -> Type {
@@ -232,7 +232,6 @@ impl<'a, 'b> Tx<'a, 'b> {
         // it is checked again): else nothing runs here, and the dispatcher leaves the
         // last instructions before the end of the budget to the interpreter.
         let total: u64 = region.blocks.iter().map(|g| g.insns.len() as u64).sum();
-        let ctx = b.ins().iconst(I64, ctx_addr as i64);
         let end = b.ins().load(I64, MF, ctx, offset_of!(JitCtx, end) as i32);
         let after = b.ins().iadd_imm_s(v, total as i64);
         let over = b.ins().icmp(IntCC::UnsignedGreaterThan, after, end);
@@ -385,9 +384,8 @@ impl<'a, 'b> Tx<'a, 'b> {
     }
 
     /// The exit by a branch: the state written back, then a tail call of the target's
-    /// code if the chain table has it and the budget allows its first block (the
-    /// longest a block can be: the dispatcher checks the exact length), else a JUMP
-    /// status for the dispatcher.
+    /// code if the chain table has it (the target checks the budget at its entry), else
+    /// a JUMP status for the dispatcher.
     fn chain_exit(&mut self) {
         self.b.switch_to_block(self.chain);
         let p = self.b.block_params(self.chain).to_vec();
@@ -395,12 +393,6 @@ impl<'a, 'b> Tx<'a, 'b> {
         self.store_state(rip, icount);
         let leave = self.b.create_block();
         if let Some(id) = self.chain_id {
-            let after = self.b.ins().iadd_imm_s(icount, MAX_BLOCK_INSNS as i64);
-            let end = self.end();
-            let over = self.b.ins().icmp(IntCC::UnsignedGreaterThan, after, end);
-            let look = self.b.create_block();
-            self.b.ins().brif(over, leave, &[], look, &[]);
-            self.b.switch_to_block(look);
             let hi = self.b.ins().ushr_imm_s(rip, 12);
             let h = self.b.ins().bxor(rip, hi);
             let h = self.b.ins().band_imm_s(h, (chain::CHAIN_SLOTS - 1) as i64);

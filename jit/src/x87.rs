@@ -115,10 +115,7 @@ impl Tx<'_, '_> {
             let is_store = self.b.ins().icmp_imm_s(IntCC::Equal, r, X87_STORE as i64);
             self.b.ins().brif(is_store, store, &[], other, &[]);
             self.b.switch_to_block(store);
-            let v = {
-                let ctx = self.ctx();
-                self.b.ins().load(I64, MF, ctx, out_off)
-            };
+            let v = self.b.ins().load(I64, MF, ctx, out_off);
             let v = self.narrow(v, n);
             self.b.ins().store(GUEST, v, h, 0);
             self.b.ins().jump(done, &[]);
@@ -129,17 +126,11 @@ impl Tx<'_, '_> {
         self.b.switch_to_block(done);
         match xi.op {
             Op::Compare { eflags: true, .. } => {
-                let v = {
-                    let ctx = self.ctx();
-                    self.b.ins().load(I64, MF, ctx, out_off)
-                };
+                let v = self.b.ins().load(I64, MF, ctx, out_off);
                 self.flags = FlagSrc::Bits(v);
             }
             Op::StswAx => {
-                let v = {
-                    let ctx = self.ctx();
-                    self.b.ins().load(I16, MF, ctx, out_off)
-                };
+                let v = self.b.ins().load(I16, MF, ctx, out_off);
                 self.set(Register::AX, v);
             }
             _ => {}

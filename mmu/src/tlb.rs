@@ -51,6 +51,8 @@ impl TlbEntry {
 /// Most indices kept per table in [`Tlb`]'s list of filled entries; past it, the next
 /// flush empties the whole table.
 const FILLED_MAX: usize = 2 * TLB_ENTRIES;
+// The list holds entry indices as u16.
+const _: () = assert!(TLB_ENTRIES <= 1 << 16);
 
 /// The TLB of one CPU: table 0 for supervisor accesses (CPL 0-2), table 1 for user.
 #[repr(C)]
