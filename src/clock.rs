@@ -27,10 +27,21 @@ pub struct Clock {
     idle_ns: u64,
     /// The latest time handed out: guest time never goes backwards.
     last: u64,
+    /// Real time: instruction count and time of the last slice, and the host time per
+    /// instruction measured over recent slices (in 1/1024 ns).
+    pace: (u64, u64, u64),
 }
 
 /// The TSC runs at 1 GHz: one tick per nanosecond of guest time.
 pub const TSC_HZ: u64 = 1_000_000_000;
+
+/// Most instructions between device checks in icount mode (events land exactly on
+/// their instruction anyway; this bounds the latency of host input and quit).
+const ICOUNT_SLICE: u64 = 100_000;
+/// Fewest and most instructions between device checks in real time.
+const REALTIME_SLICE: (u64, u64) = (100_000, 1_000_000);
+/// Host time per instruction assumed before any has been measured (1/1024 ns).
+const INITIAL_NS_PER_KINSN: u64 = 10 << 10;
 
 impl Clock {
     /// A clock at time 0.
@@ -40,6 +51,7 @@ impl Clock {
             start: Instant::now(),
             idle_ns: 0,
             last: 0,
+            pace: (0, 0, INITIAL_NS_PER_KINSN),
         }
     }
 
@@ -67,6 +79,38 @@ impl Clock {
             ClockMode::Icount { shift } => {
                 let now = self.now(icount);
                 Some((t.saturating_sub(now) >> shift).max(1))
+            }
+        }
+    }
+
+    /// How many instructions to run before devices are looked at again, when the next
+    /// device event is due at guest time `next` (if any). In icount mode the slice
+    /// ends exactly at the event. In real time it covers half the time to the event
+    /// at the speed measured over the last slices, within [`REALTIME_SLICE`]: every
+    /// slice costs a device check, and the interpreter runs the end of each.
+    pub fn slice_budget(&mut self, icount: u64, next: Option<u64>) -> u64 {
+        match self.mode {
+            ClockMode::Icount { .. } => next
+                .and_then(|t| self.insns_until(icount, t))
+                .map_or(ICOUNT_SLICE, |n| n.min(ICOUNT_SLICE)),
+            ClockMode::Realtime => {
+                let now = self.now(icount);
+                let (last_icount, last_ns, pace) = self.pace;
+                let pace = match (icount.checked_sub(last_icount), now.checked_sub(last_ns)) {
+                    (Some(n), Some(dt)) if n > 0 => {
+                        let sample = (u128::from(dt) << 10) / u128::from(n);
+                        let sample = sample.clamp(1, u128::from(u32::MAX)) as u64;
+                        (pace * 3 + sample) / 4
+                    }
+                    _ => pace,
+                };
+                self.pace = (icount, now, pace.max(1));
+                let (min, max) = REALTIME_SLICE;
+                next.map_or(max, |t| {
+                    let dt = u128::from(t.saturating_sub(now));
+                    let n = (dt << 9) / u128::from(self.pace.2);
+                    (n.min(u128::from(max)) as u64).clamp(min, max)
+                })
             }
         }
     }
@@ -108,6 +152,41 @@ mod tests {
         assert_eq!(c.now(11), 1004);
         // Never backwards.
         assert_eq!(c.now(5), 1004);
+    }
+
+    #[test]
+    fn slices_end_at_or_before_the_next_event() {
+        let mut c = Clock::new(ClockMode::Icount { shift: 0 });
+        assert_eq!(c.slice_budget(0, Some(500)), 500);
+        assert_eq!(c.slice_budget(0, None), ICOUNT_SLICE);
+        assert_eq!(c.slice_budget(0, Some(1 << 40)), ICOUNT_SLICE);
+        let mut c = Clock::new(ClockMode::Realtime);
+        let (min, max) = REALTIME_SLICE;
+        assert_eq!(c.slice_budget(0, None), max);
+        // An event due now or past: the shortest slice.
+        assert_eq!(c.slice_budget(0, Some(0)), min);
+        // 20 ms away: half of it at the assumed pace (10 ns per instruction), less
+        // as time passes.
+        let t = c.now(0) + 20_000_000;
+        let n = c.slice_budget(0, Some(t));
+        assert!(n <= 1_000_000 && n > 900_000, "{n}");
+        let far = c.now(0) + (1 << 40);
+        assert_eq!(c.slice_budget(0, Some(far)), max);
+        // A measured pace: about 1 ms for a million instructions, then an event 4 ms
+        // away gets about 2 ms of instructions (within the bounds).
+        let mut c = Clock::new(ClockMode::Realtime);
+        c.slice_budget(0, None);
+        let mut icount = 0;
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(1));
+            icount += 1_000_000;
+            c.slice_budget(icount, None);
+        }
+        let ns_per_insn = c.pace.2 as f64 / 1024.0;
+        assert!((0.9..3.0).contains(&ns_per_insn), "{ns_per_insn}");
+        let t = c.now(icount) + 400_000;
+        let n = c.slice_budget(icount, Some(t));
+        assert!(n >= min && n <= 250_000, "{n}");
     }
 
     #[test]

@@ -90,8 +90,6 @@ pub struct MachineStats {
     pub jit: Option<AccelStats>,
 }
 
-/// Most instructions the CPU runs between device, timer and quit checks.
-const SLICE: u64 = 100_000;
 /// In lockstep mode, guest memory is compared every this many slices (and at the end).
 const LOCKSTEP_MEMORY_EVERY: u64 = 64;
 /// Longest host sleep of an idle guest before input and quit are looked at again.
@@ -255,7 +253,8 @@ impl Machine {
         }
     }
 
-    /// Runs one slice: up to [`SLICE`] instructions, then devices, requests, idling.
+    /// Runs one slice (sized by the clock to end by the next device event, see
+    /// [`crate::clock::Clock::slice_budget`]), then devices, requests, idling.
     /// Returns why the run ends, if it does.
     fn slice(&mut self) -> Result<Option<ExitReason>, MachineError> {
         if self.quit.load(Ordering::Relaxed) {
@@ -263,13 +262,8 @@ impl Machine {
         }
         let icount = self.cpu.state.icount;
         self.bus.advance(icount);
-        let mut budget = SLICE;
-        // With time derived from instructions, stop exactly at the next device event.
-        if let Some(t) = self.bus.platform.next_event_ns() {
-            if let Some(n) = self.bus.clock.insns_until(icount, t) {
-                budget = budget.min(n);
-            }
-        }
+        let next = self.bus.platform.next_event_ns();
+        let mut budget = self.bus.clock.slice_budget(icount, next);
         if let Some(max) = self.max_insns {
             let left = max.saturating_sub(icount);
             if left == 0 {
