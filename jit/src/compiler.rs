@@ -31,7 +31,8 @@ pub struct Request {
     pub cs_base: u64,
     /// The page's bytes when the region became hot.
     pub page: Box<[u8]>,
-    /// Which tier: 0 compiles fast, 1 compiles for speed.
+    /// Which tier: 0 compiles fast, 1 compiles for speed, 2 for speed without access
+    /// groups (for code whose groups fail their checks, see `group`).
     pub tier: u8,
     /// The chain context of the region's CS and mode (None: it does not chain).
     pub chain: Option<u32>,
@@ -209,15 +210,7 @@ impl Compiler {
         ctx.func.signature = crate::chain::region_signature();
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
-            let tx = Tx::new(
-                &mut b,
-                &region,
-                req.entry.mode,
-                req.entry.cs_hi,
-                cc,
-                req.chain,
-                req.ctx as u64,
-            );
+            let tx = Tx::new(&mut b, &region, &req, cc);
             tx.translate();
             b.finalize(module.target_config());
         }

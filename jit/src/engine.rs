@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam::channel::{unbounded, Receiver, Sender};
@@ -15,8 +16,9 @@ use ox86_mmu::{PhysAddr, Region as MemRegion, PAGE_MASK};
 
 use crate::chain::{ChainTable, Trampoline};
 use crate::compiler::{new_isa, CompileError, Compiled, Compiler, Request};
-use crate::helpers::{JitCtx, CHECK, FAULT, JUMP};
+use crate::helpers::{JitCtx, CHECK, FAULT, JUMP, SPLIT};
 use crate::mode::Mode;
+use crate::queue::CompileQueue;
 use crate::region::{Entry, Region, PAGE};
 use crate::JitConfig;
 
@@ -46,6 +48,8 @@ struct Installed {
     insns: u64,
     /// Its optimised compilation was asked for.
     optimizing: bool,
+    /// Entries refused because an access group's check failed (see `group`).
+    splits: u32,
     // The code points at the region's instructions (for helper calls).
     _region: Region,
 }
@@ -77,12 +81,23 @@ const NONE: u32 = u32::MAX;
 const JUMP_CACHE: usize = 4096;
 /// Compile times kept for the median.
 const TIMES: usize = 1 << 16;
-/// Most compilations queued at once: hot blocks ask again later, so a short queue
-/// keeps the code being compiled close to the code running now.
-const MAX_PENDING: usize = 16;
+/// Most compilations queued at once: hot blocks ask again later (and the hottest
+/// queued go first), so a short queue keeps the code being compiled close to the code
+/// running now.
+const MAX_PENDING: usize = 32;
+/// An optimised compilation saves about this fraction of what a first compilation
+/// saves per instruction run (weighs the heat of their requests, see `queue`).
+const TIER1_HEAT_DIVISOR: u64 = 8;
+/// A region waiting for its optimised compilation adds to its request's heat every
+/// this many instructions it runs.
+const TIER1_HEAT_EVERY: u64 = 1 << 16;
+/// Entries an optimised region refuses because an access group's check failed before
+/// it is compiled again without access groups.
+const SPLIT_LIMIT: u32 = 8;
 
 enum Msg {
-    Compile(Request),
+    /// The queue has one more request.
+    Compile,
     Free(u32),
 }
 
@@ -92,6 +107,7 @@ enum Worker {
     Thread {
         tx: Option<Sender<Msg>>,
         rx: Receiver<Done>,
+        queue: Arc<CompileQueue>,
         handle: Option<JoinHandle<()>>,
     },
     Inline(Box<Compiler>),
@@ -152,13 +168,18 @@ impl Jit {
             let (tx, in_rx) = unbounded::<Msg>();
             let (out_tx, rx) = unbounded::<Done>();
             let max_blocks = config.max_region_blocks;
+            let queue = Arc::new(CompileQueue::default());
+            let q = Arc::clone(&queue);
             let handle = std::thread::Builder::new()
                 .name("ox86-jit".into())
-                .spawn(move || compiler_thread(Compiler::new(gen_limit, max_blocks), in_rx, out_tx))
+                .spawn(move || {
+                    compiler_thread(Compiler::new(gen_limit, max_blocks), in_rx, &q, out_tx)
+                })
                 .ok();
             Worker::Thread {
                 tx: Some(tx),
                 rx,
+                queue,
                 handle,
             }
         };
@@ -346,6 +367,7 @@ impl Jit {
             tier,
             insns: 0,
             optimizing: false,
+            splits: 0,
             _region: c.region,
         };
         self.stats.code_bytes += inst.code_bytes as u64;
@@ -368,8 +390,15 @@ impl Jit {
 
     /// Asks for region `key` to be compiled at `tier`; false if that cannot be done
     /// now (the queue is full, or the page is not memory).
-    fn request(&mut self, ex: &mut Exec<'_>, key: Key, cs_hi: u64, tier: u8) -> bool {
-        if self.pending.contains(&(key, tier)) || self.pending.len() >= MAX_PENDING {
+    /// Asks for the compilation of region `key` at `tier`, with `heat` (see `queue`);
+    /// when it is already queued, adds `heat` to its request. True if a new request
+    /// was made.
+    fn request(&mut self, ex: &mut Exec<'_>, key: Key, cs_hi: u64, tier: u8, heat: u64) -> bool {
+        if self.pending.contains(&(key, tier)) {
+            self.warm(key, tier, heat);
+            return false;
+        }
+        if self.pending.len() >= MAX_PENDING {
             return false;
         }
         let frame = key.phys & !PAGE_MASK;
@@ -394,8 +423,13 @@ impl Jit {
         };
         self.pending.insert((key, tier));
         match &mut self.worker {
-            Worker::Thread { tx: Some(tx), .. } => {
-                if tx.send(Msg::Compile(req)).is_err() {
+            Worker::Thread {
+                tx: Some(tx),
+                queue,
+                ..
+            } => {
+                queue.push(heat, req);
+                if tx.send(Msg::Compile).is_err() {
                     self.pending.remove(&(key, tier));
                     return false;
                 }
@@ -410,6 +444,15 @@ impl Jit {
             }
         }
         true
+    }
+
+    /// Adds `heat` to the queued request of region `key` at `tier`, if there is one.
+    fn warm(&self, key: Key, tier: u8, heat: u64) {
+        if let Worker::Thread { queue, .. } = &self.worker {
+            if self.pending.contains(&(key, tier)) {
+                queue.bump(heat, |r| r.tier == tier && req_key(r) == key);
+            }
+        }
     }
 
     fn remove(&mut self, id: u32) {
@@ -504,12 +547,15 @@ impl Jit {
     }
 }
 
-/// The compiler thread: compiles what the dispatcher asks, in the order asked, and
-/// frees generations when told.
-fn compiler_thread(mut c: Compiler, rx: Receiver<Msg>, tx: Sender<Done>) {
+/// The compiler thread: compiles the hottest request of the queue for each request
+/// the dispatcher queued, and frees generations when told.
+fn compiler_thread(mut c: Compiler, rx: Receiver<Msg>, queue: &CompileQueue, tx: Sender<Done>) {
     for msg in rx {
         match msg {
-            Msg::Compile(req) => {
+            Msg::Compile => {
+                let Some(req) = queue.pop() else {
+                    continue;
+                };
                 let (key, tier) = (req_key(&req), req.tier);
                 if tx.send((key, tier, c.compile(req))).is_err() {
                     return;
@@ -589,14 +635,41 @@ impl Accel for Jit {
             self.stats.compiled_insns += n;
             // CHECK with nothing run: the budget is too short for the region (see
             // `Tx::new`); the interpreter runs the last instructions before its end.
-            ran |= n > 0 || status != CHECK;
+            // SPLIT: an access group's check failed (see `group`); nothing ran either.
+            ran |= n > 0 || !matches!(status, CHECK | SPLIT);
+            if status == SPLIT {
+                let again = self.regions[id as usize].as_mut().and_then(|r| {
+                    r.splits += 1;
+                    (r.splits == SPLIT_LIMIT).then_some((r.key, r.cs_hi))
+                });
+                if let Some((key, cs_hi)) = again {
+                    if !self.request(ex, key, cs_hi, 2, u64::MAX / 2) {
+                        // Asked again at the next refusals.
+                        if let Some(r) = self.regions[id as usize].as_mut() {
+                            r.splits = 0;
+                        }
+                    }
+                }
+            }
+            // Quick code that has run long enough asks for its optimised compilation;
+            // while that waits, each run makes the request hotter.
             let optimize = self.regions[id as usize].as_mut().and_then(|r| {
+                let old = r.insns;
                 r.insns += n;
-                let due = r.tier == 0 && !r.optimizing && r.insns >= self.config.optimize_after;
-                due.then_some((r.key, r.cs_hi))
+                if r.tier != 0 {
+                    None
+                } else if !r.optimizing {
+                    (r.insns >= self.config.optimize_after).then_some((r.key, r.cs_hi, 0))
+                } else {
+                    let crossed = r.insns / TIER1_HEAT_EVERY - old / TIER1_HEAT_EVERY;
+                    let heat = crossed * TIER1_HEAT_EVERY / TIER1_HEAT_DIVISOR;
+                    (crossed > 0).then_some((r.key, r.cs_hi, heat))
+                }
             });
-            if let Some((key, cs_hi)) = optimize {
-                if self.request(ex, key, cs_hi, 1) {
+            if let Some((key, cs_hi, heat)) = optimize {
+                if heat > 0 {
+                    self.warm(key, 1, heat);
+                } else if self.request(ex, key, cs_hi, 1, 0) {
                     if let Some(r) = self.regions[id as usize].as_mut() {
                         r.optimizing = true;
                     }
@@ -656,7 +729,9 @@ impl Accel for Jit {
         }
         let tier = u8::from(self.config.optimize_after == 0);
         let cs_hi = ex.s.seg[CS].hi as u64;
-        self.request(ex, key, cs_hi, tier);
+        // The instructions run in the interpreter since the last call.
+        let heat = b.insns.len() as u64 * self.hot_threshold();
+        self.request(ex, key, cs_hi, tier, heat);
     }
 
     fn invalidate(&mut self, addr: u64, len: u64) -> bool {

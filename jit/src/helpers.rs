@@ -27,6 +27,9 @@ pub const JUMP: u32 = 3;
 /// Region exit status: the instruction budget is used up, or an instruction that may
 /// change what the dispatcher checks (interrupt flag, mode) completed.
 pub const CHECK: u32 = 4;
+/// Region exit status: an access group's check failed at the region's entry (see
+/// `group`); nothing ran.
+pub const SPLIT: u32 = 5;
 
 /// What compiled code gets beside the CPU state. `#[repr(C)]`: compiled code reads
 /// its fields at their `offset_of!` offsets.

@@ -19,8 +19,10 @@ use ox86_cpu::{CpuState, DecodedInsn, Segment};
 use ox86_mmu::tlb::{TlbEntry, TLB_ENTRIES, TLB_ENTRY_SHIFT};
 
 use crate::chain::{self, ChainSlot};
+use crate::compiler::Request;
 use crate::flagsrc::FlagSrc;
-use crate::helpers::{self, JitCtx, CHECK, JUMP, OK};
+use crate::group::{self, Plan};
+use crate::helpers::{self, JitCtx, CHECK, JUMP, OK, SPLIT};
 use crate::lower::{gpr, kind, Kind};
 use crate::mode::Mode;
 use crate::region::{End, Region, ARITH};
@@ -126,6 +128,15 @@ pub struct Tx<'a, 'b> {
     used: u8,
     /// Registers lowered instructions write (stored at exits and before helpers).
     written: u8,
+    /// The region's access groups (see `group`; none unless optimising).
+    plan: Plan,
+    /// Each group's TLB addend (the region's entry, and every helper call's return,
+    /// checked that each group's span is on one page with a valid TLB entry).
+    addends: Vec<Variable>,
+    /// The group of the current instruction's memory operand.
+    group_now: Option<usize>,
+    /// The offset of the current instruction's memory operand, when it is in a group.
+    access: Option<(Value, usize)>,
 }
 
 /// Edges into each block of `region` from its blocks (the entry has one more, from
@@ -173,6 +184,73 @@ fn region_registers(region: &Region) -> (u8, u8) {
     (used, written)
 }
 
+/// Checks every access group of `plan` with the registers' current values, setting
+/// their addends; when a check fails, returns `status` (the state must be complete).
+fn check_groups(
+    b: &mut FunctionBuilder<'_>,
+    tlb: Value,
+    regs: &[Variable; 8],
+    plan: &Plan,
+    addends: &[Variable],
+    status: u32,
+) {
+    let mut all = None;
+    for (g, &var) in plan.groups.iter().zip(addends) {
+        let base = b.use_var(regs[g.reg]);
+        let (ok, addend) = check_group(b, tlb, base, g);
+        b.def_var(var, addend);
+        all = Some(all.map_or(ok, |a| b.ins().band(a, ok)));
+    }
+    if let Some(ok) = all {
+        let go = b.create_block();
+        let fail = b.create_block();
+        b.ins().brif(ok, go, &[], fail, &[]);
+        b.switch_to_block(fail);
+        let st = b.ins().iconst(I32, status as i64);
+        b.ins().return_(&[st]);
+        b.switch_to_block(go);
+    }
+}
+
+/// The check of access group `g` (see `group`) whose base register holds `base`:
+/// (its span is on one page whose TLB entry is valid for the group's accesses, that
+/// entry's addend).
+fn check_group(
+    b: &mut FunctionBuilder<'_>,
+    tlb: Value,
+    base: Value,
+    g: &group::Group,
+) -> (Value, Value) {
+    let span = |b: &mut FunctionBuilder<'_>, d: i64| {
+        let v = b.ins().iadd_imm_s(base, d);
+        let v = b.ins().ireduce(I32, v);
+        b.ins().uextend(I64, v)
+    };
+    let lo = span(b, g.lo);
+    let hi = span(b, g.end - 1);
+    let idx = b.ins().ushr_imm_s(lo, 12 - TLB_ENTRY_SHIFT as i64);
+    let idx = b
+        .ins()
+        .band_imm_s(idx, ((TLB_ENTRIES - 1) << TLB_ENTRY_SHIFT) as i64);
+    let entry = b.ins().iadd(tlb, idx);
+    // A valid write tag implies a valid read tag, with the same addend.
+    let tag_off = if g.write {
+        offset_of!(TlbEntry, write)
+    } else {
+        offset_of!(TlbEntry, read)
+    };
+    let tag = b.ins().load(I64, MF, entry, tag_off as i32);
+    let plo = b.ins().band_imm_s(lo, !0xfff);
+    let phi = b.ins().band_imm_s(hi, !0xfff);
+    let hit = b.ins().icmp(IntCC::Equal, tag, plo);
+    let one = b.ins().icmp(IntCC::Equal, plo, phi);
+    let ok = b.ins().band(hit, one);
+    let addend = b
+        .ins()
+        .load(I64, MF, entry, offset_of!(TlbEntry, addend) as i32);
+    (ok, addend)
+}
+
 pub(crate) const MF: MemFlagsData = MemFlagsData::trusted();
 /// Guest memory: never traps (the TLB vouches for it), may be unaligned.
 pub(crate) const GUEST: MemFlagsData = MemFlagsData::new().with_notrap();
@@ -186,16 +264,18 @@ fn seg_off(seg: usize, field: usize) -> i32 {
 }
 
 impl<'a, 'b> Tx<'a, 'b> {
-    /// Sets up the entry block and the exit block.
+    /// Sets up the entry block and the exit block of the translation of `region` for
+    /// request `req`, calling helpers with convention `cc`.
     pub fn new(
         b: &'a mut FunctionBuilder<'b>,
         region: &'a Region,
-        mode: Mode,
-        cs_hi: u64,
+        req: &Request,
         cc: CallConv,
-        chain_id: Option<u32>,
-        ctx_addr: u64,
     ) -> Tx<'a, 'b> {
+        let (mode, cs_hi, chain_id) = (req.entry.mode, req.entry.cs_hi, req.chain);
+        let ctx_addr = req.ctx as u64;
+        // Tier 2 is the optimised code of a region whose groups split.
+        let grouping = req.tier != 2;
         let sigs = import_sigs(b, cc);
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
@@ -216,6 +296,14 @@ impl<'a, 'b> Tx<'a, 'b> {
         b.def_var(icount, v);
         let ctx = b.ins().iconst(I64, ctx_addr as i64);
         let tlb = b.ins().load(I64, MF, ctx, offset_of!(JitCtx, tlb) as i32);
+        let plan = if grouping && mode.flat {
+            group::plan(region)
+        } else {
+            Plan::default()
+        };
+        // Every group's check must pass, else the region splits (see `group`).
+        let addends: Vec<Variable> = plan.groups.iter().map(|_| b.declare_var(I64)).collect();
+        check_groups(b, tlb, &regs, &plan, &addends, SPLIT);
         let exit = b.create_block();
         b.append_block_param(exit, I64);
         b.append_block_param(exit, I64);
@@ -265,6 +353,10 @@ impl<'a, 'b> Tx<'a, 'b> {
             incoming: vec![None; region.blocks.len()],
             used,
             written,
+            plan,
+            addends,
+            group_now: None,
+            access: None,
         }
     }
 
@@ -302,6 +394,8 @@ impl<'a, 'b> Tx<'a, 'b> {
         let n = gb.insns.len();
         for (k, d) in gb.insns.iter().enumerate() {
             self.k = k;
+            self.group_now = self.plan.of_insn.get(bi).and_then(|v| v[k]);
+            self.access = None;
             let last = k + 1 == n;
             let lowered_end = last && !matches!(gb.end, End::Next(_) | End::Stop(_));
             if lowered_end {
@@ -667,23 +761,37 @@ impl<'a, 'b> Tx<'a, 'b> {
 
     /// Loads `size` bytes at `seg:off`.
     pub fn load(&mut self, seg: usize, off: Value, size: u32) -> Value {
-        let lin = self.linear(seg, off, size, false);
-        let h = self.host(lin, size, false);
+        let h = self.access_host(seg, off, size, false);
         self.b.ins().load(ty(size), GUEST, h, 0)
     }
 
     /// Stores a value of `size` bytes at `seg:off`. Must be the instruction's last
     /// memory access (its slow path redoes the whole instruction).
     pub fn store(&mut self, seg: usize, off: Value, size: u32, v: Value) {
-        let lin = self.linear(seg, off, size, true);
-        let h = self.host(lin, size, true);
+        let h = self.access_host(seg, off, size, true);
         self.b.ins().store(GUEST, v, h, 0);
     }
 
     /// Segment and offset of the memory operand.
     pub fn mem(&mut self, i: &Instruction) -> (usize, Value) {
         let off = self.ea(i);
+        if let Some(g) = self.group_now {
+            self.access = Some((off, g));
+        }
         (seg_index(i.memory_segment()), off)
+    }
+
+    /// The host address of an access to `seg:off`: for the memory operand of a group
+    /// (in a flat segment), its offset plus the group's addend; else through the TLB.
+    fn access_host(&mut self, seg: usize, off: Value, size: u32, write: bool) -> Value {
+        if let Some((v, g)) = self.access {
+            if v == off && self.mode.flat && matches!(seg, DS | ES | SS) {
+                let addend = self.b.use_var(self.addends[g]);
+                return self.b.ins().iadd(off, addend);
+            }
+        }
+        let lin = self.linear(seg, off, size, write);
+        self.host(lin, size, write)
     }
 
     /// Reads operand `n` (register, memory or immediate) at `size` bytes.
@@ -887,6 +995,16 @@ impl<'a, 'b> Tx<'a, 'b> {
         self.b.ins().return_(&[r]);
         self.b.switch_to_block(ok);
         self.reload_regs();
+        // The helper may have changed the TLB: the groups are checked again, and the
+        // region is left (its state is complete) if one fails.
+        check_groups(
+            self.b,
+            self.tlb,
+            &self.regs,
+            &self.plan,
+            &self.addends,
+            CHECK,
+        );
         self.b.ins().jump(cont, &[]);
     }
 }

@@ -1148,3 +1148,55 @@ fn a_jit_ignoring_code_writes_is_caught() {
         );
     }
 }
+
+/// A loop over a frame at EBP, which it never writes: its accesses form one access
+/// group, checked once at the region's entry. With the frame on one page the region
+/// runs with that one check; with the frame across two pages the check fails, the
+/// region refuses its entries (the interpreter runs the loop meanwhile) until it is
+/// compiled again without groups. Both agree with the interpreter and the model.
+#[test]
+fn access_groups_on_one_page_and_across_two() {
+    let iters = 2000u32;
+    let mut results = Vec::new();
+    for (what, frame, far) in [("one page", 0x100u32, 0x40i32), ("two pages", 0xffc, 8)] {
+        let mut a = CodeAssembler::new(32).unwrap();
+        let mut top = a.create_label();
+        a.mov(dword_ptr(ebp + far), 3u32).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.mov(eax, dword_ptr(ebp)).unwrap();
+        a.add(eax, dword_ptr(ebp + far)).unwrap();
+        a.mov(dword_ptr(ebp), eax).unwrap();
+        a.dec(ecx).unwrap();
+        a.jne(top).unwrap();
+        let (code, _) = assemble(&mut a, &[]);
+        let config = JitConfig {
+            hot_threshold: 2,
+            optimize_after: 0,
+            ..JitConfig::default()
+        };
+        let r = regs(0, iters, 0, DATA_ADDR + frame, 0, 0, 0);
+        let (o, st) = compare_with(what, config, &code, &r, &initial_data(), 1_000_000);
+        assert_eq!(o.end, SnippetEnd::Done, "{what}");
+        let k = frame as usize;
+        let x0 = u32::from_le_bytes(initial_data()[k..k + 4].try_into().unwrap());
+        let x = u32::from_le_bytes(o.data[k..k + 4].try_into().unwrap());
+        assert_eq!(
+            x,
+            x0.wrapping_add(3 * iters),
+            "{what}: the sum against the model"
+        );
+        assert!(
+            st.compiled_insns > u64::from(iters) * 4,
+            "{what}: only {} instructions compiled ({st:?})",
+            st.compiled_insns
+        );
+        eprintln!("{what}: {st:?}");
+        results.push(st);
+    }
+    // Across two pages: one more compilation (without groups) than on one page.
+    assert_eq!(
+        results[1].regions_compiled,
+        results[0].regions_compiled + 1,
+        "{results:?}"
+    );
+}
