@@ -31,6 +31,9 @@ pub struct Request {
     pub cs_base: u64,
     /// The page's bytes when the region became hot.
     pub page: Box<[u8]>,
+    /// The physical frame the next page mapped to then, and its first bytes (for
+    /// instructions that cross the page end).
+    pub next: Option<(u64, Box<[u8]>)>,
     /// Which tier: 0 compiles fast, 1 compiles for speed, 2 for speed without access
     /// groups (for code whose groups fail their checks, see `group`).
     pub tier: u8,
@@ -196,7 +199,8 @@ impl Compiler {
         let phys = req.phys;
         let err = |msg: String| CompileError { phys, msg };
         debug_assert_eq!(req.page.len(), PAGE);
-        let region = Region::decode(&req.page, &req.entry, self.max_blocks);
+        let next = req.next.as_ref().map(|n| &n.1[..]);
+        let region = Region::decode(&req.page, next, &req.entry, self.max_blocks);
         if region.blocks.is_empty() || region.blocks[0].insns.is_empty() {
             return Err(err("nothing to compile".into()));
         }

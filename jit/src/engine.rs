@@ -41,6 +41,9 @@ struct Installed {
     gen: u32,
     first_len: u64,
     ranges: Vec<(u32, u32)>,
+    /// The frame of the next page and the bytes of it that instructions crossing the
+    /// page end use: the region runs only while the next page maps this frame.
+    next: Option<(u64, u32)>,
     code_bytes: usize,
     /// Its tier (0: compiled fast, 1: optimised).
     tier: u8,
@@ -313,9 +316,25 @@ impl Jit {
             .ranges
             .iter()
             .all(|&(s, e)| now[s as usize..e as usize] == c.req.page[s as usize..e as usize]);
-        if !same {
+        let next = c
+            .req
+            .next
+            .as_ref()
+            .filter(|_| c.region.next_len > 0)
+            .map(|(f, bytes)| (*f, bytes, c.region.next_len));
+        let same_next = next.is_none_or(|(f, bytes, n)| {
+            let mut now = vec![0u8; n as usize];
+            ex.mem.read_phys(PhysAddr(f), &mut now);
+            now[..] == bytes[..n as usize]
+        });
+        if !same || !same_next {
             self.stats.stale += 1;
             return;
+        }
+        if let Some((f, _, n)) = next {
+            if ex.mem.mark_code(PhysAddr(f), u64::from(n)) {
+                ex.tlb.protect_frame(f);
+            }
         }
         let mut marked = false;
         for &(s, e) in &c.region.ranges {
@@ -363,6 +382,7 @@ impl Jit {
             gen: c.gen,
             first_len,
             ranges: c.region.ranges.clone(),
+            next: next.map(|(f, _, n)| (f, n)),
             code_bytes: c.code_bytes,
             tier,
             insns: 0,
@@ -383,6 +403,9 @@ impl Jit {
         };
         self.by_phys.entry(key_of(&key)).or_default().push(id);
         self.by_frame.entry(frame >> 12).or_default().push(id);
+        if let Some((f, _, _)) = next.filter(|n| n.0 != frame) {
+            self.by_frame.entry(f >> 12).or_default().push(id);
+        }
         self.live += 1;
         // Cached misses are stale now; cached hits stay good.
         self.installs += 1;
@@ -407,6 +430,13 @@ impl Jit {
         }
         let mut page = vec![0u8; PAGE].into_boxed_slice();
         ex.mem.read_phys(PhysAddr(frame), &mut page);
+        // The start of the next page, as it is mapped now, for instructions crossing
+        // the page end (the region then runs only while that mapping holds).
+        let next = next_page(ex, &key).map(|f| {
+            let mut b = vec![0u8; MAX_INSN_LEN].into_boxed_slice();
+            ex.mem.read_phys(PhysAddr(f), &mut b);
+            (f, b)
+        });
         let req = Request {
             phys: key.phys,
             entry: Entry {
@@ -417,6 +447,7 @@ impl Jit {
             },
             cs_base: key.cs_base,
             page,
+            next,
             tier,
             chain: self.chain.context(key.cs_base, cs_hi, key.mode),
             ctx: &*self.ctx as *const JitCtx as usize,
@@ -466,11 +497,12 @@ impl Jit {
                 self.by_phys.remove(&key_of(&r.key));
             }
         }
-        let frame = r.key.phys >> 12;
-        if let Some(v) = self.by_frame.get_mut(&frame) {
-            v.retain(|&x| x != id);
-            if v.is_empty() {
-                self.by_frame.remove(&frame);
+        for frame in std::iter::once(r.key.phys >> 12).chain(r.next.map(|n| n.0 >> 12)) {
+            if let Some(v) = self.by_frame.get_mut(&frame) {
+                v.retain(|&x| x != id);
+                if v.is_empty() {
+                    self.by_frame.remove(&frame);
+                }
             }
         }
         self.free.push(id);
@@ -525,6 +557,14 @@ impl Jit {
                 for &id in ids {
                     let r = self.regions[id as usize].as_ref().expect("indexed region");
                     if r.key.eip == eip && r.key.cs_base == cs.base && r.key.mode == mode {
+                        // Its instructions crossing the page end came from this frame.
+                        let lin2 = ((lin & !PAGE_MASK) + PAGE as u64) & 0xffff_ffff;
+                        if let Some((f, _)) = r.next {
+                            if ex.tlb.lookup_exec(mode.user(), lin2) != Some(f) {
+                                // Not mapped so now, or not yet in the TLB.
+                                return NONE;
+                            }
+                        }
                         found = id;
                         break;
                     }
@@ -545,6 +585,17 @@ impl Jit {
         };
         found
     }
+}
+
+/// Longest x86 instruction.
+const MAX_INSN_LEN: usize = 15;
+
+/// The frame the page after region `key`'s page maps to now (for code, in the TLB),
+/// if it is RAM.
+fn next_page(ex: &Exec<'_>, key: &Key) -> Option<u64> {
+    let lin = (key.cs_base.wrapping_add(key.eip) & 0xffff_ffff & !PAGE_MASK) + PAGE as u64;
+    let f = ex.tlb.lookup_exec(key.mode.user(), lin & 0xffff_ffff)?;
+    matches!(ex.mem.region(PhysAddr(f)), MemRegion::Ram(_)).then_some(f)
 }
 
 /// The compiler thread: compiles the hottest request of the queue for each request
@@ -741,9 +792,12 @@ impl Accel for Jit {
         let ids: Vec<u32> = self.by_frame.get(&frame).cloned().unwrap_or_default();
         let mut any = false;
         for id in ids {
-            let hit = self.regions[id as usize]
-                .as_ref()
-                .is_some_and(|r| r.ranges.iter().any(|&(s, e)| s < end && off < e));
+            let hit = self.regions[id as usize].as_ref().is_some_and(|r| {
+                let first =
+                    r.key.phys >> 12 == frame && r.ranges.iter().any(|&(s, e)| s < end && off < e);
+                let next = r.next.is_some_and(|(f, n)| f >> 12 == frame && off < n);
+                first || next
+            });
             if hit {
                 self.remove(id);
                 self.stats.invalidations += 1;

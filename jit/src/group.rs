@@ -146,7 +146,7 @@ mod tests {
                 flat: true,
             },
         };
-        Region::decode(&page, &e, 8)
+        Region::decode(&page, None, &e, 8)
     }
 
     #[test]

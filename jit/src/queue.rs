@@ -83,6 +83,7 @@ mod tests {
             },
             cs_base: 0,
             page: vec![0u8; PAGE].into_boxed_slice(),
+            next: None,
             tier: 0,
             chain: None,
             ctx: 0,

@@ -66,6 +66,9 @@ pub struct Region {
     /// The lowered x87 instructions, pre-classified; compiled code points at them, so
     /// the vector is not changed after decoding.
     pub x87: Vec<X87Insn>,
+    /// Bytes of the next page that instructions crossing the page end use (0: none);
+    /// the region is valid only while the next page maps the frame they came from.
+    pub next_len: u32,
 }
 
 /// What the region decoder needs to know of the entry.
@@ -107,8 +110,33 @@ fn writes_segment(i: &Instruction) -> bool {
 /// Most instructions in one guest block.
 const MAX_BLOCK_INSNS: usize = 64;
 
-/// Decodes the block at `eip`.
-fn decode_block(page: &[u8], e: &Entry, eip: u64, max_insns: usize) -> GuestBlock {
+/// The instruction at page offset `off` that runs past the page end into `next` (the
+/// first bytes of the next page), and how many bytes of `next` it uses.
+fn decode_crossing(
+    page: &[u8],
+    next: &[u8],
+    off: usize,
+    ip: u64,
+    bitness: u32,
+) -> Option<(Instruction, usize)> {
+    let mut bytes = page[off..].to_vec();
+    bytes.extend_from_slice(next);
+    let mut dec = Decoder::with_ip(bitness, &bytes, ip, DecoderOptions::NONE);
+    let insn = dec.decode();
+    let used = (off + insn.len()).checked_sub(page.len())?;
+    (!insn.is_invalid() && used > 0).then_some((insn, used))
+}
+
+/// Decodes the block at `eip`; an instruction crossing into the next page (whose
+/// first bytes are `next`) ends it. Returns the block and the bytes of the next page
+/// it uses.
+fn decode_block(
+    page: &[u8],
+    next: Option<&[u8]>,
+    e: &Entry,
+    eip: u64,
+    max_insns: usize,
+) -> (GuestBlock, usize) {
     let bitness = e.mode.bitness;
     let ip_mask = if bitness == 16 { 0xffff } else { 0xffff_ffff };
     let start = e.offset(eip).expect("block start inside the page");
@@ -116,17 +144,45 @@ fn decode_block(page: &[u8], e: &Entry, eip: u64, max_insns: usize) -> GuestBloc
     let mut insns = Vec::new();
     let mut insn = Instruction::default();
     let select = ox86_cpu::exec::select;
+    let mut crossed = 0;
     let end = loop {
         let here = dec.ip();
         if insns.len() >= max_insns {
             break End::Next(here);
         }
-        if !dec.can_decode() {
-            break End::Stop(here);
-        }
-        dec.decode_out(&mut insn);
-        if insn.is_invalid() && dec.last_error() == iced_x86::DecoderError::NoMoreBytes {
-            break End::Stop(here);
+        let at_end = if dec.can_decode() {
+            dec.decode_out(&mut insn);
+            insn.is_invalid() && dec.last_error() == iced_x86::DecoderError::NoMoreBytes
+        } else {
+            true
+        };
+        if at_end {
+            // The page ends inside the instruction (or right before it).
+            let off = start + (here.wrapping_sub(eip) & ip_mask) as usize;
+            let crossing = next
+                .filter(|_| off < PAGE)
+                .and_then(|n| decode_crossing(page, n, off, here, bitness));
+            let Some((i, used)) = crossing else {
+                break End::Stop(here);
+            };
+            let next_ip = i.next_ip() & ip_mask;
+            let fits =
+                here.wrapping_add(i.len() as u64 - 1) <= e.cs_hi && i.next_ip() <= ip_mask + 1;
+            // Only instructions that go on to the next one: the block ends after it.
+            if !fits
+                || i.flow_control() != FlowControl::Next
+                || ends_block(&i)
+                || writes_segment(&i)
+            {
+                break End::Stop(here);
+            }
+            insns.push(DecodedInsn {
+                insn: i,
+                handler: select(&i),
+                next_ip,
+            });
+            crossed = used;
+            break End::Stop(next_ip);
         }
         // The last byte must be within the CS limit (else the interpreter raises #GP).
         if here.wrapping_add(insn.len() as u64 - 1) > e.cs_hi || insn.next_ip() > ip_mask + 1 {
@@ -160,13 +216,14 @@ fn decode_block(page: &[u8], e: &Entry, eip: u64, max_insns: usize) -> GuestBloc
             break End::Stop(next);
         }
     };
-    GuestBlock {
+    let b = GuestBlock {
         eip,
         insns,
         live_after: Vec::new(),
         live_in: ARITH,
         end,
-    }
+    };
+    (b, crossed)
 }
 
 /// LOOP, LOOPE, LOOPNE, JCXZ/JECXZ: conditional branches on (E)CX, run by the
@@ -181,15 +238,17 @@ pub fn is_loop(i: &Instruction) -> bool {
 impl Region {
     /// Decodes the region entered at `e.eip` from `page`, with at most `max_blocks`
     /// blocks.
-    pub fn decode(page: &[u8], e: &Entry, max_blocks: usize) -> Region {
+    pub fn decode(page: &[u8], next: Option<&[u8]>, e: &Entry, max_blocks: usize) -> Region {
         let mut blocks: Vec<GuestBlock> = Vec::new();
         let mut index = HashMap::new();
         let mut work = vec![e.eip];
+        let mut next_len = 0u32;
         while let Some(eip) = work.pop() {
             if index.contains_key(&eip) || blocks.len() >= max_blocks {
                 continue;
             }
-            let b = decode_block(page, e, eip, MAX_BLOCK_INSNS);
+            let (b, crossed) = decode_block(page, next, e, eip, MAX_BLOCK_INSNS);
+            next_len = next_len.max(crossed as u32);
             if b.insns.is_empty() && !blocks.is_empty() {
                 // Nothing decodable here (the instruction crosses the page end or
                 // the CS limit): branches to it leave the region.
@@ -219,6 +278,7 @@ impl Region {
             index,
             ranges: Vec::new(),
             x87,
+            next_len,
         };
         r.ranges = r.byte_ranges(e);
         r.liveness();

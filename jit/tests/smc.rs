@@ -1200,3 +1200,63 @@ fn access_groups_on_one_page_and_across_two() {
         "{results:?}"
     );
 }
+
+/// A loop whose `add eax, imm32` crosses from one code page into the next, and which
+/// every 64 iterations patches that immediate's byte on the second page: the region
+/// holding the instruction must run it compiled, and must be invalidated by the write
+/// to the second page.
+#[test]
+fn instruction_across_two_pages_in_a_region() {
+    let iters = 2000u32;
+    let mut code = vec![0x90u8; 0x100a];
+    let l = 0xff0usize;
+    // mov ecx,iters; xor eax,eax; xor edx,edx; jmp l
+    code[..5].copy_from_slice(&[0xb9, 0, 0, 0, 0]);
+    code[1..5].copy_from_slice(&iters.to_le_bytes());
+    code[5..9].copy_from_slice(&[0x31, 0xc0, 0x31, 0xd2]);
+    code[9] = 0xe9;
+    code[10..14].copy_from_slice(&((l as i32) - 14).to_le_bytes());
+    let patch = CODE_ADDR + 0x1000;
+    let body = [
+        0x42, // inc edx
+        0x89, 0xd3, // mov ebx,edx
+        0x83, 0xe3, 0x3f, // and ebx,3Fh
+        0x75, 0x06, // jnz +6 (the add)
+        0x88, 0x15, // mov [patch],dl
+    ];
+    code[l..l + body.len()].copy_from_slice(&body);
+    code[l + 10..l + 14].copy_from_slice(&patch.to_le_bytes());
+    // 0xffe: add eax,1 (imm32 across the page end); dec ecx; jnz l
+    code[0xffe..0x1003].copy_from_slice(&[0x05, 1, 0, 0, 0]);
+    code[0x1003] = 0x49;
+    code[0x1004..0x1006].copy_from_slice(&[0x0f, 0x85]);
+    code[0x1006..0x100a].copy_from_slice(&((l as i32) - 0x100a).to_le_bytes());
+    let mut imm = 1u32;
+    let mut sum = 0u32;
+    for i in 1..=iters {
+        if i % 64 == 0 {
+            imm = (imm & !0xff00) | ((i & 0xff) << 8);
+        }
+        sum = sum.wrapping_add(imm);
+    }
+    for threshold in [2u64, 5] {
+        let what = format!("threshold {threshold}");
+        let config = JitConfig {
+            hot_threshold: threshold,
+            ..JitConfig::default()
+        };
+        let r = regs(0, 0, 0, 0, 0, 0, 0);
+        let (o, st) = compare_with(&what, config, &code, &r, &initial_data(), 1_000_000);
+        eprintln!("{what}: {st:?}");
+        assert_eq!(o.end, SnippetEnd::Done, "{what}");
+        assert_eq!(o.regs.gpr[0], sum, "{what}: EAX against the model");
+        assert!(st.invalidations > 0, "{what}: no invalidation ({st:?})");
+        // Seven instructions an iteration (and a patch every 64): with the crossing
+        // instruction run by the interpreter, at most six would be compiled.
+        assert!(
+            st.compiled_insns > u64::from(iters) * 13 / 2,
+            "{what}: only {} instructions compiled ({st:?})",
+            st.compiled_insns
+        );
+    }
+}
