@@ -7,9 +7,9 @@
 use std::mem::offset_of;
 use std::rc::Rc;
 
-use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::condcodes::{CondCode, IntCC};
 use cranelift_codegen::ir::types::{I32, I64, I8};
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::{InstBuilder, InstructionData, MemFlagsData, Opcode, Value, ValueDef};
 use iced_x86::ConditionCode as C;
 use ox86_cpu::flags::Lazy;
 use ox86_cpu::state::{ARITH_FLAGS, CF};
@@ -302,11 +302,23 @@ impl Tx<'_, '_> {
             FlagSrc::Bits(v) => self.cond_bits(v, base),
             FlagSrc::State | FlagSrc::Dead => self.b.ins().iconst(I8, 0),
         };
-        if negate {
-            self.b.ins().bxor_imm_s(v, 1)
-        } else {
-            v
+        if !negate {
+            return v;
         }
+        // A comparison is negated by the opposite comparison (a branch on it is one
+        // host compare, not a compare, a set, an XOR and a test).
+        let dfg = &self.b.func.dfg;
+        if let ValueDef::Result(inst, 0) = dfg.value_def(v) {
+            if let InstructionData::IntCompare {
+                opcode: Opcode::Icmp,
+                cond,
+                args,
+            } = dfg.insts[inst]
+            {
+                return self.b.ins().icmp(cond.complement(), args[0], args[1]);
+            }
+        }
+        self.b.ins().bxor_imm_s(v, 1)
     }
 
     fn cond_op(&mut self, o: &OpFlags, cc: C) -> Value {
