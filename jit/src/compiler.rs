@@ -18,6 +18,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module, ModuleReloc};
 
+use crate::codemem::CodeArena;
 use crate::region::{Entry, Region, PAGE};
 use crate::translate::Tx;
 
@@ -130,11 +131,14 @@ pub fn new_isa(tier: u8) -> Result<OwnedTargetIsa, String> {
         .map_err(|e| e.to_string())
 }
 
-fn new_module() -> Result<JITModule, String> {
-    Ok(JITModule::new(JITBuilder::with_isa(
-        new_isa(1)?,
-        default_libcall_names(),
-    )))
+/// A module for a generation of about `gen_limit` bytes of code.
+fn new_module(gen_limit: usize) -> Result<JITModule, String> {
+    let mut b = JITBuilder::with_isa(new_isa(1)?, default_libcall_names());
+    // Room for the function that crosses the limit (a region's code is far smaller).
+    if let Some(arena) = CodeArena::new(gen_limit + (8 << 20)) {
+        b.memory_provider(Box::new(arena));
+    }
+    Ok(JITModule::new(b))
 }
 
 impl Compiler {
@@ -166,7 +170,7 @@ impl Compiler {
     fn current(&mut self) -> Result<(), String> {
         let full = self.gens.back().is_none_or(|g| g.bytes >= self.gen_limit);
         if full {
-            let module = new_module()?;
+            let module = new_module(self.gen_limit)?;
             self.gens.push_back(Gen {
                 id: self.next_id,
                 module,

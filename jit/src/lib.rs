@@ -17,6 +17,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod chain;
+mod codemem;
 mod compiler;
 mod emit;
 mod engine;
