@@ -203,12 +203,7 @@ mod tests {
     #[test]
     fn flush_empties_every_filled_slot() {
         let mut t = ChainTable::new();
-        let m = Mode {
-            bitness: 32,
-            cpl: 0,
-            ss32: true,
-            flat: true,
-        };
+        let m = Mode::FLAT32;
         let a = t.context(0, 0xffff_ffff, m).unwrap();
         let b = t.context(0x1000, 0xffff, m).unwrap();
         assert_ne!(a, b);

@@ -139,12 +139,7 @@ mod tests {
             eip: 0x1000,
             page_off: 0,
             cs_hi: u32::MAX as u64,
-            mode: Mode {
-                bitness: 32,
-                cpl: 0,
-                ss32: true,
-                flat: true,
-            },
+            mode: Mode::FLAT32,
         };
         Region::decode(&page, None, &e, 8)
     }

@@ -43,4 +43,13 @@ impl Mode {
     pub fn user(&self) -> bool {
         self.cpl == 3
     }
+
+    /// 32-bit flat protected mode at CPL 0 (for tests).
+    #[cfg(test)]
+    pub const FLAT32: Mode = Mode {
+        bitness: 32,
+        cpl: 0,
+        ss32: true,
+        flat: true,
+    };
 }

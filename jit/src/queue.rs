@@ -74,12 +74,7 @@ mod tests {
                 eip,
                 page_off: (eip & 0xfff) as usize,
                 cs_hi: u32::MAX as u64,
-                mode: Mode {
-                    bitness: 32,
-                    cpl: 0,
-                    ss32: true,
-                    flat: true,
-                },
+                mode: Mode::FLAT32,
             },
             cs_base: 0,
             page: vec![0u8; PAGE].into_boxed_slice(),
