@@ -411,11 +411,9 @@ impl Jit {
         self.installs += 1;
     }
 
-    /// Asks for region `key` to be compiled at `tier`; false if that cannot be done
-    /// now (the queue is full, or the page is not memory).
-    /// Asks for the compilation of region `key` at `tier`, with `heat` (see `queue`);
-    /// when it is already queued, adds `heat` to its request. True if a new request
-    /// was made.
+    /// Asks for region `key` to be compiled at `tier`, with `heat` (see `queue`); when
+    /// it is already queued, adds `heat` to its request. False if no new request was
+    /// made (already queued, the queue is full, or the page is not memory).
     fn request(&mut self, ex: &mut Exec<'_>, key: Key, cs_hi: u64, tier: u8, heat: u64) -> bool {
         if self.pending.contains(&(key, tier)) {
             self.warm(key, tier, heat);
@@ -688,7 +686,9 @@ impl Accel for Jit {
             // `Tx::new`); the interpreter runs the last instructions before its end.
             // SPLIT: an access group's check failed (see `group`); nothing ran either.
             ran |= n > 0 || !matches!(status, CHECK | SPLIT);
-            if status == SPLIT {
+            // With nothing run, the region entered here split; else one it chained to
+            // did, and is counted when the dispatcher enters it next.
+            if status == SPLIT && n == 0 {
                 let again = self.regions[id as usize].as_mut().and_then(|r| {
                     r.splits += 1;
                     (r.splits == SPLIT_LIMIT).then_some((r.key, r.cs_hi))

@@ -128,7 +128,7 @@ pub struct Tx<'a, 'b> {
     used: u8,
     /// Registers lowered instructions write (stored at exits and before helpers).
     written: u8,
-    /// The region's access groups (see `group`; none unless optimising).
+    /// The region's access groups (see `group`; none at tier 2 or outside flat mode).
     plan: Plan,
     /// Each group's TLB addend (the region's entry, and every helper call's return,
     /// checked that each group's span is on one page with a valid TLB entry).
