@@ -636,21 +636,30 @@ impl<'a, 'b> Tx<'a, 'b> {
     pub fn ea(&mut self, i: &Instruction) -> Value {
         let base = i.memory_base();
         let index = i.memory_index();
-        let mut a = self.b.ins().iconst(I64, i.memory_displacement64() as i64);
+        let mut a: Option<Value> = None;
         if base != Register::None {
             let (idx, ..) = gpr(base).expect("checked by kind");
-            let v = self.b.use_var(self.regs[idx]);
-            a = self.b.ins().iadd(a, v);
+            a = Some(self.b.use_var(self.regs[idx]));
         }
         if index != Register::None {
             let (idx, ..) = gpr(index).expect("checked by kind");
             let v = self.b.use_var(self.regs[idx]);
             let v = match i.memory_index_scale() {
                 1 => v,
-                s => self.b.ins().imul_imm_s(v, s as i64),
+                s => self.b.ins().ishl_imm_s(v, i64::from(s.trailing_zeros())),
             };
-            a = self.b.ins().iadd(a, v);
+            a = Some(match a {
+                Some(x) => self.b.ins().iadd(x, v),
+                None => v,
+            });
         }
+        // No instruction for a zero displacement (quick code is compiled as written).
+        let disp = i.memory_displacement64() as i64;
+        let a = match a {
+            None => self.b.ins().iconst(I64, disp),
+            Some(x) if disp != 0 => self.b.ins().iadd_imm_s(x, disp),
+            Some(x) => x,
+        };
         self.mask(a, addr_mask(i) as i64)
     }
 
