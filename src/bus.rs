@@ -1,6 +1,8 @@
 //! The machine's view of I/O for the CPU: the PC platform with device time brought up
 //! to the guest clock before every access, and the TSC read from the same clock.
 
+use std::cell::Cell;
+
 use ox86_devices::Platform;
 use ox86_mmu::{IoBus, PhysAddr, Port};
 
@@ -12,9 +14,27 @@ pub struct MachineBus {
     pub platform: Platform,
     /// Guest time.
     pub clock: Clock,
+    /// In real time, the guest time of the next device event: the slice ends once the
+    /// host clock passes it (see [`MachineBus::stop_requested`]).
+    pub deadline: Option<u64>,
+    /// Calls of `stop_requested` since the clock was last read.
+    polls: Cell<u32>,
 }
 
+/// `stop_requested` reads the host clock once in this many calls.
+const DEADLINE_POLL: u32 = 32;
+
 impl MachineBus {
+    /// The bus of `platform` with time from `clock`.
+    pub fn new(platform: Platform, clock: Clock) -> MachineBus {
+        MachineBus {
+            platform,
+            clock,
+            deadline: None,
+            polls: Cell::new(0),
+        }
+    }
+
     /// Runs device time up to the clock's time at `icount`.
     pub fn advance(&mut self, icount: u64) {
         let now = self.clock.now(icount);
@@ -51,7 +71,46 @@ impl IoBus for MachineBus {
     fn fpu_error(&mut self) {
         self.platform.fpu_error()
     }
+    /// Also true in real time once the host clock passes the slice's deadline (looked
+    /// at every [`DEADLINE_POLL`] calls: the CPU asks between blocks and after I/O), so
+    /// that a slice sized for fast code still ends in time for the next device event
+    /// when it runs slowly (the interpreter, console output).
     fn stop_requested(&self) -> bool {
-        self.platform.stop_requested()
+        if self.platform.stop_requested() {
+            return true;
+        }
+        let Some(d) = self.deadline else {
+            return false;
+        };
+        let n = self.polls.get().wrapping_add(1);
+        self.polls.set(n);
+        n.is_multiple_of(DEADLINE_POLL) && self.clock.host_now() >= d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ClockMode;
+    use ox86_devices::PlatformConfig;
+
+    fn bus(mode: ClockMode) -> MachineBus {
+        let p = Platform::new(PlatformConfig::default()).expect("a platform");
+        MachineBus::new(p, Clock::new(mode))
+    }
+
+    #[test]
+    fn a_real_time_slice_stops_once_its_deadline_passes() {
+        let mut b = bus(ClockMode::Realtime);
+        let polls = |b: &MachineBus| (0..DEADLINE_POLL).any(|_| b.stop_requested());
+        assert!(!polls(&b), "no deadline");
+        b.deadline = Some(b.clock.host_now() + 10_000_000_000);
+        assert!(!polls(&b), "a deadline far ahead");
+        b.deadline = Some(b.clock.host_now() + 2_000_000);
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        assert!(polls(&b), "a deadline passed");
+        // Icount mode never sets one: the stop does not depend on the host clock.
+        let b = bus(ClockMode::Icount { shift: 0 });
+        assert!(!polls(&b));
     }
 }

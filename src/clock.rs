@@ -71,6 +71,12 @@ impl Clock {
         self.last
     }
 
+    /// Host time since the start, in ns: guest time in real time (without the
+    /// guarantee of never going backwards that [`Clock::now`] gives).
+    pub fn host_now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
     /// How many instructions fit before guest time `t` (icount mode), or None when time
     /// does not follow instructions.
     pub fn insns_until(&mut self, icount: u64, t: u64) -> Option<u64> {

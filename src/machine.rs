@@ -141,10 +141,7 @@ impl Machine {
             .with_ram_size(ram)
             .with_rtc_start(rtc_start);
         let platform = Platform::new(config).map_err(|e| MachineError::Devices(e.to_string()))?;
-        let bus = MachineBus {
-            platform,
-            clock: Clock::new(clock),
-        };
+        let bus = MachineBus::new(platform, Clock::new(clock));
         let quit = Arc::new(AtomicBool::new(false));
         let mut cpu = Cpu::new();
         if let Some(config) = jit {
@@ -264,6 +261,7 @@ impl Machine {
         self.bus.advance(icount);
         let next = self.bus.platform.next_event_ns();
         let mut budget = self.bus.clock.slice_budget(icount, next);
+        self.bus.deadline = next.filter(|_| self.bus.clock.mode() == ClockMode::Realtime);
         if let Some(max) = self.max_insns {
             let left = max.saturating_sub(icount);
             if left == 0 {
