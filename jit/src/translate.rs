@@ -212,6 +212,26 @@ fn check_groups(
     }
 }
 
+/// Address of the TLB entry (in the table at `tlb`) for linear address `lin`:
+/// `tlb + ((lin >> 12) % TLB_ENTRIES) * size_of::<TlbEntry>()`, in two operations.
+fn tlb_entry(b: &mut FunctionBuilder<'_>, tlb: Value, lin: Value) -> Value {
+    let off = b.ins().ushr_imm_s(lin, 12 - TLB_ENTRY_SHIFT as i64);
+    let off = b
+        .ins()
+        .band_imm_s(off, ((TLB_ENTRIES - 1) << TLB_ENTRY_SHIFT) as i64);
+    b.ins().iadd(tlb, off)
+}
+
+/// Offset in a TLB entry of the tag for writes or reads.
+fn tag_offset(write: bool) -> i32 {
+    let off = if write {
+        offset_of!(TlbEntry, write)
+    } else {
+        offset_of!(TlbEntry, read)
+    };
+    off as i32
+}
+
 /// The check of access group `g` (see `group`) whose base register holds `base`:
 /// (its span is on one page whose TLB entry is valid for the group's accesses, that
 /// entry's addend).
@@ -228,18 +248,9 @@ fn check_group(
     };
     let lo = span(b, g.lo);
     let hi = span(b, g.end - 1);
-    let idx = b.ins().ushr_imm_s(lo, 12 - TLB_ENTRY_SHIFT as i64);
-    let idx = b
-        .ins()
-        .band_imm_s(idx, ((TLB_ENTRIES - 1) << TLB_ENTRY_SHIFT) as i64);
-    let entry = b.ins().iadd(tlb, idx);
+    let entry = tlb_entry(b, tlb, lo);
     // A valid write tag implies a valid read tag, with the same addend.
-    let tag_off = if g.write {
-        offset_of!(TlbEntry, write)
-    } else {
-        offset_of!(TlbEntry, read)
-    };
-    let tag = b.ins().load(I64, MF, entry, tag_off as i32);
+    let tag = b.ins().load(I64, MF, entry, tag_offset(g.write));
     let plo = b.ins().band_imm_s(lo, !0xfff);
     let phi = b.ins().band_imm_s(hi, !0xfff);
     let hit = b.ins().icmp(IntCC::Equal, tag, plo);
@@ -738,19 +749,8 @@ impl<'a, 'b> Tx<'a, 'b> {
     /// slow path on a miss, a slow page or a page-crossing access.
     pub(crate) fn host(&mut self, lin: Value, size: u32, write: bool) -> Value {
         let bail = self.bail_block();
-        // ((lin >> 12) % TLB_ENTRIES) * size_of::<TlbEntry>(), in two operations.
-        let off = self.b.ins().ushr_imm_s(lin, 12 - TLB_ENTRY_SHIFT as i64);
-        let off = self
-            .b
-            .ins()
-            .band_imm_s(off, ((TLB_ENTRIES - 1) << TLB_ENTRY_SHIFT) as i64);
-        let entry = self.b.ins().iadd(self.tlb, off);
-        let tag_off = if write {
-            offset_of!(TlbEntry, write)
-        } else {
-            offset_of!(TlbEntry, read)
-        };
-        let tag = self.b.ins().load(I64, MF, entry, tag_off as i32);
+        let entry = tlb_entry(self.b, self.tlb, lin);
+        let tag = self.b.ins().load(I64, MF, entry, tag_offset(write));
         let lastb = if size > 1 {
             self.b.ins().iadd_imm_s(lin, size as i64 - 1)
         } else {
