@@ -188,8 +188,10 @@ mod tests {
             icount += 1_000_000;
             c.slice_budget(icount, None);
         }
+        // A sleep is never shorter than asked, and may be much longer on a busy host:
+        // the pace is at least 1 ns per instruction, and measured (not the initial 10).
         let ns_per_insn = c.pace.2 as f64 / 1024.0;
-        assert!((0.9..3.0).contains(&ns_per_insn), "{ns_per_insn}");
+        assert!((0.9..9.0).contains(&ns_per_insn), "{ns_per_insn}");
         let t = c.now(icount) + 400_000;
         let n = c.slice_budget(icount, Some(t));
         assert!(n >= min && n <= 250_000, "{n}");
