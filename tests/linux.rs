@@ -201,6 +201,27 @@ fn linux_processes_and_files() {
     }
 }
 
+/// What a user does at the shell (the workload of scripts/bench-linux-session):
+/// short-lived programs by the hundred, then compute; the compute phase's output must
+/// equal the same static program run natively.
+#[test]
+fn linux_session_of_short_programs_and_compute() {
+    let native = Command::new(linux_dir().join("cbench"))
+        .output()
+        .expect("run cbench natively");
+    assert!(native.status.success());
+    let native = text(&native.stdout);
+    let tail: Vec<&str> = native.lines().rev().take(2).collect();
+    for engine in ENGINES {
+        let log = boot("session", engine);
+        assert!(log.contains("OX86-SESSION-OK"), "{log}");
+        let start = log.find("OX86-PHASE compute\n").expect("compute marker");
+        let end = log.find("OX86-PHASE end").expect("end marker");
+        let got: Vec<&str> = log[start..end].lines().rev().take(2).collect();
+        assert_eq!(got, tail, "guest and native outputs differ");
+    }
+}
+
 /// Runs ox86 on bad Linux input and checks for one clear line and a failure status.
 fn assert_rejected(args: &[&str], needle: &str) {
     let out = run_ox86(args, Duration::from_secs(60));
