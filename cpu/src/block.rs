@@ -2,10 +2,18 @@
 //! interpreter handler chosen once at decode time, cached by physical address and
 //! code size, with a jump cache by linear address in front and per-page indexes for
 //! invalidation when code is written.
+//!
+//! The jump cache is never flushed when paging changes (CR3 writes, INVLPG, CR0/CR4):
+//! a hit counts only while the TLB still maps the block's linear page to the frame it
+//! was decoded from, so a context switch keeps the kernel's blocks (global pages)
+//! and finds every other block again through the TLB and the physical index.
 
 use std::collections::HashMap;
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
+
+use ox86_mmu::tlb::Tlb;
+use ox86_mmu::PAGE_MASK;
 
 use crate::exception::Fault;
 use crate::Exec;
@@ -42,6 +50,23 @@ pub struct Block {
     pub execs: u64,
 }
 
+impl Block {
+    /// Whether the TLB table `user` maps the block's bytes, fetched from linear
+    /// address `lin`, to the frames it was decoded from (false on a TLB miss).
+    #[inline(always)]
+    pub fn mapped(&self, lin: u64, tlb: &Tlb, user: bool) -> bool {
+        if tlb.lookup_exec(user, lin) != Some(self.phys & !PAGE_MASK) {
+            return false;
+        }
+        let (start, end) = self.ranges[1];
+        // An instruction across the page end: the next page too.
+        end == start || {
+            let next = (lin & !PAGE_MASK).wrapping_add(PAGE_MASK + 1) & 0xffff_ffff;
+            tlb.lookup_exec(user, next) == Some(start & !PAGE_MASK)
+        }
+    }
+}
+
 /// Most instructions in one block.
 pub const MAX_BLOCK_INSNS: usize = 64;
 const JUMP_CACHE: usize = 4096;
@@ -58,8 +83,8 @@ pub struct BlockCache {
     pub decoded: u64,
     /// Blocks invalidated by writes to their code.
     pub invalidated: u64,
-    /// Counts flushes of the jump cache, so that other caches keyed by linear address
-    /// (the JIT's) know to flush too.
+    /// Counts times the cache was emptied whole, so that other caches that hold
+    /// blocks' code (the JIT's) know to empty theirs too.
     pub epoch: u64,
 }
 
@@ -84,15 +109,27 @@ fn jump_index(lin: u64) -> usize {
 }
 
 impl BlockCache {
-    /// The block for a linear PC from the jump cache, if it matches.
+    /// The block for a linear PC from the jump cache, if it matches and the TLB table
+    /// `user` still maps its code where it was decoded from.
     #[inline(always)]
-    pub fn lookup_jump(&self, lin: u64, eip: u64, cs_base: u64, bitness: u32) -> Option<u32> {
+    pub fn lookup_jump(
+        &self,
+        lin: u64,
+        eip: u64,
+        cs_base: u64,
+        bitness: u32,
+        tlb: &Tlb,
+        user: bool,
+    ) -> Option<u32> {
         let id = self.jump[jump_index(lin)];
         let b = self.slab.get(id as usize)?.as_ref()?;
-        (b.eip == eip && b.cs_base == cs_base && b.bitness == bitness).then_some(id)
+        let same = b.eip == eip && b.cs_base == cs_base && b.bitness == bitness;
+        (same && b.mapped(lin, tlb, user)).then_some(id)
     }
 
-    /// The block at a physical address, if decoded for the same EIP and CS base.
+    /// The block at a physical address, if decoded for the same EIP and CS base (and,
+    /// for an instruction across the page end, the next page still maps where it did).
+    #[allow(clippy::too_many_arguments)]
     pub fn lookup_phys(
         &mut self,
         lin: u64,
@@ -100,10 +137,12 @@ impl BlockCache {
         eip: u64,
         cs_base: u64,
         bitness: u32,
+        tlb: &Tlb,
+        user: bool,
     ) -> Option<u32> {
         let id = *self.by_phys.get(&(phys, bitness))?;
         let b = self.slab[id as usize].as_ref()?;
-        if b.eip == eip && b.cs_base == cs_base {
+        if b.eip == eip && b.cs_base == cs_base && b.mapped(lin, tlb, user) {
             self.jump[jump_index(lin)] = id;
             Some(id)
         } else {
@@ -176,19 +215,16 @@ impl BlockCache {
         let frame = addr >> 12;
         let end = addr + len;
         let ids: Vec<u32> = self.by_frame.get(&frame).cloned().unwrap_or_default();
-        let mut any = false;
         for id in ids {
             let hit = self.slab[id as usize]
                 .as_ref()
                 .is_some_and(|b| b.ranges.iter().any(|r| r.0 < end && addr < r.1));
             if hit {
+                // Its jump-cache slots stay: a slot whose id holds another block (or
+                // none) no longer matches.
                 self.remove(id);
                 self.invalidated += 1;
-                any = true;
             }
-        }
-        if any {
-            self.flush_jump_cache();
         }
         self.by_frame.contains_key(&frame)
     }
@@ -202,12 +238,6 @@ impl BlockCache {
             epoch: self.epoch + 1,
             ..Default::default()
         };
-    }
-
-    /// Forgets linear-address lookups (after paging changes).
-    pub fn flush_jump_cache(&mut self) {
-        self.jump.fill(NO_BLOCK);
-        self.epoch += 1;
     }
 
     /// Frames that hold decoded code.

@@ -221,16 +221,22 @@ impl Exec<'_> {
         let eip = self.s.rip;
         let cs_base = self.s.seg[CS].base;
         let lin = cs_base.wrapping_add(eip) & 0xffff_ffff;
-        if let Some(id) = self.blocks.lookup_jump(lin, eip, cs_base, bitness) {
+        let user = self.user();
+        if let Some(id) = self
+            .blocks
+            .lookup_jump(lin, eip, cs_base, bitness, self.tlb, user)
+        {
             return Ok(id);
         }
         let cs = self.s.seg[CS];
         if eip > cs.hi as u64 {
             return Err(Exception::GP0);
         }
-        let user = self.user();
         let phys = self.fetch_phys(lin, user)?;
-        if let Some(id) = self.blocks.lookup_phys(lin, phys, eip, cs_base, bitness) {
+        if let Some(id) = self
+            .blocks
+            .lookup_phys(lin, phys, eip, cs_base, bitness, self.tlb, user)
+        {
             return Ok(id);
         }
         let page_left = PAGE_MASK + 1 - (lin & PAGE_MASK);

@@ -84,18 +84,16 @@ impl Cpu {
         self.state = CpuState::reset();
         self.state.icount = icount;
         self.tlb.flush_all();
-        self.blocks.flush_jump_cache();
         self.shutdown = false;
         if let Some(a) = self.accel.as_mut() {
             a.clear();
         }
     }
 
-    /// Flushes the TLB and the linear-address jump cache (after a paging change or an
-    /// external A20 change).
+    /// Flushes the TLB (after a paging change or an external A20 change); the jump
+    /// caches check their hits against it.
     pub fn flush_tlb(&mut self) {
         self.tlb.flush_all();
-        self.blocks.flush_jump_cache();
     }
 
     /// An execution context over this CPU, guest memory and the device bus.
@@ -132,9 +130,8 @@ pub struct Exec<'a> {
 }
 
 impl Exec<'_> {
-    /// Flushes the TLB and the jump cache.
+    /// Flushes the TLB (the jump caches check their hits against it).
     pub fn flush_tlb(&mut self) {
         self.tlb.flush_all();
-        self.blocks.flush_jump_cache();
     }
 }

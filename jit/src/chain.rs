@@ -3,12 +3,15 @@
 //!
 //! - A *chain context* is what compiled code takes as fixed besides EIP (CS base, CS
 //!   limit and [`Mode`]); each gets a small number, compiled into the region's code.
-//! - The chain table maps (context, EIP) to code. The dispatcher fills it with the
-//!   regions it finds through its jump cache, and empties it whenever the jump cache
-//!   is emptied (paging changed, regions were removed), so compiled code only ever
-//!   finds code that the dispatcher would have run from the same state. Only a
-//!   branch exit chains, and nothing before it in compiled code changes the mode, CS
-//!   or paging: instructions that can end their region with another status.
+//! - The chain table maps (context, EIP) to code and the frame that code was compiled
+//!   from. The dispatcher fills it with the regions it finds through its jump cache,
+//!   and empties it whenever regions are removed. Compiled code chains only when the
+//!   TLB maps the target's linear page to that frame, so paging changes (a context
+//!   switch) need no flush and compiled code only ever finds code that the dispatcher
+//!   would have run from the same state. A region with instructions across the page
+//!   end checks the next page's mapping at its own entry.
+//!   Only a branch exit chains, and nothing before it in compiled code changes the
+//!   mode, CS or paging: instructions that can end their region with another status.
 //! - Region functions use Cranelift's tail calling convention, so that a chain of any
 //!   length runs in one stack frame. The dispatcher enters them through a trampoline
 //!   in the host's C convention.
@@ -31,8 +34,9 @@ const MAX_CONTEXTS: usize = 1 << 16;
 /// Tag of an empty slot: no (context, EIP) pair has it.
 const EMPTY_TAG: u64 = u64::MAX;
 
-/// One slot: compiled code compares `tag` and tail-calls `func`. `#[repr(C)]`:
-/// compiled code reads both at fixed offsets.
+/// One slot: compiled code compares `tag`, checks that the TLB maps the target's page
+/// to `frame`, and tail-calls `func`. `#[repr(C)]`: compiled code reads the fields at
+/// fixed offsets.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct ChainSlot {
@@ -40,10 +44,13 @@ pub struct ChainSlot {
     pub tag: u64,
     /// The region's code.
     pub func: usize,
+    /// The physical frame of the region's entry.
+    pub frame: u64,
+    _pad: u64,
 }
 
 /// Bytes of a slot, as compiled code indexes the table.
-pub const SLOT_SHIFT: u32 = 4;
+pub const SLOT_SHIFT: u32 = 5;
 const _: () = assert!(std::mem::size_of::<ChainSlot>() == 1 << SLOT_SHIFT);
 
 /// The slot of `eip`.
@@ -73,7 +80,9 @@ impl ChainTable {
             slots: vec![
                 ChainSlot {
                     tag: EMPTY_TAG,
-                    func: 0
+                    func: 0,
+                    frame: 0,
+                    _pad: 0,
                 };
                 CHAIN_SLOTS
             ]
@@ -102,17 +111,24 @@ impl ChainTable {
         Some(n as u32)
     }
 
-    /// Makes entry `eip` in context `id` chain to `func`.
-    pub fn insert(&mut self, id: u32, eip: u64, func: usize) {
+    /// Makes entry `eip` in context `id` chain to `func`, compiled from code in
+    /// physical frame `frame`.
+    pub fn insert(&mut self, id: u32, eip: u64, func: usize, frame: u64) {
         let k = slot_index(eip);
         let t = tag(id, eip);
-        if self.slots[k].tag == t && self.slots[k].func == func {
+        let slot = &mut self.slots[k];
+        if slot.tag == t && slot.func == func && slot.frame == frame {
             return;
         }
-        if self.slots[k].tag == EMPTY_TAG {
+        if slot.tag == EMPTY_TAG {
             self.filled.push(k as u32);
         }
-        self.slots[k] = ChainSlot { tag: t, func };
+        *slot = ChainSlot {
+            tag: t,
+            func,
+            frame,
+            _pad: 0,
+        };
     }
 
     /// Empties the table.
@@ -208,9 +224,9 @@ mod tests {
         let b = t.context(0x1000, 0xffff, m).unwrap();
         assert_ne!(a, b);
         assert_eq!(t.context(0, 0xffff_ffff, m), Some(a));
-        t.insert(a, 0x1234, 1);
-        t.insert(b, 0x1234, 2); // same slot, other context: replaces
-        t.insert(a, 0xc000_0000, 3);
+        t.insert(a, 0x1234, 1, 0x5000);
+        t.insert(b, 0x1234, 2, 0x5000); // same slot, other context: replaces
+        t.insert(a, 0xc000_0000, 3, 0x6000);
         assert_eq!(t.slots[slot_index(0x1234)].tag, tag(b, 0x1234));
         assert_eq!(t.filled.len(), 2);
         t.flush();

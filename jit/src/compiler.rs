@@ -40,6 +40,8 @@ pub struct Request {
     pub tier: u8,
     /// The chain context of the region's CS and mode (None: it does not chain).
     pub chain: Option<u32>,
+    /// The heat counter of a quick region (see `heat`): its number and its address.
+    pub heat: Option<(u32, usize)>,
     /// Address of the dispatcher's `JitCtx` (compiled in).
     pub ctx: usize,
 }

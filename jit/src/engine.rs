@@ -4,7 +4,7 @@
 //! cache and runs it; writes to code invalidate regions; generations of code memory
 //! are freed whole.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -12,11 +12,13 @@ use std::thread::JoinHandle;
 use crossbeam::channel::{unbounded, Receiver, Sender};
 use ox86_cpu::state::CS;
 use ox86_cpu::{Accel, AccelRun, AccelStats, CpuState, Exec};
+use ox86_mmu::paging::Access;
 use ox86_mmu::{PhysAddr, Region as MemRegion, PAGE_MASK};
 
 use crate::chain::{ChainTable, Trampoline};
 use crate::compiler::{new_isa, CompileError, Compiled, Compiler, Request};
-use crate::helpers::{JitCtx, CHECK, FAULT, JUMP, SPLIT};
+use crate::heat::HeatCounters;
+use crate::helpers::{JitCtx, CHECK, FAULT, HOT, JUMP, SPLIT};
 use crate::mode::Mode;
 use crate::queue::CompileQueue;
 use crate::region::{Entry, Region, PAGE};
@@ -47,7 +49,10 @@ struct Installed {
     code_bytes: usize,
     /// Its tier (0: compiled fast, 1: optimised).
     tier: u8,
-    /// Instructions it has run.
+    /// Its heat counter (quick regions, see `heat`); without one, the dispatcher
+    /// counts its instructions in `insns`.
+    heat: Option<u32>,
+    /// Instructions it has run (counted by the dispatcher).
     insns: u64,
     /// Its optimised compilation was asked for.
     optimizing: bool,
@@ -57,15 +62,21 @@ struct Installed {
     _region: Region,
 }
 
+/// A slot of the jump cache. It holds while the TLB maps the linear page of CS:EIP to
+/// `frame` (checked at every hit), so that paging changes need no flush.
 #[derive(Clone, Copy)]
 struct Slot {
     /// The jump cache's stamp when the slot was filled: a flush bumps the stamp.
     stamp: u64,
-    lin: u64,
     eip: u64,
     cs_base: u64,
+    /// The frame the code was found in.
+    frame: u64,
     mode: Option<Mode>,
     region: u32,
+    /// The region runs instructions across the page end (its next page is checked at
+    /// every hit too).
+    next: bool,
     /// For a miss (`region` NONE): the install count when it was found; an install
     /// since makes it stale.
     installs: u64,
@@ -73,11 +84,12 @@ struct Slot {
 
 const EMPTY: Slot = Slot {
     stamp: 0,
-    lin: 0,
     eip: 0,
     cs_base: 0,
+    frame: 0,
     mode: None,
     region: NONE,
+    next: false,
     installs: 0,
 };
 const NONE: u32 = u32::MAX;
@@ -129,7 +141,9 @@ pub struct Jit {
     /// Regions installed so far.
     installs: u64,
     epoch: u64,
-    pending: HashSet<(Key, u8)>,
+    /// Compilations asked for, with their heat counters.
+    pending: HashMap<(Key, u8), Option<u32>>,
+    heat: HeatCounters,
     max_gen: Option<u32>,
     freed_below: u32,
     live: usize,
@@ -205,7 +219,8 @@ impl Jit {
             stamp: 1,
             installs: 0,
             epoch: u64::MAX,
-            pending: HashSet::new(),
+            pending: HashMap::new(),
+            heat: HeatCounters::default(),
             max_gen: None,
             freed_below: 0,
             live: 0,
@@ -218,6 +233,7 @@ impl Jit {
                 x87_out: 0,
                 chain: chain.as_ptr(),
                 chained: 0,
+                hot: 0,
             }),
             chain,
             enter,
@@ -262,13 +278,19 @@ impl Jit {
     }
 
     fn finish(&mut self, ex: &mut Exec<'_>, (key, tier, r): Done) {
-        self.pending.remove(&(key, tier));
-        match r {
+        let heat = self.pending.remove(&(key, tier)).flatten();
+        let installed = match r {
             Ok(c) => self.install(ex, key, c),
             Err(e) => {
                 tracing::warn!(target: "ox86::jit", "{e}");
                 self.stats.compile_failures += 1;
+                None
             }
+        };
+        match (heat, installed) {
+            (Some(c), Some(id)) => self.heat.set_owner(c, id),
+            (Some(c), None) => self.heat.give_back(c),
+            _ => {}
         }
     }
 
@@ -288,7 +310,8 @@ impl Jit {
         }
     }
 
-    fn install(&mut self, ex: &mut Exec<'_>, key: Key, c: Compiled) {
+    /// Installs a compiled region; returns its id, or None if it was dropped.
+    fn install(&mut self, ex: &mut Exec<'_>, key: Key, c: Compiled) -> Option<u32> {
         self.stats.regions_compiled += 1;
         self.stats.compile_ns += c.nanos;
         if self.compile_times.len() < TIMES {
@@ -305,7 +328,7 @@ impl Jit {
             }
         }
         if c.gen < self.freed_below {
-            return; // Its generation is already gone.
+            return None; // Its generation is already gone.
         }
         // The code bytes must still be what was compiled.
         let frame = key.phys & !PAGE_MASK;
@@ -329,7 +352,7 @@ impl Jit {
         });
         if !same || !same_next {
             self.stats.stale += 1;
-            return;
+            return None;
         }
         if let Some((f, _, n)) = next {
             if ex.mem.mark_code(PhysAddr(f), u64::from(n)) {
@@ -363,7 +386,7 @@ impl Jit {
         if tier == 0 && !same.is_empty() {
             // Asked for again after an invalidation, but a region for the same code
             // (its optimised compilation, asked for earlier) was installed meanwhile.
-            return;
+            return None;
         }
         if tier > 0 {
             // The optimised code replaces the quick one.
@@ -385,6 +408,7 @@ impl Jit {
             next: next.map(|(f, _, n)| (f, n)),
             code_bytes: c.code_bytes,
             tier,
+            heat: c.req.heat.map(|h| h.0),
             insns: 0,
             optimizing: false,
             splits: 0,
@@ -409,13 +433,14 @@ impl Jit {
         self.live += 1;
         // Cached misses are stale now; cached hits stay good.
         self.installs += 1;
+        Some(id)
     }
 
     /// Asks for region `key` to be compiled at `tier`, with `heat` (see `queue`); when
     /// it is already queued, adds `heat` to its request. False if no new request was
     /// made (already queued, the queue is full, or the page is not memory).
     fn request(&mut self, ex: &mut Exec<'_>, key: Key, cs_hi: u64, tier: u8, heat: u64) -> bool {
-        if self.pending.contains(&(key, tier)) {
+        if self.pending.contains_key(&(key, tier)) {
             self.warm(key, tier, heat);
             return false;
         }
@@ -448,9 +473,17 @@ impl Jit {
             next,
             tier,
             chain: self.chain.context(key.cs_base, cs_hi, key.mode),
+            heat: None,
             ctx: &*self.ctx as *const JitCtx as usize,
         };
-        self.pending.insert((key, tier));
+        // A quick region that chains counts its own runs.
+        let mut req = req;
+        if tier == 0 && req.chain.is_some() && self.config.optimize_after != u64::MAX {
+            let start = self.config.optimize_after.min(i64::MAX as u64) as i64;
+            req.heat = self.heat.take(start);
+        }
+        let cell = req.heat.map(|h| h.0);
+        self.pending.insert((key, tier), cell);
         match &mut self.worker {
             Worker::Thread {
                 tx: Some(tx),
@@ -459,12 +492,12 @@ impl Jit {
             } => {
                 queue.push(heat, req);
                 if tx.send(Msg::Compile).is_err() {
-                    self.pending.remove(&(key, tier));
+                    self.drop_pending(key, tier);
                     return false;
                 }
             }
             Worker::Thread { .. } => {
-                self.pending.remove(&(key, tier));
+                self.drop_pending(key, tier);
                 return false;
             }
             Worker::Inline(c) => {
@@ -475,10 +508,42 @@ impl Jit {
         true
     }
 
+    /// The heat counter `cell` of a quick region ran out: asks for the region's
+    /// optimised compilation, or, while that waits, makes its request hotter.
+    fn heated(&mut self, ex: &mut Exec<'_>, cell: u32) {
+        self.heat.set(cell, TIER1_HEAT_EVERY as i64);
+        let Some(r) = self
+            .heat
+            .owner(cell)
+            .and_then(|id| self.regions[id as usize].as_mut())
+        else {
+            return;
+        };
+        let (key, cs_hi) = (r.key, r.cs_hi);
+        if r.optimizing {
+            self.warm(key, 1, TIER1_HEAT_EVERY / TIER1_HEAT_DIVISOR);
+        } else if self.request(ex, key, cs_hi, 1, 0) {
+            if let Some(r) = self
+                .heat
+                .owner(cell)
+                .and_then(|id| self.regions[id as usize].as_mut())
+            {
+                r.optimizing = true;
+            }
+        }
+    }
+
+    /// Forgets a request that was not sent, giving back its heat counter.
+    fn drop_pending(&mut self, key: Key, tier: u8) {
+        if let Some(Some(c)) = self.pending.remove(&(key, tier)) {
+            self.heat.give_back(c);
+        }
+    }
+
     /// Adds `heat` to the queued request of region `key` at `tier`, if there is one.
     fn warm(&self, key: Key, tier: u8, heat: u64) {
         if let Worker::Thread { queue, .. } = &self.worker {
-            if self.pending.contains(&(key, tier)) {
+            if self.pending.contains_key(&(key, tier)) {
                 queue.bump(heat, |r| r.tier == tier && req_key(r) == key);
             }
         }
@@ -488,6 +553,9 @@ impl Jit {
         let Some(r) = self.regions[id as usize].take() else {
             return;
         };
+        if let Some(c) = r.heat {
+            self.heat.give_back(c);
+        }
         self.stats.code_bytes -= r.code_bytes as u64;
         if let Some(v) = self.by_phys.get_mut(&key_of(&r.key)) {
             v.retain(|&x| x != id);
@@ -524,64 +592,76 @@ impl Jit {
 
     /// The region for the current state, through the jump cache.
     #[inline]
-    fn lookup(&mut self, ex: &Exec<'_>, mode: Mode) -> u32 {
-        let s = &*ex.s;
-        let cs = &s.seg[CS];
-        let eip = s.rip;
-        let lin = cs.base.wrapping_add(eip) & 0xffff_ffff;
+    fn lookup(&mut self, ex: &mut Exec<'_>, mode: Mode) -> u32 {
+        let eip = ex.s.rip;
+        let cs_base = ex.s.seg[CS].base;
+        let lin = cs_base.wrapping_add(eip) & 0xffff_ffff;
+        let frame = match ex.tlb.lookup_exec(mode.user(), lin) {
+            Some(f) => f,
+            // A TLB miss: walk the page tables as the fetch would (it fills the TLB).
+            // On a fault the interpreter fetches and raises it.
+            None => match ex.translate(lin, Access::Execute, mode.user()) {
+                Ok(phys) => phys & !PAGE_MASK,
+                Err(_) => return NONE,
+            },
+        };
         let j = jump_index(lin);
         let slot = self.jump[j];
         if slot.stamp == self.stamp
-            && slot.mode == Some(mode)
-            && slot.lin == lin
             && slot.eip == eip
-            && slot.cs_base == cs.base
+            && slot.cs_base == cs_base
+            && slot.frame == frame
+            && slot.mode == Some(mode)
             && (slot.region != NONE || slot.installs == self.installs)
+            && (!slot.next || self.next_mapped(ex, slot.region, lin))
         {
             return slot.region;
         }
+        let phys = frame | (lin & PAGE_MASK);
         let mut found = NONE;
-        // The physical address: from the interpreter's jump cache (valid under the
-        // same flush rules as this one), else from the TLB.
-        let phys = match ex.blocks.lookup_jump(lin, eip, cs.base, mode.bitness) {
-            Some(b) => Some(ex.blocks.get(b).phys),
-            None => ex
-                .tlb
-                .lookup_exec(mode.user(), lin)
-                .map(|f| f | (lin & PAGE_MASK)),
-        };
-        if let Some(phys) = phys {
-            if let Some(ids) = self.by_phys.get(&(phys, mode.bitness)) {
-                for &id in ids {
-                    let r = self.regions[id as usize].as_ref().expect("indexed region");
-                    if r.key.eip == eip && r.key.cs_base == cs.base && r.key.mode == mode {
-                        // Its instructions crossing the page end came from this frame.
-                        let lin2 = ((lin & !PAGE_MASK) + PAGE as u64) & 0xffff_ffff;
-                        if let Some((f, _)) = r.next {
-                            if ex.tlb.lookup_exec(mode.user(), lin2) != Some(f) {
-                                // Not mapped so now, or not yet in the TLB.
-                                return NONE;
-                            }
-                        }
-                        found = id;
-                        break;
+        if let Some(ids) = self.by_phys.get(&(phys, mode.bitness)) {
+            for &id in ids {
+                let r = self.regions[id as usize].as_ref().expect("indexed region");
+                if r.key.eip == eip && r.key.cs_base == cs_base && r.key.mode == mode {
+                    if !self.next_mapped(ex, id, lin) {
+                        // Not mapped so now, or not yet in the TLB.
+                        return NONE;
                     }
+                    found = id;
+                    break;
                 }
             }
-        } else {
-            // No translation cached: do not remember a miss.
-            return NONE;
         }
         self.jump[j] = Slot {
             stamp: self.stamp,
-            lin,
             eip,
-            cs_base: cs.base,
+            cs_base,
+            frame,
             mode: Some(mode),
             region: found,
+            next: found != NONE
+                && self.regions[found as usize]
+                    .as_ref()
+                    .is_some_and(|r| r.next.is_some()),
             installs: self.installs,
         };
         found
+    }
+
+    /// Whether region `id`, entered at linear address `lin`, has its instructions
+    /// across the page end in the frame the next page maps to now (true for a region
+    /// without such instructions).
+    fn next_mapped(&self, ex: &Exec<'_>, id: u32, lin: u64) -> bool {
+        let Some(r) = self.regions[id as usize].as_ref() else {
+            return false;
+        };
+        match r.next {
+            None => true,
+            Some((f, _)) => {
+                let lin2 = ((lin & !PAGE_MASK) + PAGE as u64) & 0xffff_ffff;
+                ex.tlb.lookup_exec(r.key.mode.user(), lin2) == Some(f)
+            }
+        }
     }
 }
 
@@ -656,9 +736,14 @@ impl Accel for Jit {
             }
             let func = r.func;
             // Compiled code may chain here from now on, unless the dispatcher must
-            // still count this region's instructions for its optimised compilation.
-            if let Some(c) = r.chain.filter(|_| r.tier > 0 || r.optimizing) {
-                self.chain.insert(c, r.key.eip, func);
+            // still count this region's instructions for its optimised compilation
+            // (a quick region without a heat counter).
+            if let Some(c) = r
+                .chain
+                .filter(|_| r.tier > 0 || r.optimizing || r.heat.is_some())
+            {
+                self.chain
+                    .insert(c, r.key.eip, func, r.key.phys & !PAGE_MASK);
             }
             self.ctx.end = end;
             self.ctx.tlb = ex.tlb.tables[mode.user() as usize].as_ptr();
@@ -673,9 +758,10 @@ impl Accel for Jit {
             // writes the state through `state`, guest RAM only through TLB entries
             // filled for RAM, and calls helpers with `ctx`, whose `exec` is this `ex`,
             // unused meanwhile. It chains only to regions of the chain table, which
-            // holds only regions the dispatcher found valid under the current paging
-            // and mode, and is emptied whenever either may have changed or a region
-            // is removed (see `crate::chain`). `enter` calls `func` with the region
+            // holds only regions the dispatcher found valid in the same mode, CS base
+            // and limit, and is emptied whenever a region is removed; compiled code
+            // checks that the TLB still maps the target's page to the frame it was
+            // compiled from (see `crate::chain`). `enter` calls `func` with the region
             // signature.
             let status = unsafe { enter(state, ctx as *mut u8, func) };
             self.ctx.exec = std::ptr::null_mut();
@@ -685,7 +771,9 @@ impl Accel for Jit {
             // CHECK with nothing run: the budget is too short for the region (see
             // `Tx::new`); the interpreter runs the last instructions before its end.
             // SPLIT: an access group's check failed (see `group`); nothing ran either.
-            ran |= n > 0 || !matches!(status, CHECK | SPLIT);
+            // HOT: a heat counter ran out, at a region's entry (nothing ran) or at a
+            // backward edge.
+            ran |= n > 0 || !matches!(status, CHECK | SPLIT | HOT);
             // With nothing run, the region entered here split; else one it chained to
             // did, and is counted when the dispatcher enters it next.
             if status == SPLIT && n == 0 {
@@ -707,7 +795,7 @@ impl Accel for Jit {
             let optimize = self.regions[id as usize].as_mut().and_then(|r| {
                 let old = r.insns;
                 r.insns += n;
-                if r.tier != 0 {
+                if r.tier != 0 || r.heat.is_some() {
                     None
                 } else if !r.optimizing {
                     (r.insns >= self.config.optimize_after).then_some((r.key, r.cs_hi, 0))
@@ -737,6 +825,11 @@ impl Accel for Jit {
                 // code does no I/O, so no interrupt or device request can have become
                 // due, and it cannot set IF: the interpreter loop has nothing to check.
                 JUMP => {}
+                // Likewise, with the state complete.
+                HOT => {
+                    let cell = self.ctx.hot as u32;
+                    self.heated(ex, cell);
+                }
                 _ => break,
             }
         }

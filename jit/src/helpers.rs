@@ -30,6 +30,10 @@ pub const CHECK: u32 = 4;
 /// Region exit status: an access group's check failed at the region's entry (see
 /// `group`); nothing ran.
 pub const SPLIT: u32 = 5;
+/// Region exit status: a quick region's heat counter ran out (see `heat`; its number
+/// is in the context), at the region's entry (nothing ran) or at a backward edge (the
+/// state is complete).
+pub const HOT: u32 = 6;
 
 /// What compiled code gets beside the CPU state. `#[repr(C)]`: compiled code reads
 /// its fields at their `offset_of!` offsets.
@@ -50,6 +54,8 @@ pub struct JitCtx {
     pub chain: *const crate::chain::ChainSlot,
     /// Entries into regions by chaining, counted by compiled code.
     pub chained: u64,
+    /// The heat counter of a HOT status.
+    pub hot: u64,
 }
 
 /// Runs `f` on the execution context behind `ctx`.

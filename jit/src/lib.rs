@@ -13,7 +13,8 @@
 //!   [`ox86_cpu::Accel`]), which finds regions through a jump cache keyed by RIP and
 //!   mode, invalidates them when their code bytes are written, and frees code memory
 //!   a generation at a time. A region left by a branch to a region the dispatcher
-//!   has already found tail-calls it directly (`chain`).
+//!   has already found tail-calls it directly (`chain`); quick regions count their
+//!   own runs (`heat`), so that they too are entered by chaining.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod chain;
@@ -23,6 +24,7 @@ mod emit;
 mod engine;
 mod flagsrc;
 mod group;
+mod heat;
 mod helpers;
 mod lower;
 mod mode;

@@ -81,6 +81,7 @@ mod tests {
             next: None,
             tier: 0,
             chain: None,
+            heat: None,
             ctx: 0,
         }
     }

@@ -16,13 +16,13 @@ use iced_x86::{Instruction, OpKind, Register};
 use ox86_cpu::exec::operand::{addr_mask, seg_index};
 use ox86_cpu::state::{DS, ES, SS};
 use ox86_cpu::{CpuState, DecodedInsn, Segment};
-use ox86_mmu::tlb::{TlbEntry, TLB_ENTRIES, TLB_ENTRY_SHIFT};
+use ox86_mmu::tlb::{tlb_index, TlbEntry, TLB_ENTRIES, TLB_ENTRY_SHIFT};
 
 use crate::chain::{self, ChainSlot};
 use crate::compiler::Request;
 use crate::flagsrc::FlagSrc;
 use crate::group::{self, Plan};
-use crate::helpers::{self, JitCtx, CHECK, JUMP, OK, SPLIT};
+use crate::helpers::{self, JitCtx, CHECK, HOT, JUMP, OK, SPLIT};
 use crate::lower::{gpr, kind, Kind};
 use crate::mode::Mode;
 use crate::region::{End, Region, ARITH};
@@ -92,6 +92,8 @@ pub struct Tx<'a, 'b> {
     pub tlb: Value,
     /// The mode compiled for.
     pub mode: Mode,
+    /// The CS base compiled for.
+    pub cs_base: u64,
     /// Highest valid EIP.
     pub cs_hi: u64,
     /// The flags, as far as compile time knows.
@@ -103,6 +105,8 @@ pub struct Tx<'a, 'b> {
     pub chain: Block,
     /// The chain context compiled in, if the region chains.
     pub chain_id: Option<u32>,
+    /// The heat counter of a quick region (see `heat`): number, address.
+    heat: Option<(u32, usize)>,
     /// The common slow path: (instruction pointer, EIP, icount) of an instruction to
     /// run in the interpreter before leaving the region.
     pub slow: Block,
@@ -262,6 +266,15 @@ fn check_group(
     (ok, addend)
 }
 
+/// Subtracts `n` from the heat counter at `addr` (see `heat`): whether it ran out.
+fn count_heat(b: &mut FunctionBuilder<'_>, addr: usize, n: u64) -> Value {
+    let a = b.ins().iconst(I64, addr as i64);
+    let v = b.ins().load(I64, MF, a, 0);
+    let v = b.ins().iadd_imm_s(v, -(n as i64));
+    b.ins().store(MF, v, a, 0);
+    b.ins().icmp_imm_s(IntCC::SignedLessThanOrEqual, v, 0)
+}
+
 pub(crate) const MF: MemFlagsData = MemFlagsData::trusted();
 /// Guest memory: never traps (the TLB vouches for it), may be unaligned.
 pub(crate) const GUEST: MemFlagsData = MemFlagsData::new().with_notrap();
@@ -335,10 +348,54 @@ impl<'a, 'b> Tx<'a, 'b> {
         let after = b.ins().iadd_imm_s(v, total as i64);
         let over = b.ins().icmp(IntCC::UnsignedGreaterThan, after, end);
         let none = b.create_block();
-        b.ins().brif(over, none, &[], blocks[0], &[]);
+        let start = b.create_block();
+        b.ins().brif(over, none, &[], start, &[]);
         b.switch_to_block(none);
         let st = b.ins().iconst(I32, CHECK as i64);
         b.ins().return_(&[st]);
+        b.switch_to_block(start);
+        // Instructions across the page end were compiled from the frame the next page
+        // mapped to: entered by chaining, the region checks that it still does (the
+        // dispatcher checks before it enters); if not, nothing runs here either.
+        let run = b.create_block();
+        match req.next.as_ref().filter(|_| region.next_len > 0) {
+            Some(&(frame, _)) => {
+                let lin = req.cs_base.wrapping_add(req.entry.eip) & 0xffff_ffff;
+                let next = ((lin & !0xfff) + 0x1000) & 0xffff_ffff;
+                let off = (tlb_index(next) << TLB_ENTRY_SHIFT) as i64;
+                let entry = b.ins().iadd_imm_s(tlb, off);
+                let exec = b
+                    .ins()
+                    .load(I64, MF, entry, offset_of!(TlbEntry, exec) as i32);
+                let f = b
+                    .ins()
+                    .load(I64, MF, entry, offset_of!(TlbEntry, frame) as i32);
+                let mapped = b.ins().icmp_imm_s(IntCC::Equal, exec, next as i64);
+                let same = b.ins().icmp_imm_s(IntCC::Equal, f, frame as i64);
+                let ok = b.ins().band(mapped, same);
+                b.ins().brif(ok, run, &[], none, &[]);
+            }
+            None => {
+                b.ins().jump(run, &[]);
+            }
+        }
+        b.switch_to_block(run);
+        // A quick region counts its runs (see `heat`); when its counter runs out it
+        // leaves before running anything, for the dispatcher to ask for its optimised
+        // compilation.
+        if let Some((cell, addr)) = req.heat {
+            let out = count_heat(b, addr, total);
+            let hot = b.create_block();
+            b.ins().brif(out, hot, &[], blocks[0], &[]);
+            b.switch_to_block(hot);
+            let c = b.ins().iconst(I64, i64::from(cell));
+            let ctx = b.ins().iconst(I64, ctx_addr as i64);
+            b.ins().store(MF, c, ctx, offset_of!(JitCtx, hot) as i32);
+            let st = b.ins().iconst(I32, HOT as i64);
+            b.ins().return_(&[st]);
+        } else {
+            b.ins().jump(blocks[0], &[]);
+        }
         Tx {
             b,
             sigs,
@@ -348,11 +405,13 @@ impl<'a, 'b> Tx<'a, 'b> {
             icount,
             tlb,
             mode,
+            cs_base: req.cs_base,
             cs_hi,
             flags: FlagSrc::State,
             exit,
             chain,
             chain_id,
+            heat: req.heat,
             slow,
             blocks,
             region,
@@ -477,6 +536,25 @@ impl<'a, 'b> Tx<'a, 'b> {
             .ins()
             .jump(self.exit, &[r.into(), icount.into(), st.into()]);
         self.b.switch_to_block(go);
+        if let Some((cell, addr)) = self.heat {
+            let out = count_heat(self.b, addr, self.total);
+            let hot = self.b.create_block();
+            let on = self.b.create_block();
+            self.b.ins().brif(out, hot, &[], on, &[]);
+            self.b.switch_to_block(hot);
+            self.materialize(flags);
+            let c = self.b.ins().iconst(I64, i64::from(cell));
+            let ctx = self.ctx();
+            self.b
+                .ins()
+                .store(MF, c, ctx, offset_of!(JitCtx, hot) as i32);
+            let r = self.b.ins().iconst(I64, rip as i64);
+            let st = self.b.ins().iconst(I32, HOT as i64);
+            self.b
+                .ins()
+                .jump(self.exit, &[r.into(), icount.into(), st.into()]);
+            self.b.switch_to_block(on);
+        }
         self.b.def_var(self.icount, icount);
         self.b.ins().jump(self.blocks[target], &[]);
     }
@@ -517,6 +595,30 @@ impl<'a, 'b> Tx<'a, 'b> {
             let hit = self.b.create_block();
             self.b.ins().brif(miss, leave, &[], hit, &[]);
             self.b.switch_to_block(hit);
+            // The TLB must map the target's page to the frame it was compiled from.
+            let lin = self.b.ins().iadd_imm_s(rip, self.cs_base as i64);
+            let lin = self.b.ins().ireduce(I32, lin);
+            let lin = self.b.ins().uextend(I64, lin);
+            let entry = tlb_entry(self.b, self.tlb, lin);
+            let exec = self
+                .b
+                .ins()
+                .load(I64, MF, entry, offset_of!(TlbEntry, exec) as i32);
+            let page = self.b.ins().band_imm_s(lin, !0xfff);
+            let frame = self
+                .b
+                .ins()
+                .load(I64, MF, entry, offset_of!(TlbEntry, frame) as i32);
+            let want = self
+                .b
+                .ins()
+                .load(I64, MF, slot, offset_of!(ChainSlot, frame) as i32);
+            let mapped = self.b.ins().icmp(IntCC::Equal, exec, page);
+            let same = self.b.ins().icmp(IntCC::Equal, frame, want);
+            let ok = self.b.ins().band(mapped, same);
+            let go = self.b.create_block();
+            self.b.ins().brif(ok, go, &[], leave, &[]);
+            self.b.switch_to_block(go);
             let f = self
                 .b
                 .ins()

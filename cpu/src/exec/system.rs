@@ -78,7 +78,6 @@ impl Exec<'_> {
     pub fn write_cr3(&mut self, v: u64) {
         self.s.cr3 = v & 0xffff_ffff;
         self.tlb.flush_nonglobal();
-        self.blocks.flush_jump_cache();
     }
 }
 
@@ -300,7 +299,6 @@ pub fn exec_invlpg(e: &mut Exec<'_>, i: &Instruction) -> Fault {
     // Large pages are cached as 4 KiB pieces: flush everything to be safe.
     let large = e.s.cr4 & ((1 << 4) | (1 << 5)) != 0;
     e.tlb.flush_page(lin, large);
-    e.blocks.flush_jump_cache();
     Ok(())
 }
 
