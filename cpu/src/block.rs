@@ -340,3 +340,98 @@ pub fn decode_block(
     }
     (out, used, truncated)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ox86_mmu::tlb::TlbEntry;
+
+    fn map(tlb: &mut Tlb, lin: u64, frame: u64, global: bool) {
+        let page = lin & !PAGE_MASK;
+        tlb.fill(
+            false,
+            lin,
+            TlbEntry {
+                read: page,
+                write: page,
+                exec: page,
+                addend: 0,
+                frame,
+                global: global as u64,
+            },
+        );
+    }
+
+    fn nothing(_: &mut Exec<'_>, _: &Instruction) -> Fault {
+        Ok(())
+    }
+
+    fn select(_: &Instruction) -> Handler {
+        nothing
+    }
+
+    fn block(eip: u64, phys: u64, ranges: [(u64, u64); 2]) -> Block {
+        let (insns, _, _) = decode_block(&[0x90, 0xc3], eip, 32, select);
+        Block {
+            eip,
+            cs_base: 0,
+            bitness: 32,
+            phys,
+            insns: insns.into(),
+            ranges,
+            execs: 0,
+        }
+    }
+
+    /// The jump cache is never flushed: its hits are checked against the TLB, so a
+    /// remapped page, a flushed TLB or a replaced block is never found through it.
+    #[test]
+    fn jump_cache_hits_follow_the_tlb() {
+        let mut tlb = Tlb::default();
+        let mut c = BlockCache::default();
+        let lin = 0x0804_8010;
+        map(&mut tlb, lin, 0x5000, false);
+        let id = c.insert(lin, block(lin, 0x5010, [(0x5010, 0x5012), (0, 0)]));
+        assert_eq!(c.lookup_jump(lin, lin, 0, 32, &tlb, false), Some(id));
+        // Other bitness, CS base or table: no hit.
+        assert_eq!(c.lookup_jump(lin, lin, 0, 16, &tlb, false), None);
+        assert_eq!(c.lookup_jump(lin, lin, 0, 32, &tlb, true), None);
+        // A context switch: the page now maps another frame (another process's code).
+        tlb.flush_nonglobal();
+        assert_eq!(c.lookup_jump(lin, lin, 0, 32, &tlb, false), None);
+        map(&mut tlb, lin, 0x9000, false);
+        assert_eq!(c.lookup_jump(lin, lin, 0, 32, &tlb, false), None);
+        assert_eq!(c.lookup_phys(lin, 0x9010, lin, 0, 32, &tlb, false), None);
+        // Back to the first mapping: found again without decoding.
+        map(&mut tlb, lin, 0x5000, false);
+        assert_eq!(c.lookup_jump(lin, lin, 0, 32, &tlb, false), Some(id));
+        // A global page survives the context switch.
+        map(&mut tlb, lin, 0x5000, true);
+        tlb.flush_nonglobal();
+        assert_eq!(c.lookup_jump(lin, lin, 0, 32, &tlb, false), Some(id));
+        // An invalidated block leaves its slot, which no longer matches.
+        assert!(!c.invalidate_range(0x5011, 1));
+        assert_eq!(c.lookup_jump(lin, lin, 0, 32, &tlb, false), None);
+    }
+
+    /// A block holding an instruction across the page end needs both pages mapped
+    /// where they were.
+    #[test]
+    fn a_block_across_the_page_end_checks_both_pages() {
+        let mut tlb = Tlb::default();
+        let mut c = BlockCache::default();
+        let lin = 0x0804_8fff;
+        map(&mut tlb, lin, 0x5000, false);
+        map(&mut tlb, lin + 1, 0x7000, false);
+        let b = block(lin, 0x5fff, [(0x5fff, 0x6000), (0x7000, 0x7001)]);
+        let id = c.insert(lin, b);
+        assert_eq!(c.lookup_jump(lin, lin, 0, 32, &tlb, false), Some(id));
+        assert_eq!(
+            c.lookup_phys(lin, 0x5fff, lin, 0, 32, &tlb, false),
+            Some(id)
+        );
+        map(&mut tlb, lin + 1, 0x8000, false);
+        assert_eq!(c.lookup_jump(lin, lin, 0, 32, &tlb, false), None);
+        assert_eq!(c.lookup_phys(lin, 0x5fff, lin, 0, 32, &tlb, false), None);
+    }
+}
