@@ -57,7 +57,7 @@ pub struct JitConfig {
 impl Default for JitConfig {
     fn default() -> Self {
         JitConfig {
-            hot_threshold: 50,
+            hot_threshold: 2000,
             max_region_blocks: 8,
             arena_bytes: 128 << 20,
             optimize_after: 1_000_000,
