@@ -14,9 +14,6 @@ pub struct MachineBus {
     pub platform: Platform,
     /// Guest time.
     pub clock: Clock,
-    /// In real time, the guest time of the next device event: the slice ends once the
-    /// host clock passes it (see [`MachineBus::stop_requested`]).
-    pub deadline: Option<u64>,
     /// Calls of `stop_requested` since the clock was last read.
     polls: Cell<u32>,
 }
@@ -30,7 +27,6 @@ impl MachineBus {
         MachineBus {
             platform,
             clock,
-            deadline: None,
             polls: Cell::new(0),
         }
     }
@@ -79,12 +75,9 @@ impl IoBus for MachineBus {
         if self.platform.stop_requested() {
             return true;
         }
-        let Some(d) = self.deadline else {
-            return false;
-        };
         let n = self.polls.get().wrapping_add(1);
         self.polls.set(n);
-        n.is_multiple_of(DEADLINE_POLL) && self.clock.host_now() >= d
+        n.is_multiple_of(DEADLINE_POLL) && self.clock.deadline_passed()
     }
 }
 
@@ -104,13 +97,16 @@ mod tests {
         let mut b = bus(ClockMode::Realtime);
         let polls = |b: &MachineBus| (0..DEADLINE_POLL).any(|_| b.stop_requested());
         assert!(!polls(&b), "no deadline");
-        b.deadline = Some(b.clock.host_now() + 10_000_000_000);
+        let t = b.clock.now(0);
+        b.clock.slice_budget(0, Some(t + 10_000_000_000));
         assert!(!polls(&b), "a deadline far ahead");
-        b.deadline = Some(b.clock.host_now() + 2_000_000);
+        b.clock.slice_budget(0, Some(t + 2_000_000));
         std::thread::sleep(std::time::Duration::from_millis(3));
         assert!(polls(&b), "a deadline passed");
         // Icount mode never sets one: the stop does not depend on the host clock.
-        let b = bus(ClockMode::Icount { shift: 0 });
+        let mut b = bus(ClockMode::Icount { shift: 0 });
+        b.clock.slice_budget(0, Some(1));
+        std::thread::sleep(std::time::Duration::from_millis(1));
         assert!(!polls(&b));
     }
 }

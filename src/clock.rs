@@ -2,6 +2,17 @@
 //! monotonic clock (the default) or derived from the retired-instruction count
 //! (`--icount`), which makes runs deterministic: the same image and input give the
 //! same execution on every run.
+//!
+//! In real time the guest does not see the emulator's stalls: when the host preempts
+//! the emulator (another process, the JIT's compiler thread on one core) or a sleep
+//! overshoots, guest time pauses rather than jumping. Guest time advances by at most
+//! [`MAX_NS_PER_INSN`] for each instruction retired since it was last read, and never
+//! runs more than [`DEADLINE_GRACE_NS`] past the next device event until that event
+//! has been delivered. The host time held back is kept as a lag. Without this a stall
+//! of a few milliseconds let several PIT periods pass with one interrupt (lost ticks:
+//! the kernel's jiffies-based PIT clocksource then disagrees with the TSC and the
+//! clocksource watchdog marks the TSC unstable), or made two reads of the PIT a few
+//! instructions apart look milliseconds apart (the TSC calibration fails).
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +41,12 @@ pub struct Clock {
     /// Real time: instruction count and time of the last slice, and the host time per
     /// instruction measured over recent slices (in 1/1024 ns).
     pace: (u64, u64, u64),
+    /// Real time: host time the guest did not see (stalls), in ns.
+    lag: u64,
+    /// Real time: the instruction count when the clock was last read.
+    last_icount: u64,
+    /// Real time: guest time of the next device event, set by [`Clock::slice_budget`].
+    deadline: Option<u64>,
 }
 
 /// The TSC runs at 1 GHz: one tick per nanosecond of guest time.
@@ -42,6 +59,13 @@ const ICOUNT_SLICE: u64 = 100_000;
 const REALTIME_SLICE: (u64, u64) = (100_000, 1_000_000);
 /// Host time per instruction assumed before any has been measured (1/1024 ns).
 const INITIAL_NS_PER_KINSN: u64 = 10 << 10;
+/// Real time: the most guest time one instruction may take (the guest sees a machine
+/// of at least 1 MIPS however slowly the host runs it). Each reading of the clock
+/// also allows one instruction's worth.
+pub const MAX_NS_PER_INSN: u64 = 1_000;
+/// Real time: how far guest time may run past the next device event before that event
+/// is delivered (well under any timer period a guest programs).
+pub const DEADLINE_GRACE_NS: u64 = 100_000;
 
 impl Clock {
     /// A clock at time 0.
@@ -52,6 +76,9 @@ impl Clock {
             idle_ns: 0,
             last: 0,
             pace: (0, 0, INITIAL_NS_PER_KINSN),
+            lag: 0,
+            last_icount: 0,
+            deadline: None,
         }
     }
 
@@ -64,17 +91,47 @@ impl Clock {
     #[inline]
     pub fn now(&mut self, icount: u64) -> u64 {
         let t = match self.mode {
-            ClockMode::Realtime => self.start.elapsed().as_nanos() as u64,
+            ClockMode::Realtime => self.realtime_now(icount),
             ClockMode::Icount { shift } => (icount << shift).wrapping_add(self.idle_ns),
         };
         self.last = self.last.max(t);
         self.last
     }
 
-    /// Host time since the start, in ns: guest time in real time (without the
-    /// guarantee of never going backwards that [`Clock::now`] gives).
-    pub fn host_now(&self) -> u64 {
+    /// Real time: host time less the lag, held to the limits the module describes
+    /// (what is held back joins the lag).
+    fn realtime_now(&mut self, icount: u64) -> u64 {
+        let host = self.host_elapsed().saturating_sub(self.lag);
+        let insns = icount.saturating_sub(self.last_icount).saturating_add(1);
+        self.last_icount = icount;
+        let mut limit = self
+            .last
+            .saturating_add(insns.saturating_mul(MAX_NS_PER_INSN));
+        if let Some(d) = self.deadline {
+            limit = limit.min(d.saturating_add(DEADLINE_GRACE_NS).max(self.last));
+        }
+        if host > limit {
+            self.lag += host - limit;
+            limit
+        } else {
+            host
+        }
+    }
+
+    fn host_elapsed(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
+    }
+
+    /// Real time: whether the host clock (less the lag) has reached the next device
+    /// event; false in icount mode, where slices end exactly at events.
+    pub fn deadline_passed(&self) -> bool {
+        self.deadline
+            .is_some_and(|d| self.host_elapsed().saturating_sub(self.lag) >= d)
+    }
+
+    /// Host time held back from the guest so far (ns; 0 in icount mode).
+    pub fn lag_ns(&self) -> u64 {
+        self.lag
     }
 
     /// How many instructions fit before guest time `t` (icount mode), or None when time
@@ -93,7 +150,9 @@ impl Clock {
     /// device event is due at guest time `next` (if any). In icount mode the slice
     /// ends exactly at the event. In real time it covers half the time to the event
     /// at the speed measured over the last slices, within [`REALTIME_SLICE`]: every
-    /// slice costs a device check, and the interpreter runs the end of each.
+    /// slice costs a device check, and the interpreter runs the end of each; `next`
+    /// becomes the deadline ([`Clock::deadline_passed`]) that guest time does not run
+    /// past by more than [`DEADLINE_GRACE_NS`].
     pub fn slice_budget(&mut self, icount: u64, next: Option<u64>) -> u64 {
         match self.mode {
             ClockMode::Icount { .. } => next
@@ -111,6 +170,7 @@ impl Clock {
                     _ => pace,
                 };
                 self.pace = (icount, now, pace.max(1));
+                self.deadline = next;
                 let (min, max) = REALTIME_SLICE;
                 next.map_or(max, |t| {
                     let dt = u128::from(t.saturating_sub(now));
@@ -122,7 +182,8 @@ impl Clock {
     }
 
     /// The guest is idle until guest time `t` (or, in real time, at most `max_wait`
-    /// of host time): icount mode skips the time at once; real time sleeps.
+    /// of host time): icount mode skips the time at once; real time sleeps, and guest
+    /// time then catches up with the host (up to `t`; an oversleep joins the lag).
     pub fn idle_until(&mut self, icount: u64, t: Option<u64>, max_wait: Duration) {
         let now = self.now(icount);
         match self.mode {
@@ -138,6 +199,11 @@ impl Clock {
                 if !wait.is_zero() {
                     std::thread::sleep(wait);
                 }
+                let host = self.host_elapsed().saturating_sub(self.lag);
+                let woke = t.map_or(host, |t| host.min(t.max(now)));
+                self.lag += host - woke;
+                self.last = self.last.max(woke);
+                self.last_icount = icount;
             }
         }
     }
@@ -205,5 +271,71 @@ mod tests {
         let b = c.now(0);
         assert!(b >= a + 2_000_000, "slept until the event: {a} -> {b}");
         assert!(c.insns_until(0, b + 10).is_none());
+    }
+
+    #[test]
+    fn realtime_hides_a_stall_of_the_emulator() {
+        let mut c = Clock::new(ClockMode::Realtime);
+        let a = c.now(1000);
+        std::thread::sleep(Duration::from_millis(20));
+        // Ten instructions later: at most eleven instructions' worth, not 20 ms.
+        let b = c.now(1010);
+        assert!(b - a <= 11 * MAX_NS_PER_INSN, "{a} -> {b}");
+        assert!(c.lag_ns() >= 19_000_000, "lag {}", c.lag_ns());
+        // Afterwards time runs at the host's pace again, less the lag.
+        std::thread::sleep(Duration::from_millis(2));
+        let d = c.now(1_000_000_000);
+        assert!(d - b >= 2_000_000 && d - b < 19_000_000, "{b} -> {d}");
+    }
+
+    #[test]
+    fn realtime_stops_short_of_the_event_after_next() {
+        let mut c = Clock::new(ClockMode::Realtime);
+        let t = c.now(0);
+        // The next event 1 ms away; the host stalls 10 ms with the slice's instructions
+        // all run: time stops just past the event, however many instructions ran.
+        c.slice_budget(0, Some(t + 1_000_000));
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(c.deadline_passed());
+        let b = c.now(1 << 40);
+        assert_eq!(b, t + 1_000_000 + DEADLINE_GRACE_NS);
+        assert!(c.deadline_passed(), "the lag keeps the deadline passed");
+        // The next slice's deadline lets time go on.
+        c.slice_budget(1 << 40, Some(t + 5_000_000));
+        std::thread::sleep(Duration::from_millis(1));
+        let d = c.now(1 << 41);
+        assert!(d > b && d < t + 5_000_000, "{b} -> {d}");
+    }
+
+    #[test]
+    fn realtime_idle_catches_up_to_the_event_and_no_further() {
+        let mut c = Clock::new(ClockMode::Realtime);
+        let a = c.now(0);
+        c.slice_budget(0, Some(a + 1_000_000));
+        // A sleep that overshoots (asked for 1 ms, at most 30 ms allowed): guest time
+        // lands on the event, the oversleep joins the lag.
+        c.idle_until(0, Some(a + 1_000_000), Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(5));
+        let woke = c.now(0);
+        assert!(
+            (a + 1_000_000..=a + 1_000_000 + MAX_NS_PER_INSN).contains(&woke),
+            "{a} -> {woke}"
+        );
+        // Idle with no event: guest time follows the host through the whole wait.
+        let b = c.now(0);
+        c.idle_until(0, None, Duration::from_millis(3));
+        let d = c.now(0);
+        assert!(d >= b + 3_000_000, "{b} -> {d}");
+    }
+
+    #[test]
+    fn realtime_icount_going_back_does_not_stop_time() {
+        // A guest reset restarts nothing in the clock, but icount may restart.
+        let mut c = Clock::new(ClockMode::Realtime);
+        c.now(1_000_000);
+        let a = c.now(0);
+        std::thread::sleep(Duration::from_millis(2));
+        let b = c.now(2_000_000);
+        assert!(b >= a + 2_000_000, "{a} -> {b}");
     }
 }

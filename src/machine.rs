@@ -259,9 +259,13 @@ impl Machine {
         }
         let icount = self.cpu.state.icount;
         self.bus.advance(icount);
-        let next = self.bus.platform.next_event_ns();
+        // In real time, slices also end at the edges of masked timers (see
+        // Platform::next_timer_ns); in icount mode time cannot run past an event.
+        let next = match self.bus.clock.mode() {
+            ClockMode::Realtime => self.bus.platform.next_timer_ns(),
+            ClockMode::Icount { .. } => self.bus.platform.next_event_ns(),
+        };
         let mut budget = self.bus.clock.slice_budget(icount, next);
-        self.bus.deadline = next.filter(|_| self.bus.clock.mode() == ClockMode::Realtime);
         if let Some(max) = self.max_insns {
             let left = max.saturating_sub(icount);
             if left == 0 {

@@ -379,16 +379,28 @@ impl Platform {
     /// masked at the PIC are skipped: their state is computed exactly whenever the guest
     /// looks.
     pub fn next_event_ns(&self) -> Option<u64> {
+        self.next_timer(false)
+    }
+
+    /// When the next timer output changes, whether or not its line is masked at the
+    /// PIC: a real-time clock must not run past it, since edges that come while the
+    /// line is masked (as it is during the guest's handler of the previous one) are
+    /// latched once.
+    pub fn next_timer_ns(&self) -> Option<u64> {
+        self.next_timer(true)
+    }
+
+    fn next_timer(&self, masked_too: bool) -> Option<u64> {
         let mut next: Option<u64> = None;
         let mut consider = |t: Option<u64>| {
             if let Some(t) = t {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
-        if !self.pic.is_masked(PIT_IRQ) {
+        if masked_too || !self.pic.is_masked(PIT_IRQ) {
             consider(self.pit.next_event_ns());
         }
-        if !self.pic.is_masked(RTC_IRQ) {
+        if masked_too || !self.pic.is_masked(RTC_IRQ) {
             consider(self.cmos.next_event_ns());
         }
         for d in &self.ext {
