@@ -215,7 +215,7 @@ pub struct TableReg {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Msrs {
-    /// IA32_TSC adjustment: TSC = icount-derived value + this.
+    /// IA32_TSC_ADJUST: TSC = the machine clock's value + this.
     pub tsc_offset: u64,
     /// IA32_APIC_BASE.
     pub apic_base: u64,

@@ -366,6 +366,8 @@ pub fn exec_rdmsr(e: &mut Exec<'_>, _i: &Instruction) -> Fault {
     let m = &e.s.msr;
     let v = match e.s.regs[RCX] as u32 {
         0x10 => e.tsc(),
+        // IA32_TSC_ADJUST: what has been added to the TSC since reset.
+        0x3b => m.tsc_offset,
         0x1b => m.apic_base,
         0x174 => m.sysenter_cs,
         0x175 => m.sysenter_esp,
@@ -389,7 +391,10 @@ pub fn exec_wrmsr(e: &mut Exec<'_>, _i: &Instruction) -> Fault {
     let ecx = e.s.regs[RCX] as u32;
     let m = &mut e.s.msr;
     match ecx {
+        // Writing IA32_TSC changes IA32_TSC_ADJUST by the same amount, and the other
+        // way round: the two are one offset.
         0x10 => m.tsc_offset = v.wrapping_sub(tsc_now),
+        0x3b => m.tsc_offset = v,
         0x1b => m.apic_base = v,
         0x174 => m.sysenter_cs = v & 0xffff,
         0x175 => m.sysenter_esp = v,
