@@ -8,14 +8,14 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{engine_name, guests_dir, run_ox86, text, ENGINES};
+use common::{engine_name, engines, guests_dir, run_ox86, text};
 
 /// Runs a self-checking guest on both engines and asserts it printed PASS and exited
 /// with status 33 on each; returns the output (the same on both).
 fn run_checked(name: &str) -> String {
-    let outs: Vec<String> = ENGINES.iter().map(|e| run_checked_on(name, e)).collect();
-    assert_eq!(
-        outs[0], outs[1],
+    let outs: Vec<String> = engines().iter().map(|e| run_checked_on(name, e)).collect();
+    assert!(
+        outs.iter().all(|o| *o == outs[0]),
         "{name}: the JIT and the interpreter print differently"
     );
     outs[0].clone()

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{engine_name, root, run_ox86, text, ENGINES};
+use common::{engine_name, engines, root, run_ox86, text};
 
 /// Fetches the kernel and builds the initramfs once (cached between runs).
 fn linux_dir() -> &'static Path {
@@ -131,7 +131,7 @@ const COMPLAINTS: &[&str] = &[
 
 #[test]
 fn linux_smoke_and_quiet_boot_log() {
-    for engine in ENGINES {
+    for engine in engines() {
         let log = boot("smoke", engine);
         assert!(log.contains("Linux version 6.1.0"), "{log}");
         let bad: Vec<&str> = log
@@ -169,7 +169,7 @@ fn linux_smoke_and_quiet_boot_log() {
 
 #[test]
 fn linux_c_program_matches_native() {
-    for engine in ENGINES {
+    for engine in engines() {
         let log = boot("cprog", engine);
         let start =
             log.find("OX86-CPROG-BEGIN\n").expect("begin marker") + "OX86-CPROG-BEGIN\n".len();
@@ -188,7 +188,7 @@ fn linux_c_program_matches_native() {
 
 #[test]
 fn linux_processes_and_files() {
-    for engine in ENGINES {
+    for engine in engines() {
         let log = boot("procs", engine);
         assert!(log.contains("ok   100 fork+exec"), "{log}");
         assert_eq!(
@@ -212,7 +212,7 @@ fn linux_session_of_short_programs_and_compute() {
     assert!(native.status.success());
     let native = text(&native.stdout);
     let tail: Vec<&str> = native.lines().rev().take(2).collect();
-    for engine in ENGINES {
+    for engine in engines() {
         let log = boot("session", engine);
         assert!(log.contains("OX86-SESSION-OK"), "{log}");
         let start = log.find("OX86-PHASE compute\n").expect("compute marker");

@@ -3,6 +3,9 @@
 //! registers, the data area (which also holds the stack) and every architecturally
 //! defined flag must agree. Undefined flags (Intel SDM) are masked per instruction.
 
+// The oracle is the host CPU itself: these tests exist on x86-64 hosts only.
+#![cfg(target_arch = "x86_64")]
+
 mod common;
 use common::*;
 use ox86_cpu::testkit::{DATA_ADDR, STACK_TOP};

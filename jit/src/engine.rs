@@ -280,7 +280,11 @@ impl Jit {
     fn finish(&mut self, ex: &mut Exec<'_>, (key, tier, r): Done) {
         let heat = self.pending.remove(&(key, tier)).flatten();
         let installed = match r {
-            Ok(c) => self.install(ex, key, c),
+            Ok(c) => {
+                // Code the compiler thread wrote: fetch nothing prefetched before.
+                crate::codemem::sync_fetch();
+                self.install(ex, key, c)
+            }
             Err(e) => {
                 tracing::warn!(target: "ox86::jit", "{e}");
                 self.stats.compile_failures += 1;

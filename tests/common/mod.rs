@@ -14,8 +14,12 @@ pub fn root() -> PathBuf {
 }
 
 /// The `ox86` binary of the same profile as this test (built by `cargo build -p
-/// ox86-frontend` first; `.ci/run` does that).
+/// ox86-frontend` first; `.ci/run` does that), or the one `OX86_BIN` names (an
+/// aarch64 build run through `OX86_RUNNER`, see scripts/test-aarch64).
 pub fn ox86_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("OX86_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
@@ -48,6 +52,29 @@ pub fn guests_dir() -> &'static Path {
     })
 }
 
+/// A command that runs the `ox86` binary: directly, or through the emulator that
+/// `OX86_RUNNER` names (`qemu-aarch64` for an aarch64 build on an x86-64 host).
+pub fn ox86_command() -> Command {
+    match std::env::var_os("OX86_RUNNER") {
+        Some(runner) => {
+            let mut c = Command::new(runner);
+            c.arg(ox86_bin());
+            c
+        }
+        None => Command::new(ox86_bin()),
+    }
+}
+
+/// How much longer than natively a run may take: `OX86_TIME_SCALE` (an integer, 1 when
+/// unset), for a binary run under an emulator.
+pub fn time_scale() -> u32 {
+    std::env::var("OX86_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// Runs `ox86` with `args`, killing it after `timeout`. Returns its output.
 pub fn run_ox86(args: &[&str], timeout: Duration) -> Output {
     run_ox86_input(args, None, timeout)
@@ -56,7 +83,7 @@ pub fn run_ox86(args: &[&str], timeout: Duration) -> Output {
 /// Runs `ox86` with `args` and `input` on its standard input (then kept open, as a
 /// terminal would be), killing it after `timeout`.
 pub fn run_ox86_input(args: &[&str], input: Option<&[u8]>, timeout: Duration) -> Output {
-    let mut child = Command::new(ox86_bin())
+    let mut child = ox86_command()
         .args(args)
         .stdin(if input.is_some() {
             Stdio::piped()
@@ -75,6 +102,7 @@ pub fn run_ox86_input(args: &[&str], input: Option<&[u8]>, timeout: Duration) ->
         w.flush().expect("flush stdin");
         w
     });
+    let timeout = timeout * time_scale();
     let start = Instant::now();
     loop {
         if child.try_wait().expect("wait").is_some() {
@@ -104,6 +132,21 @@ pub fn text(out: &[u8]) -> String {
 /// The two engines every guest test runs on: the JIT (the default) and the
 /// interpreter alone.
 pub const ENGINES: [&[&str]; 2] = [&[], &["--interp"]];
+
+/// The engines to run: [`ENGINES`], or those `OX86_ENGINES` names (`jit`, `interp`,
+/// comma-separated; scripts/test-aarch64 boots Linux with the JIT only, as the
+/// interpreter under an emulator would take most of the time budget).
+pub fn engines() -> Vec<&'static [&'static str]> {
+    let Ok(want) = std::env::var("OX86_ENGINES") else {
+        return ENGINES.to_vec();
+    };
+    let picked: Vec<_> = ENGINES
+        .into_iter()
+        .filter(|e| want.split(',').any(|w| w.trim() == engine_name(e)))
+        .collect();
+    assert!(!picked.is_empty(), "OX86_ENGINES={want:?} names no engine");
+    picked
+}
 
 /// The engine's name for messages.
 pub fn engine_name(engine: &[&str]) -> &'static str {
