@@ -48,6 +48,9 @@ pub struct Block {
     pub ranges: [(u64, u64); 2],
     /// Times the block was entered.
     pub execs: u64,
+    /// The next run count at which the interpreter tells the accelerator that the
+    /// block is hot (0: not computed yet).
+    pub next_hot: u64,
 }
 
 impl Block {
@@ -69,7 +72,7 @@ impl Block {
 
 /// Most instructions in one block.
 pub const MAX_BLOCK_INSNS: usize = 64;
-const JUMP_CACHE: usize = 4096;
+const JUMP_CACHE: usize = 1 << 16;
 const NO_BLOCK: u32 = u32::MAX;
 
 /// The decoded-block cache of one CPU.
@@ -380,6 +383,7 @@ mod tests {
             insns: insns.into(),
             ranges,
             execs: 0,
+            next_hot: 0,
         }
     }
 

@@ -60,6 +60,9 @@ impl Exec<'_> {
         // Exceptions retire no instruction; they count against the budget here so that
         // a guest stuck in a fault loop still returns control to the machine.
         let mut events = 0u64;
+        let hot_every = accel
+            .as_deref()
+            .map_or(u64::MAX, |a| a.hot_threshold().max(1));
         loop {
             if *self.shutdown {
                 return CpuExit::Shutdown;
@@ -113,14 +116,19 @@ impl Exec<'_> {
             };
             let block = self.blocks.get_mut(id);
             block.execs += 1;
-            let execs = block.execs;
+            // Every `hot_every` runs (the division only when a multiple is reached).
+            let hot = block.execs >= block.next_hot && {
+                let execs = block.execs;
+                block.next_hot = (execs / hot_every)
+                    .saturating_add(1)
+                    .saturating_mul(hot_every);
+                execs.is_multiple_of(hot_every)
+            };
             let insns = block.insns.clone();
-            if let Some(a) = accel.as_deref_mut() {
+            if let Some(a) = accel.as_deref_mut().filter(|_| hot) {
                 // Asked again every threshold runs: a region can be dropped, or its
                 // compilation refused while the compiler was busy.
-                if execs.is_multiple_of(a.hot_threshold()) {
-                    a.hot(self, id);
-                }
+                a.hot(self, id);
             }
             // One instruction at a time while debugging, and in an interrupt shadow (so
             // that an interrupt is taken right after the instruction following STI).
@@ -283,6 +291,7 @@ impl Exec<'_> {
             insns: insns.into(),
             ranges,
             execs: 0,
+            next_hot: 0,
         };
         Ok(self.blocks.insert(lin, block))
     }

@@ -77,9 +77,6 @@ struct Slot {
     /// The region runs instructions across the page end (its next page is checked at
     /// every hit too).
     next: bool,
-    /// For a miss (`region` NONE): the install count when it was found; an install
-    /// since makes it stale.
-    installs: u64,
 }
 
 const EMPTY: Slot = Slot {
@@ -90,7 +87,6 @@ const EMPTY: Slot = Slot {
     mode: None,
     region: NONE,
     next: false,
-    installs: 0,
 };
 const NONE: u32 = u32::MAX;
 const JUMP_CACHE: usize = 4096;
@@ -138,8 +134,6 @@ pub struct Jit {
     by_frame: HashMap<u64, Vec<u32>>,
     jump: Box<[Slot]>,
     stamp: u64,
-    /// Regions installed so far.
-    installs: u64,
     epoch: u64,
     /// Compilations asked for, with their heat counters.
     pending: HashMap<(Key, u8), Option<u32>>,
@@ -217,7 +211,6 @@ impl Jit {
             by_frame: HashMap::new(),
             jump: vec![EMPTY; JUMP_CACHE].into_boxed_slice(),
             stamp: 1,
-            installs: 0,
             epoch: u64::MAX,
             pending: HashMap::new(),
             heat: HeatCounters::default(),
@@ -435,8 +428,13 @@ impl Jit {
             self.by_frame.entry(f >> 12).or_default().push(id);
         }
         self.live += 1;
-        // Cached misses are stale now; cached hits stay good.
-        self.installs += 1;
+        // A cached miss for this entry is stale now (it can only be in the slot of
+        // the entry's linear address); cached hits stay good.
+        let j = jump_index(key.cs_base.wrapping_add(key.eip) & 0xffff_ffff);
+        let slot = &mut self.jump[j];
+        if slot.region == NONE && slot.eip == key.eip && slot.cs_base == key.cs_base {
+            *slot = EMPTY;
+        }
         Some(id)
     }
 
@@ -616,7 +614,6 @@ impl Jit {
             && slot.cs_base == cs_base
             && slot.frame == frame
             && slot.mode == Some(mode)
-            && (slot.region != NONE || slot.installs == self.installs)
             && (!slot.next || self.next_mapped(ex, slot.region, lin))
         {
             return slot.region;
@@ -647,7 +644,6 @@ impl Jit {
                 && self.regions[found as usize]
                     .as_ref()
                     .is_some_and(|r| r.next.is_some()),
-            installs: self.installs,
         };
         found
     }
