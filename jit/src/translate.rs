@@ -226,6 +226,21 @@ fn tlb_entry(b: &mut FunctionBuilder<'_>, tlb: Value, lin: Value) -> Value {
     b.ins().iadd(tlb, off)
 }
 
+/// Whether TLB entry `entry` maps linear page `page` for execution to frame `frame`
+/// (how compiled code checks that code it enters without the dispatcher is still the
+/// code it was compiled from).
+fn maps_exec(b: &mut FunctionBuilder<'_>, entry: Value, page: Value, frame: Value) -> Value {
+    let exec = b
+        .ins()
+        .load(I64, MF, entry, offset_of!(TlbEntry, exec) as i32);
+    let f = b
+        .ins()
+        .load(I64, MF, entry, offset_of!(TlbEntry, frame) as i32);
+    let mapped = b.ins().icmp(IntCC::Equal, exec, page);
+    let same = b.ins().icmp(IntCC::Equal, f, frame);
+    b.ins().band(mapped, same)
+}
+
 /// Offset in a TLB entry of the tag for writes or reads.
 fn tag_offset(write: bool) -> i32 {
     let off = if write {
@@ -364,15 +379,9 @@ impl<'a, 'b> Tx<'a, 'b> {
                 let next = ((lin & !0xfff) + 0x1000) & 0xffff_ffff;
                 let off = (tlb_index(next) << TLB_ENTRY_SHIFT) as i64;
                 let entry = b.ins().iadd_imm_s(tlb, off);
-                let exec = b
-                    .ins()
-                    .load(I64, MF, entry, offset_of!(TlbEntry, exec) as i32);
-                let f = b
-                    .ins()
-                    .load(I64, MF, entry, offset_of!(TlbEntry, frame) as i32);
-                let mapped = b.ins().icmp_imm_s(IntCC::Equal, exec, next as i64);
-                let same = b.ins().icmp_imm_s(IntCC::Equal, f, frame as i64);
-                let ok = b.ins().band(mapped, same);
+                let page = b.ins().iconst(I64, next as i64);
+                let frame = b.ins().iconst(I64, frame as i64);
+                let ok = maps_exec(b, entry, page, frame);
                 b.ins().brif(ok, run, &[], none, &[]);
             }
             None => {
@@ -600,22 +609,12 @@ impl<'a, 'b> Tx<'a, 'b> {
             let lin = self.b.ins().ireduce(I32, lin);
             let lin = self.b.ins().uextend(I64, lin);
             let entry = tlb_entry(self.b, self.tlb, lin);
-            let exec = self
-                .b
-                .ins()
-                .load(I64, MF, entry, offset_of!(TlbEntry, exec) as i32);
             let page = self.b.ins().band_imm_s(lin, !0xfff);
-            let frame = self
-                .b
-                .ins()
-                .load(I64, MF, entry, offset_of!(TlbEntry, frame) as i32);
             let want = self
                 .b
                 .ins()
                 .load(I64, MF, slot, offset_of!(ChainSlot, frame) as i32);
-            let mapped = self.b.ins().icmp(IntCC::Equal, exec, page);
-            let same = self.b.ins().icmp(IntCC::Equal, frame, want);
-            let ok = self.b.ins().band(mapped, same);
+            let ok = maps_exec(self.b, entry, page, want);
             let go = self.b.create_block();
             self.b.ins().brif(ok, go, &[], leave, &[]);
             self.b.switch_to_block(go);
