@@ -73,6 +73,8 @@ fn bad_input_gets_one_clear_line() {
     assert_one_line_error(&["frobnicate"], "unrecognized subcommand");
     assert_one_line_error(&["run", "--serial", "tcp:1234"], "--serial");
     assert_one_line_error(&["run", "--initrd", &p(&junk)], "--initrd needs --kernel");
+    assert_one_line_error(&["run", "--jit-cache", &p(&junk)], "not a directory");
+    assert_one_line_error(&["run", "--jit-cache-size", "lots"], "--jit-cache-size");
     std::fs::remove_dir_all(&dir).ok();
 }
 

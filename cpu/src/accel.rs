@@ -28,6 +28,11 @@ pub trait Accel {
     /// Executions of a block after which [`Accel::hot`] is called for it.
     fn hot_threshold(&self) -> u64;
 
+    /// The block `id` of the interpreter's cache runs for the first time (the state is
+    /// at its start): an accelerator that has code for it already (a cache of earlier
+    /// runs) may ask for it now.
+    fn seen(&mut self, _ex: &mut Exec<'_>, _id: u32) {}
+
     /// The block `id` of the interpreter's cache reached the hot threshold.
     fn hot(&mut self, ex: &mut Exec<'_>, id: u32);
 
@@ -59,6 +64,12 @@ pub struct AccelStats {
     pub regions_compiled: u64,
     /// Regions compiled again, optimised, because they ran many instructions.
     pub regions_optimized: u64,
+    /// Regions whose code came from the translation cache on disk.
+    pub regions_loaded: u64,
+    /// Total time of loading regions from the translation cache, in nanoseconds.
+    pub load_ns: u64,
+    /// Bad entries found in the translation cache (dropped, compiled again).
+    pub cache_rejected: u64,
     /// Regions that failed to compile (they run in the interpreter).
     pub compile_failures: u64,
     /// Total compile time in nanoseconds.

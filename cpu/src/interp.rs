@@ -116,6 +116,7 @@ impl Exec<'_> {
             };
             let block = self.blocks.get_mut(id);
             block.execs += 1;
+            let first = block.next_hot == 0;
             // Every `hot_every` runs (the division only when a multiple is reached).
             let hot = block.execs >= block.next_hot && {
                 let execs = block.execs;
@@ -125,10 +126,15 @@ impl Exec<'_> {
                 execs.is_multiple_of(hot_every)
             };
             let insns = block.insns.clone();
-            if let Some(a) = accel.as_deref_mut().filter(|_| hot) {
-                // Asked again every threshold runs: a region can be dropped, or its
-                // compilation refused while the compiler was busy.
-                a.hot(self, id);
+            if let Some(a) = accel.as_deref_mut() {
+                if first {
+                    a.seen(self, id);
+                }
+                if hot {
+                    // Asked again every threshold runs: a region can be dropped, or its
+                    // compilation refused while the compiler was busy.
+                    a.hot(self, id);
+                }
             }
             // One instruction at a time while debugging, and in an interrupt shadow (so
             // that an interrupt is taken right after the instruction following STI).

@@ -65,6 +65,15 @@ struct RunArgs {
     /// Executions of a block before the JIT compiles its region.
     #[arg(long, value_name = "N")]
     jit_threshold: Option<u64>,
+    /// The translation cache on disk, which keeps compiled code for the next run:
+    /// a directory, or `off` [default: $XDG_CACHE_HOME/ox86/jit, else
+    /// ~/.cache/ox86/jit]. Several ox86 processes may share one.
+    #[arg(long, value_name = "DIR|off")]
+    jit_cache: Option<String>,
+    /// Most bytes the translation cache keeps (least recently used entries go
+    /// first).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    jit_cache_size: String,
 }
 
 /// Parses the command line; on error prints one line and returns the exit code.
@@ -115,6 +124,24 @@ fn serial_out(spec: &str) -> Result<SerialOut> {
     })
 }
 
+/// The translation cache's directory: `--jit-cache`, else the user's cache directory
+/// (None: off, or no home to put it in).
+fn jit_cache_dir(spec: Option<&str>) -> Option<PathBuf> {
+    match spec {
+        Some("off") => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|h| PathBuf::from(h).join(".cache"))
+            })
+            .map(|d| d.join("ox86").join("jit")),
+    }
+}
+
 fn read_file(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
 }
@@ -130,14 +157,27 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
     }
     if a.interp {
         b = b.jit(None);
-    } else if let Some(n) = a.jit_threshold {
-        if n == 0 {
-            bail!("--jit-threshold must be at least 1");
+    } else {
+        let mut config = ox86_jit::JitConfig::default();
+        if let Some(n) = a.jit_threshold {
+            if n == 0 {
+                bail!("--jit-threshold must be at least 1");
+            }
+            config.hot_threshold = n;
         }
-        b = b.jit(Some(ox86_jit::JitConfig {
-            hot_threshold: n,
-            ..ox86_jit::JitConfig::default()
-        }));
+        let max = parse_size(&a.jit_cache_size).map_err(|_| {
+            anyhow::anyhow!(
+                "bad --jit-cache-size '{}' (use e.g. 256M, 1G)",
+                a.jit_cache_size
+            )
+        })?;
+        if let Some(dir) = jit_cache_dir(a.jit_cache.as_deref()) {
+            if dir.exists() && !dir.is_dir() {
+                bail!("--jit-cache {}: not a directory", dir.display());
+            }
+            config.cache = Some((dir, max));
+        }
+        b = b.jit(Some(config));
     }
     if let Some(n) = a.max_insns {
         b = b.max_insns(n);
@@ -195,7 +235,7 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
         );
         if let Some(j) = &s.jit {
             eprintln!(
-                "ox86 jit: {:.1}% of instructions in compiled code ({} entries from the dispatcher, {} by chaining); {} regions compiled ({} of them again, optimised; {} failed, {} stale), compile time {:.3} s, median {} us per region; {} invalidations, {} generations freed, {} regions live ({} KiB of code)",
+                "ox86 jit: {:.1}% of instructions in compiled code ({} entries from the dispatcher, {} by chaining); {} regions compiled ({} of them again, optimised; {} failed, {} stale), compile time {:.3} s, median {} us per region; {} loaded from the translation cache in {:.3} s ({} bad entries dropped); {} invalidations, {} generations freed, {} regions live ({} KiB of code)",
                 100.0 * j.compiled_insns as f64 / (s.instructions.max(1)) as f64,
                 j.entries,
                 j.chained,
@@ -205,6 +245,9 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
                 j.stale,
                 j.compile_ns as f64 / 1e9,
                 j.compile_ns_median / 1000,
+                j.regions_loaded,
+                j.load_ns as f64 / 1e9,
+                j.cache_rejected,
                 j.invalidations,
                 j.generations_freed,
                 j.live_regions,

@@ -9,6 +9,9 @@
 //! optimisations, which take about three times as long and give about twice the speed.
 
 use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use cranelift_codegen::control::ControlPlane;
@@ -16,10 +19,12 @@ use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Linkage, Module, ModuleReloc};
+use cranelift_module::{default_libcall_names, Linkage, Module};
 
 use crate::codemem::CodeArena;
+use crate::diskcache::{DiskCache, Image, Index, Loaded, Name, Shape};
 use crate::region::{Entry, Region, PAGE};
+use crate::symbols;
 use crate::translate::Tx;
 
 /// A region to compile.
@@ -42,8 +47,11 @@ pub struct Request {
     pub chain: Option<u32>,
     /// The heat counter of a quick region (see `heat`): its number and its address.
     pub heat: Option<(u32, usize)>,
-    /// Address of the dispatcher's `JitCtx` (compiled in).
+    /// Address of the dispatcher's `JitCtx` (a symbol of the code).
     pub ctx: usize,
+    /// Only from the translation cache on disk: asked before the region is hot,
+    /// because the cache has code for its entry.
+    pub cache_only: bool,
 }
 
 /// A compiled region.
@@ -58,8 +66,10 @@ pub struct Compiled {
     pub gen: u32,
     /// Bytes of host code.
     pub code_bytes: usize,
-    /// Time the compilation took.
+    /// Time the compilation (or the load) took.
     pub nanos: u64,
+    /// The code came from the translation cache on disk.
+    pub loaded: bool,
 }
 
 struct Gen {
@@ -89,9 +99,14 @@ pub struct Compiler {
     dump: Option<Option<u64>>,
     /// Functions compiled so far (makes their names unique).
     serial: u64,
+    /// The translation cache on disk, if used.
+    cache: Option<DiskCache>,
+    /// Bad entries found in the cache (counted for the dispatcher's statistics).
+    pub cache_rejected: Arc<AtomicU64>,
 }
 
-/// Compilation failed (an internal error: the region runs in the interpreter).
+/// Compilation failed (an internal error: the region runs in the interpreter), or a
+/// request only for the translation cache found nothing there.
 #[derive(Debug, thiserror::Error)]
 #[error("region at {phys:#x}: {msg}")]
 pub struct CompileError {
@@ -99,6 +114,8 @@ pub struct CompileError {
     pub phys: u64,
     /// What Cranelift said.
     pub msg: String,
+    /// A request only for the cache, which has no code for it (not a failure).
+    pub not_cached: bool,
 }
 
 /// The code generator of `tier` (0: fast compilation, 1: fast code).
@@ -143,16 +160,43 @@ fn new_module(gen_limit: usize) -> Result<JITModule, String> {
     Ok(JITModule::new(b))
 }
 
+/// What the code generators of `isas` may use of the host: part of the translation
+/// cache's version.
+fn describe(isas: &Isas) -> String {
+    let mut s = String::new();
+    for isa in [&isas.fast, &isas.optimized] {
+        s += &format!("{} {}", isa.triple(), isa.flags());
+        for v in isa.isa_flags() {
+            s += &format!(" {v}");
+        }
+        s.push('\n');
+    }
+    s
+}
+
 impl Compiler {
-    /// A compiler whose generations hold about `gen_limit` bytes of code each.
-    pub fn new(gen_limit: usize, max_blocks: usize) -> Compiler {
+    /// A compiler whose generations hold about `gen_limit` bytes of code each, with
+    /// the translation cache under `cache` (its directory and most bytes), if any.
+    pub fn new(gen_limit: usize, max_blocks: usize, cache: Option<(&Path, u64)>) -> Compiler {
         let isas = new_isa(0).and_then(|fast| {
             Ok(Isas {
                 fast,
                 optimized: new_isa(1)?,
             })
         });
+        let cache = match (cache, &isas) {
+            (Some((dir, max)), Ok(isas)) => match DiskCache::open(dir, &describe(isas), max) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(target: "ox86::jit", "no translation cache in {}: {e}", dir.display());
+                    None
+                }
+            },
+            _ => None,
+        };
         Compiler {
+            cache,
+            cache_rejected: Arc::default(),
             isas,
             gens: VecDeque::new(),
             gen_limit: gen_limit.max(1 << 16),
@@ -199,18 +243,98 @@ impl Compiler {
         }
     }
 
-    /// Compiles a region.
-    pub fn compile(&mut self, req: Request) -> Result<Compiled, CompileError> {
+    /// The entries of the translation cache (empty without one).
+    pub fn cache_index(&self) -> Index {
+        self.cache.as_ref().map(|c| c.index()).unwrap_or_default()
+    }
+
+    /// Compiles a region, or loads its code from the translation cache.
+    pub fn compile(&mut self, mut req: Request) -> Result<Compiled, CompileError> {
         let t0 = Instant::now();
         let phys = req.phys;
-        let err = |msg: String| CompileError { phys, msg };
+        let err = |msg: String| CompileError {
+            phys,
+            msg,
+            not_cached: false,
+        };
         debug_assert_eq!(req.page.len(), PAGE);
         let next = req.next.as_ref().map(|n| &n.1[..]);
         let region = Region::decode(&req.page, next, &req.entry, self.max_blocks);
         if region.blocks.is_empty() || region.blocks[0].insns.is_empty() {
             return Err(err("nothing to compile".into()));
         }
-        self.current().map_err(err)?;
+        if let Some((tier, image)) = self.cached(&req, &region) {
+            // Optimised code counts no heat: its cell goes back to the dispatcher.
+            let (asked, cell) = (req.tier, req.heat);
+            req.tier = tier;
+            if tier > 0 {
+                req.heat = None;
+            }
+            let mut code = image.code;
+            match symbols::apply(&mut code, &image.fixups, &region, &req) {
+                Ok(()) => {
+                    return self
+                        .place(req, region, code, image.align, t0, true)
+                        .map_err(err);
+                }
+                Err(why) => {
+                    // A symbol the region lacks: not usable here.
+                    self.reject(&why);
+                    (req.tier, req.heat) = (asked, cell);
+                }
+            }
+        }
+        if req.cache_only {
+            return Err(CompileError {
+                phys,
+                msg: "not in the translation cache".into(),
+                not_cached: true,
+            });
+        }
+        let image = self.translate(&req, &region).map_err(err)?;
+        if let Some(cache) = &mut self.cache {
+            let name = Name::of(&req, &region, req.tier, req.heat.is_some(), self.max_blocks);
+            cache.store(&name, &image);
+        }
+        let mut code = image.code;
+        symbols::apply(&mut code, &image.fixups, &region, &req).map_err(err)?;
+        self.place(req, region, code, image.align, t0, false)
+            .map_err(err)
+    }
+
+    /// The code of `region` (asked for by `req`) in the translation cache, best tier
+    /// first (at least the tier asked for), and its tier.
+    fn cached(&self, req: &Request, region: &Region) -> Option<(u8, Image)> {
+        let cache = self.cache.as_ref()?;
+        let tiers: &[u8] = match req.tier {
+            0 => &[2, 1, 0],
+            1 => &[2, 1],
+            _ => &[2],
+        };
+        for &tier in tiers {
+            let heat = tier == 0 && req.heat.is_some();
+            let name = Name::of(req, region, tier, heat, self.max_blocks);
+            match cache.load(&name) {
+                Loaded::Absent => {}
+                Loaded::Bad(why) => self.reject(&why),
+                Loaded::Found(image) if image.shape != shape(region) => {
+                    self.reject("another region's shape");
+                }
+                Loaded::Found(image) => return Some((tier, image)),
+            }
+        }
+        None
+    }
+
+    /// Counts a bad entry of the translation cache.
+    fn reject(&self, why: &str) {
+        self.cache_rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(target: "ox86::jit", "translation cache: dropped {why}");
+    }
+
+    /// Translates `region` for `req` with Cranelift: the code without its fixups.
+    fn translate(&mut self, req: &Request, region: &Region) -> Result<Image, String> {
+        self.current()?;
         let fctx = &mut self.fctx;
         let g = self.gens.back_mut().expect("a generation");
         let module = &mut g.module;
@@ -220,7 +344,7 @@ impl Compiler {
         ctx.func.signature = crate::chain::region_signature();
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
-            let tx = Tx::new(&mut b, &region, &req, cc);
+            let tx = Tx::new(&mut b, region, req, cc);
             tx.translate();
             b.finalize(module.target_config());
         }
@@ -230,51 +354,60 @@ impl Compiler {
         {
             eprintln!(
                 "region {:#x} ({} blocks):\n{}",
-                phys,
+                req.phys,
                 region.blocks.len(),
                 ctx.func.display()
             );
         }
-        // Named by guest address and tier, for profilers (perf's map of JIT code).
-        self.serial += 1;
-        let name = format!(
-            "ox86_{:x}_p{:x}_t{}_{}",
-            req.entry.eip, phys, req.tier, self.serial
-        );
-        let id = module
-            .declare_function(&name, Linkage::Local, &ctx.func.signature)
-            .map_err(|e| err(e.to_string()))?;
-        let isas = self.isas.as_ref().map_err(|e| err(e.clone()))?;
+        let isas = self.isas.as_ref().map_err(|e| e.clone())?;
         let isa = if req.tier == 0 {
             &isas.fast
         } else {
             &isas.optimized
         };
-        let (bytes, alignment, relocs) = {
-            ctx.compile(&**isa, &mut ControlPlane::default())
-                .map_err(|e| err(format!("{:?}", e.inner)))?;
-            let code = ctx.compiled_code().ok_or_else(|| err("no code".into()))?;
-            let relocs: Vec<ModuleReloc> = code
-                .buffer
-                .relocs()
-                .iter()
-                .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, id))
-                .collect();
-            (
-                code.code_buffer().to_vec(),
-                u64::from(code.buffer.alignment),
-                relocs,
-            )
+        ctx.compile(&**isa, &mut ControlPlane::default())
+            .map_err(|e| format!("{:?}", e.inner))?;
+        let code = ctx.compiled_code().ok_or("no code")?;
+        let image = Image {
+            code: code.code_buffer().to_vec(),
+            align: code.buffer.alignment,
+            fixups: symbols::fixups(&ctx.func, code.buffer.relocs())?,
+            shape: shape(region),
         };
-        module
-            .define_function_bytes(id, alignment, &bytes, &relocs)
-            .map_err(|e| err(format!("{e:?}")))?;
-        let code_bytes = bytes.len();
         module.clear_context(&mut ctx);
+        Ok(image)
+    }
+
+    /// Puts `code`, the code of `region` for `req` with its fixups applied, into code
+    /// memory.
+    fn place(
+        &mut self,
+        req: Request,
+        region: Region,
+        code: Vec<u8>,
+        align: u32,
+        t0: Instant,
+        loaded: bool,
+    ) -> Result<Compiled, String> {
+        self.current()?;
+        let g = self.gens.back_mut().expect("a generation");
+        let module = &mut g.module;
+        // Named by guest address and tier, for profilers (perf's map of JIT code).
+        self.serial += 1;
+        let name = format!(
+            "ox86_{:x}_p{:x}_t{}_{}",
+            req.entry.eip, req.phys, req.tier, self.serial
+        );
+        let sig = crate::chain::region_signature();
+        let id = module
+            .declare_function(&name, Linkage::Local, &sig)
+            .map_err(|e| e.to_string())?;
         module
-            .finalize_definitions()
-            .map_err(|e| err(e.to_string()))?;
+            .define_function_bytes(id, u64::from(align), &code, &[])
+            .map_err(|e| format!("{e:?}"))?;
+        module.finalize_definitions().map_err(|e| e.to_string())?;
         let func = module.get_finalized_function(id) as usize;
+        let code_bytes = code.len();
         // Finalizing makes whole pages executable: count code by the page.
         g.bytes = g
             .bytes
@@ -286,6 +419,16 @@ impl Compiler {
             gen: g.id,
             code_bytes,
             nanos: t0.elapsed().as_nanos() as u64,
+            loaded,
         })
+    }
+}
+
+/// The shape of `region`, as the translation cache checks it.
+fn shape(region: &Region) -> Shape {
+    Shape {
+        blocks: region.blocks.len() as u32,
+        insns: region.blocks.iter().map(|b| b.insns.len() as u32).sum(),
+        next_len: region.next_len,
     }
 }

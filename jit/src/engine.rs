@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -17,6 +18,7 @@ use ox86_mmu::{PhysAddr, Region as MemRegion, PAGE_MASK};
 
 use crate::chain::{ChainTable, Trampoline};
 use crate::compiler::{new_isa, CompileError, Compiled, Compiler, Request};
+use crate::diskcache::{self, Index};
 use crate::heat::HeatCounters;
 use crate::helpers::{JitCtx, CHECK, FAULT, HOT, JUMP, SPLIT};
 use crate::mode::Mode;
@@ -92,10 +94,18 @@ const NONE: u32 = u32::MAX;
 const JUMP_CACHE: usize = 4096;
 /// Compile times kept for the median.
 const TIMES: usize = 1 << 16;
-/// Most compilations queued at once: hot blocks ask again later (and the hottest
-/// queued go first), so a short queue keeps the code being compiled close to the code
-/// running now.
-const MAX_PENDING: usize = 32;
+/// Most compilations queued at once; beyond, hot blocks ask again later. The hottest
+/// queued go first, so a long queue still compiles the code running now first; what
+/// waits is compiled when the compiler has time (idle guest), and so reaches the
+/// translation cache. (With 32, code that became hot while the compiler was busy
+/// was never compiled in the first run, and a second run compiled 14% of the
+/// first's regions again, where it now compiles 3%.)
+const MAX_PENDING: usize = 512;
+/// Most requests only for the translation cache queued at once (they are cheap: a
+/// file read and a copy).
+const MAX_PENDING_CACHED: usize = 1024;
+/// The heat of a request only for the translation cache: before any compilation.
+const CACHED_HEAT: u64 = u64::MAX / 4;
 /// An optimised compilation saves about this fraction of what a first compilation
 /// saves per instruction run (weighs the heat of their requests, see `queue`).
 const TIER1_HEAT_DIVISOR: u64 = 8;
@@ -124,6 +134,17 @@ enum Worker {
     Inline(Box<Compiler>),
 }
 
+/// A compilation asked for.
+#[derive(Clone, Copy)]
+struct Pending {
+    /// Its heat counter (a quick region that chains).
+    cell: Option<u32>,
+    /// Only from the translation cache (no compilation if it is not there).
+    cache_only: bool,
+    /// The CS limit of the request (to ask again).
+    cs_hi: u64,
+}
+
 /// The JIT of one CPU.
 pub struct Jit {
     config: JitConfig,
@@ -135,8 +156,14 @@ pub struct Jit {
     jump: Box<[Slot]>,
     stamp: u64,
     epoch: u64,
-    /// Compilations asked for, with their heat counters.
-    pending: HashMap<(Key, u8), Option<u32>>,
+    /// Compilations asked for.
+    pending: HashMap<(Key, u8), Pending>,
+    /// How many of them are only for the translation cache.
+    pending_cached: usize,
+    /// The entries of the translation cache when the JIT started.
+    cache_index: Index,
+    /// Bad entries the compiler found in the translation cache.
+    cache_rejected: Arc<AtomicU64>,
     heat: HeatCounters,
     max_gen: Option<u32>,
     freed_below: u32,
@@ -173,20 +200,42 @@ impl Jit {
     /// A JIT with its compiler thread (or an inline compiler, per `config`).
     pub fn new(config: JitConfig) -> Jit {
         let gen_limit = config.arena_bytes / 2;
+        let rejected = Arc::new(AtomicU64::new(0));
+        let new_compiler = {
+            let (cache, max_blocks) = (config.cache.clone(), config.max_region_blocks);
+            let rejected = Arc::clone(&rejected);
+            move || {
+                let mut c = Compiler::new(
+                    gen_limit,
+                    max_blocks,
+                    cache.as_ref().map(|(d, n)| (d.as_path(), *n)),
+                );
+                c.cache_rejected = rejected;
+                c
+            }
+        };
+        let mut cache_index = Index::new();
         let worker = if config.inline_compile {
-            Worker::Inline(Box::new(Compiler::new(gen_limit, config.max_region_blocks)))
+            let c = new_compiler();
+            cache_index = c.cache_index();
+            Worker::Inline(Box::new(c))
         } else {
             let (tx, in_rx) = unbounded::<Msg>();
             let (out_tx, rx) = unbounded::<Done>();
-            let max_blocks = config.max_region_blocks;
+            let (index_tx, index_rx) = unbounded::<Index>();
             let queue = Arc::new(CompileQueue::default());
             let q = Arc::clone(&queue);
             let handle = std::thread::Builder::new()
                 .name("ox86-jit".into())
                 .spawn(move || {
-                    compiler_thread(Compiler::new(gen_limit, max_blocks), in_rx, &q, out_tx)
+                    let c = new_compiler();
+                    let _ = index_tx.send(c.cache_index());
+                    compiler_thread(c, in_rx, &q, out_tx)
                 })
                 .ok();
+            if handle.is_some() {
+                cache_index = index_rx.recv().unwrap_or_default();
+            }
             Worker::Thread {
                 tx: Some(tx),
                 rx,
@@ -213,6 +262,9 @@ impl Jit {
             stamp: 1,
             epoch: u64::MAX,
             pending: HashMap::new(),
+            pending_cached: 0,
+            cache_index,
+            cache_rejected: rejected,
             heat: HeatCounters::default(),
             max_gen: None,
             freed_below: 0,
@@ -271,12 +323,28 @@ impl Jit {
     }
 
     fn finish(&mut self, ex: &mut Exec<'_>, (key, tier, r): Done) {
-        let heat = self.pending.remove(&(key, tier)).flatten();
+        let Some(p) = self.pending.remove(&(key, tier)) else {
+            return;
+        };
+        if p.cache_only {
+            self.pending_cached -= 1;
+        }
         let installed = match r {
             Ok(c) => {
                 // Code the compiler thread wrote: fetch nothing prefetched before.
                 crate::codemem::sync_fetch();
                 self.install(ex, key, c)
+            }
+            Err(e) if e.not_cached => {
+                if !p.cache_only {
+                    // Wanted compiled meanwhile (see `ask`).
+                    if let Some(c) = p.cell {
+                        self.heat.give_back(c);
+                    }
+                    self.request(ex, key, p.cs_hi, tier, 0);
+                    return;
+                }
+                None
             }
             Err(e) => {
                 tracing::warn!(target: "ox86::jit", "{e}");
@@ -284,7 +352,14 @@ impl Jit {
                 None
             }
         };
-        match (heat, installed) {
+        // The cell goes to the region if its code counts heat (code loaded optimised
+        // for a quick request does not).
+        let holder = installed.filter(|&id| {
+            self.regions[id as usize]
+                .as_ref()
+                .is_some_and(|r| r.heat.is_some())
+        });
+        match (p.cell, holder) {
             (Some(c), Some(id)) => self.heat.set_owner(c, id),
             (Some(c), None) => self.heat.give_back(c),
             _ => {}
@@ -309,13 +384,18 @@ impl Jit {
 
     /// Installs a compiled region; returns its id, or None if it was dropped.
     fn install(&mut self, ex: &mut Exec<'_>, key: Key, c: Compiled) -> Option<u32> {
-        self.stats.regions_compiled += 1;
-        self.stats.compile_ns += c.nanos;
-        if self.compile_times.len() < TIMES {
-            self.compile_times.push(c.nanos);
+        if c.loaded {
+            self.stats.regions_loaded += 1;
+            self.stats.load_ns += c.nanos;
         } else {
-            let k = (self.stats.regions_compiled as usize) % TIMES;
-            self.compile_times[k] = c.nanos;
+            self.stats.regions_compiled += 1;
+            self.stats.compile_ns += c.nanos;
+            if self.compile_times.len() < TIMES {
+                self.compile_times.push(c.nanos);
+            } else {
+                let k = (self.stats.regions_compiled as usize) % TIMES;
+                self.compile_times[k] = c.nanos;
+            }
         }
         // A newer generation retires the one before the previous.
         if self.max_gen.is_none_or(|m| c.gen > m) {
@@ -387,11 +467,15 @@ impl Jit {
         }
         if tier > 0 {
             // The optimised code replaces the quick one.
-            self.stats.regions_optimized += 1;
-            for id in same {
-                self.remove(id);
+            if !c.loaded {
+                self.stats.regions_optimized += 1;
             }
-            self.flush_jump();
+            if !same.is_empty() {
+                for id in same {
+                    self.remove(id);
+                }
+                self.flush_jump();
+            }
         }
         let first_len = c.region.blocks[0].insns.len() as u64;
         let inst = Installed {
@@ -442,11 +526,42 @@ impl Jit {
     /// it is already queued, adds `heat` to its request. False if no new request was
     /// made (already queued, the queue is full, or the page is not memory).
     fn request(&mut self, ex: &mut Exec<'_>, key: Key, cs_hi: u64, tier: u8, heat: u64) -> bool {
-        if self.pending.contains_key(&(key, tier)) {
+        self.ask(ex, key, cs_hi, tier, heat, false)
+    }
+
+    /// As [`Jit::request`]; `cache_only`: only if the translation cache has the code.
+    fn ask(
+        &mut self,
+        ex: &mut Exec<'_>,
+        key: Key,
+        cs_hi: u64,
+        tier: u8,
+        heat: u64,
+        cache_only: bool,
+    ) -> bool {
+        if let Some(p) = self.pending.get_mut(&(key, tier)) {
+            if p.cache_only && !cache_only {
+                // Wanted now whether cached or not: compiled if the cache has nothing
+                // (the queued request says so, or, once taken, `finish` asks again).
+                p.cache_only = false;
+                self.pending_cached -= 1;
+                if let Worker::Thread { queue, .. } = &self.worker {
+                    queue.update(|r| {
+                        if r.tier == tier && req_key(r) == key {
+                            r.cache_only = false;
+                        }
+                    });
+                }
+            }
             self.warm(key, tier, heat);
             return false;
         }
-        if self.pending.len() >= MAX_PENDING {
+        let full = if cache_only {
+            self.pending_cached >= MAX_PENDING_CACHED
+        } else {
+            self.pending.len() - self.pending_cached >= MAX_PENDING
+        };
+        if full {
             return false;
         }
         let frame = key.phys & !PAGE_MASK;
@@ -477,6 +592,7 @@ impl Jit {
             chain: self.chain.context(key.cs_base, cs_hi, key.mode),
             heat: None,
             ctx: &*self.ctx as *const JitCtx as usize,
+            cache_only,
         };
         // A quick region that chains counts its own runs.
         let mut req = req;
@@ -485,7 +601,17 @@ impl Jit {
             req.heat = self.heat.take(start);
         }
         let cell = req.heat.map(|h| h.0);
-        self.pending.insert((key, tier), cell);
+        self.pending.insert(
+            (key, tier),
+            Pending {
+                cell,
+                cache_only,
+                cs_hi,
+            },
+        );
+        if cache_only {
+            self.pending_cached += 1;
+        }
         match &mut self.worker {
             Worker::Thread {
                 tx: Some(tx),
@@ -537,8 +663,13 @@ impl Jit {
 
     /// Forgets a request that was not sent, giving back its heat counter.
     fn drop_pending(&mut self, key: Key, tier: u8) {
-        if let Some(Some(c)) = self.pending.remove(&(key, tier)) {
-            self.heat.give_back(c);
+        if let Some(p) = self.pending.remove(&(key, tier)) {
+            if p.cache_only {
+                self.pending_cached -= 1;
+            }
+            if let Some(c) = p.cell {
+                self.heat.give_back(c);
+            }
         }
     }
 
@@ -590,6 +721,35 @@ impl Jit {
         }
         self.flush_jump();
         self.free_below(gen);
+    }
+
+    /// The region to compile for interpreter block `id`, entered now (the current
+    /// state is at its start), with its CS limit; None if it cannot be compiled or is
+    /// installed.
+    fn wanted(&self, ex: &Exec<'_>, id: u32) -> Option<(Key, u64)> {
+        let b = ex.blocks.get(id);
+        if b.ranges[1].1 > b.ranges[1].0 {
+            return None; // An instruction across two pages: left to the interpreter.
+        }
+        let (phys, eip, cs_base, bitness) = (b.phys, b.eip, b.cs_base, b.bitness);
+        let mode = Mode::of(ex.s)?;
+        if mode.bitness != bitness || ex.s.rip != eip || ex.s.seg[CS].base != cs_base {
+            return None;
+        }
+        let key = Key {
+            phys,
+            eip,
+            cs_base,
+            mode,
+        };
+        let installed = self.by_phys.get(&key_of(&key)).is_some_and(|ids| {
+            ids.iter().any(|&i| {
+                self.regions[i as usize]
+                    .as_ref()
+                    .is_some_and(|r| r.key == key)
+            })
+        });
+        (!installed).then_some((key, ex.s.seg[CS].hi as u64))
     }
 
     /// The region for the current state, through the jump cache.
@@ -844,37 +1004,34 @@ impl Accel for Jit {
         self.config.hot_threshold.max(1)
     }
 
-    fn hot(&mut self, ex: &mut Exec<'_>, id: u32) {
-        let b = ex.blocks.get(id);
-        if b.ranges[1].1 > b.ranges[1].0 {
-            return; // An instruction across two pages: left to the interpreter.
+    fn seen(&mut self, ex: &mut Exec<'_>, id: u32) {
+        if self.cache_index.is_empty() {
+            return;
         }
-        let (phys, eip, cs_base, bitness) = (b.phys, b.eip, b.cs_base, b.bitness);
+        let b = ex.blocks.get(id);
         let Some(mode) = Mode::of(ex.s) else {
             return;
         };
-        if mode.bitness != bitness || ex.s.rip != eip || ex.s.seg[CS].base != cs_base {
-            return;
-        }
-        let key = Key {
-            phys,
-            eip,
-            cs_base,
-            mode,
+        let entry = diskcache::Entry {
+            eip: b.eip as u32,
+            cs_base: b.cs_base as u32,
+            mode: mode.bits(),
         };
-        if self.by_phys.get(&key_of(&key)).is_some_and(|ids| {
-            ids.iter().any(|&i| {
-                self.regions[i as usize]
-                    .as_ref()
-                    .is_some_and(|r| r.key == key)
-            })
-        }) {
+        if !self.cache_index.contains_key(&entry) {
             return;
         }
+        if let Some((key, cs_hi)) = self.wanted(ex, id) {
+            self.ask(ex, key, cs_hi, 0, CACHED_HEAT, true);
+        }
+    }
+
+    fn hot(&mut self, ex: &mut Exec<'_>, id: u32) {
+        let Some((key, cs_hi)) = self.wanted(ex, id) else {
+            return;
+        };
         let tier = u8::from(self.config.optimize_after == 0);
-        let cs_hi = ex.s.seg[CS].hi as u64;
         // The instructions run in the interpreter since the last call.
-        let heat = b.insns.len() as u64 * self.hot_threshold();
+        let heat = ex.blocks.get(id).insns.len() as u64 * self.hot_threshold();
         self.request(ex, key, cs_hi, tier, heat);
     }
 
@@ -924,6 +1081,7 @@ impl Accel for Jit {
         t.sort_unstable();
         s.compile_ns_median = t.get(t.len() / 2).copied().unwrap_or(0);
         s.live_regions = self.live as u64;
+        s.cache_rejected = self.cache_rejected.load(Ordering::Relaxed);
         s.chained = self.ctx.chained;
         s
     }

@@ -15,7 +15,7 @@ use ox86_cpu::flags::Lazy;
 use ox86_cpu::state::{ARITH_FLAGS, CF};
 use ox86_cpu::CpuState;
 
-use crate::helpers;
+use crate::symbols::{symbol, Sym};
 use crate::translate::Tx;
 
 /// The operands of the last flag-writing instruction.
@@ -121,10 +121,7 @@ impl Tx<'_, '_> {
 
     /// The flags as EFLAGS bits from the state (a helper call).
     fn state_bits(&mut self) -> Value {
-        let f = self
-            .b
-            .ins()
-            .iconst(I64, helpers::eflags as *const () as usize as i64);
+        let f = symbol(self.b, Sym::Eflags);
         let call = self
             .b
             .ins()

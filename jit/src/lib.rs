@@ -20,6 +20,7 @@
 mod chain;
 mod codemem;
 mod compiler;
+mod diskcache;
 mod emit;
 mod engine;
 mod flagsrc;
@@ -30,15 +31,17 @@ mod lower;
 mod mode;
 mod queue;
 mod region;
+mod symbols;
 mod translate;
 mod x87;
 
 pub use compiler::CompileError;
+pub use diskcache::DEFAULT_MAX_BYTES as DEFAULT_CACHE_BYTES;
 pub use engine::Jit;
 pub use mode::Mode;
 
 /// How the JIT behaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JitConfig {
     /// Executions of a block before its region is compiled.
     pub hot_threshold: u64,
@@ -52,6 +55,9 @@ pub struct JitConfig {
     /// Compile on the CPU thread when a block becomes hot (deterministic timing of
     /// installation, for tests) instead of on the compiler thread.
     pub inline_compile: bool,
+    /// The translation cache on disk: its directory (None: no cache) and the most
+    /// bytes it may hold.
+    pub cache: Option<(std::path::PathBuf, u64)>,
 }
 
 impl Default for JitConfig {
@@ -62,6 +68,7 @@ impl Default for JitConfig {
             arena_bytes: 128 << 20,
             optimize_after: 1_000_000,
             inline_compile: false,
+            cache: None,
         }
     }
 }

@@ -39,6 +39,15 @@ impl Mode {
         })
     }
 
+    /// The mode as one byte (for the translation cache's file names): bit 0 a 32-bit
+    /// code segment, bits 1-2 the CPL, bit 3 a 32-bit stack, bit 4 flat.
+    pub fn bits(&self) -> u8 {
+        u8::from(self.bitness == 32)
+            | ((self.cpl as u8 & 3) << 1)
+            | (u8::from(self.ss32) << 3)
+            | (u8::from(self.flat) << 4)
+    }
+
     /// Whether accesses use the user TLB table.
     pub fn user(&self) -> bool {
         self.cpl == 3

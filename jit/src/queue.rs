@@ -42,6 +42,13 @@ impl CompileQueue {
         }
     }
 
+    /// Changes every queued request with `f`.
+    pub fn update(&self, f: impl Fn(&mut Request)) {
+        for (_, r) in self.lock().iter_mut() {
+            f(r);
+        }
+    }
+
     /// Takes the hottest request (the oldest of the hottest).
     pub fn pop(&self) -> Option<Request> {
         let mut items = self.lock();
@@ -83,6 +90,7 @@ mod tests {
             chain: None,
             heat: None,
             ctx: 0,
+            cache_only: false,
         }
     }
 

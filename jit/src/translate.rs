@@ -22,10 +22,11 @@ use crate::chain::{self, ChainSlot};
 use crate::compiler::Request;
 use crate::flagsrc::FlagSrc;
 use crate::group::{self, Plan};
-use crate::helpers::{self, JitCtx, CHECK, HOT, JUMP, OK, SPLIT};
+use crate::helpers::{JitCtx, CHECK, HOT, JUMP, OK, SPLIT};
 use crate::lower::{gpr, kind, Kind};
 use crate::mode::Mode;
 use crate::region::{End, Region, ARITH};
+use crate::symbols::{symbol, Sym};
 
 /// Cranelift type of a value of `size` bytes.
 pub fn ty(size: u32) -> Type {
@@ -81,9 +82,6 @@ pub struct Tx<'a, 'b> {
     pub sigs: Sigs,
     /// `*mut CpuState`.
     pub state: Value,
-    /// Address of the dispatcher's `JitCtx` (fixed for the JIT's life: compiled in
-    /// as a constant, so that no register holds it).
-    pub ctx_addr: u64,
     /// Guest registers EAX..EDI.
     pub regs: [Variable; 8],
     /// Instruction count at the start of the current guest block.
@@ -103,10 +101,10 @@ pub struct Tx<'a, 'b> {
     /// The common exit by a branch: (rip, icount); chains to the target's code when
     /// the chain table has it.
     pub chain: Block,
-    /// The chain context compiled in, if the region chains.
-    pub chain_id: Option<u32>,
-    /// The heat counter of a quick region (see `heat`): number, address.
-    heat: Option<(u32, usize)>,
+    /// The region chains (its chain context is the symbol `ChainTag`).
+    pub chains: bool,
+    /// The region is a quick one with a heat counter (see `heat`).
+    heat: bool,
     /// The common slow path: (instruction pointer, EIP, icount) of an instruction to
     /// run in the interpreter before leaving the region.
     pub slow: Block,
@@ -282,8 +280,8 @@ fn check_group(
 }
 
 /// Subtracts `n` from the heat counter at `addr` (see `heat`): whether it ran out.
-fn count_heat(b: &mut FunctionBuilder<'_>, addr: usize, n: u64) -> Value {
-    let a = b.ins().iconst(I64, addr as i64);
+fn count_heat(b: &mut FunctionBuilder<'_>, n: u64) -> Value {
+    let a = symbol(b, Sym::HeatCell);
     let v = b.ins().load(I64, MF, a, 0);
     let v = b.ins().iadd_imm_s(v, -(n as i64));
     b.ins().store(MF, v, a, 0);
@@ -311,8 +309,7 @@ impl<'a, 'b> Tx<'a, 'b> {
         req: &Request,
         cc: CallConv,
     ) -> Tx<'a, 'b> {
-        let (mode, cs_hi, chain_id) = (req.entry.mode, req.entry.cs_hi, req.chain);
-        let ctx_addr = req.ctx as u64;
+        let (mode, cs_hi, chains) = (req.entry.mode, req.entry.cs_hi, req.chain.is_some());
         // Tier 2 is the optimised code of a region whose groups split.
         let grouping = req.tier != 2;
         let sigs = import_sigs(b, cc);
@@ -333,7 +330,7 @@ impl<'a, 'b> Tx<'a, 'b> {
             .ins()
             .load(I64, MF, state, offset_of!(CpuState, icount) as i32);
         b.def_var(icount, v);
-        let ctx = b.ins().iconst(I64, ctx_addr as i64);
+        let ctx = symbol(b, Sym::Ctx);
         let tlb = b.ins().load(I64, MF, ctx, offset_of!(JitCtx, tlb) as i32);
         let plan = if grouping && mode.flat {
             group::plan(region)
@@ -374,13 +371,13 @@ impl<'a, 'b> Tx<'a, 'b> {
         // dispatcher checks before it enters); if not, nothing runs here either.
         let run = b.create_block();
         match req.next.as_ref().filter(|_| region.next_len > 0) {
-            Some(&(frame, _)) => {
+            Some(_) => {
                 let lin = req.cs_base.wrapping_add(req.entry.eip) & 0xffff_ffff;
                 let next = ((lin & !0xfff) + 0x1000) & 0xffff_ffff;
                 let off = (tlb_index(next) << TLB_ENTRY_SHIFT) as i64;
                 let entry = b.ins().iadd_imm_s(tlb, off);
                 let page = b.ins().iconst(I64, next as i64);
-                let frame = b.ins().iconst(I64, frame as i64);
+                let frame = symbol(b, Sym::NextFrame);
                 let ok = maps_exec(b, entry, page, frame);
                 b.ins().brif(ok, run, &[], none, &[]);
             }
@@ -392,13 +389,13 @@ impl<'a, 'b> Tx<'a, 'b> {
         // A quick region counts its runs (see `heat`); when its counter runs out it
         // leaves before running anything, for the dispatcher to ask for its optimised
         // compilation.
-        if let Some((cell, addr)) = req.heat {
-            let out = count_heat(b, addr, total);
+        if req.heat.is_some() {
+            let out = count_heat(b, total);
             let hot = b.create_block();
             b.ins().brif(out, hot, &[], blocks[0], &[]);
             b.switch_to_block(hot);
-            let c = b.ins().iconst(I64, i64::from(cell));
-            let ctx = b.ins().iconst(I64, ctx_addr as i64);
+            let c = symbol(b, Sym::HeatId);
+            let ctx = symbol(b, Sym::Ctx);
             b.ins().store(MF, c, ctx, offset_of!(JitCtx, hot) as i32);
             let st = b.ins().iconst(I32, HOT as i64);
             b.ins().return_(&[st]);
@@ -409,7 +406,6 @@ impl<'a, 'b> Tx<'a, 'b> {
             b,
             sigs,
             state,
-            ctx_addr,
             regs,
             icount,
             tlb,
@@ -419,8 +415,8 @@ impl<'a, 'b> Tx<'a, 'b> {
             flags: FlagSrc::State,
             exit,
             chain,
-            chain_id,
-            heat: req.heat,
+            chains,
+            heat: req.heat.is_some(),
             slow,
             blocks,
             region,
@@ -545,14 +541,14 @@ impl<'a, 'b> Tx<'a, 'b> {
             .ins()
             .jump(self.exit, &[r.into(), icount.into(), st.into()]);
         self.b.switch_to_block(go);
-        if let Some((cell, addr)) = self.heat {
-            let out = count_heat(self.b, addr, self.total);
+        if self.heat {
+            let out = count_heat(self.b, self.total);
             let hot = self.b.create_block();
             let on = self.b.create_block();
             self.b.ins().brif(out, hot, &[], on, &[]);
             self.b.switch_to_block(hot);
             self.materialize(flags);
-            let c = self.b.ins().iconst(I64, i64::from(cell));
+            let c = symbol(self.b, Sym::HeatId);
             let ctx = self.ctx();
             self.b
                 .ins()
@@ -584,7 +580,7 @@ impl<'a, 'b> Tx<'a, 'b> {
         let (rip, icount) = (p[0], p[1]);
         self.store_state(rip, icount);
         let leave = self.b.create_block();
-        if let Some(id) = self.chain_id {
+        if self.chains {
             let hi = self.b.ins().ushr_imm_s(rip, 12);
             let h = self.b.ins().bxor(rip, hi);
             let h = self.b.ins().band_imm_s(h, (chain::CHAIN_SLOTS - 1) as i64);
@@ -599,7 +595,8 @@ impl<'a, 'b> Tx<'a, 'b> {
                 .b
                 .ins()
                 .load(I64, MF, slot, offset_of!(ChainSlot, tag) as i32);
-            let want = self.b.ins().bor_imm_s(rip, (u64::from(id) << 32) as i64);
+            let id = symbol(self.b, Sym::ChainTag);
+            let want = self.b.ins().bor(rip, id);
             let miss = self.b.ins().icmp(IntCC::NotEqual, tag, want);
             let hit = self.b.create_block();
             self.b.ins().brif(miss, leave, &[], hit, &[]);
@@ -643,7 +640,7 @@ impl<'a, 'b> Tx<'a, 'b> {
 
     /// The dispatcher's `JitCtx`, as an i64 pointer.
     pub fn ctx(&mut self) -> Value {
-        self.b.ins().iconst(I64, self.ctx_addr as i64)
+        symbol(self.b, Sym::Ctx)
     }
 
     /// The instruction count the region must not run past (read from the context
@@ -1048,10 +1045,7 @@ impl<'a, 'b> Tx<'a, 'b> {
     /// instruction `d` run by the interpreter.
     fn leave_slow(&mut self, d: &DecodedInsn, flags: &FlagSrc) {
         self.materialize(flags);
-        let p = self
-            .b
-            .ins()
-            .iconst(I64, d as *const DecodedInsn as usize as i64);
+        let p = self.insn_addr(d);
         let ip = self.b.ins().iconst(I64, d.insn.ip() as i64);
         let cnt = self.icount_at(self.k);
         self.b
@@ -1073,16 +1067,27 @@ impl<'a, 'b> Tx<'a, 'b> {
 
     /// Calls the interpreter helper on the instruction at `insn` (an i64 pointer).
     fn call_interp(&mut self, insn: Value) -> Value {
-        let f = self
-            .b
-            .ins()
-            .iconst(I64, helpers::interp as *const () as usize as i64);
+        let f = symbol(self.b, Sym::Interp);
         let ctx = self.ctx();
         let call = self
             .b
             .ins()
             .call_indirect(self.sigs.interp, f, &[ctx, insn]);
         self.b.inst_results(call)[0]
+    }
+
+    /// The address of instruction `d` of the current guest block (a symbol).
+    fn insn_addr(&mut self, d: &DecodedInsn) -> Value {
+        let insns = &self.region.blocks[self.bi].insns;
+        let k = insns
+            .iter()
+            .position(|x| std::ptr::eq(x, d))
+            .expect("an instruction of the current block");
+        let sym = Sym::Insn {
+            b: self.bi as u16,
+            k: k as u8,
+        };
+        symbol(self.b, sym)
     }
 
     /// Runs instruction `d` (not lowered) in the interpreter and goes on at `cont`
@@ -1092,10 +1097,7 @@ impl<'a, 'b> Tx<'a, 'b> {
         let ip = self.b.ins().iconst(I64, d.insn.ip() as i64);
         let cnt = self.icount_at(self.k);
         self.store_state(ip, cnt);
-        let p = self
-            .b
-            .ins()
-            .iconst(I64, d as *const DecodedInsn as usize as i64);
+        let p = self.insn_addr(d);
         let r = self.call_interp(p);
         let ok = self.b.create_block();
         let leave = self.b.create_block();

@@ -19,8 +19,9 @@ use ox86_x87::ops::{classify, MemUse, Op};
 use ox86_x87::{fop_of, sti_of};
 
 use crate::flagsrc::FlagSrc;
-use crate::helpers::{self, JitCtx, X87_DONE, X87_STORE};
+use crate::helpers::{JitCtx, X87_DONE, X87_STORE};
 use crate::lower::simple_address;
+use crate::symbols::{symbol, Sym};
 use crate::translate::{Tx, GUEST, MF};
 
 /// An x87 instruction of a region, as its helper needs it.
@@ -73,9 +74,10 @@ impl Tx<'_, '_> {
     /// Emits an x87 instruction; false if the region has no entry for it.
     pub fn x87(&mut self, i: &Instruction) -> bool {
         let region = self.region;
-        let Some(xi) = region.x87.iter().find(|x| x.insn.ip() == i.ip()) else {
+        let Some(at) = region.x87.iter().position(|x| x.insn.ip() == i.ip()) else {
             return false;
         };
+        let xi = &region.x87[at];
         let zero = self.b.ins().iconst(I64, 0);
         let (ea, loaded, dest) = match xi.op.mem_use() {
             MemUse::Load(n) => {
@@ -92,14 +94,8 @@ impl Tx<'_, '_> {
             }
             MemUse::None | MemUse::Image => (zero, zero, None),
         };
-        let f = self
-            .b
-            .ins()
-            .iconst(I64, helpers::x87 as *const () as usize as i64);
-        let p = self
-            .b
-            .ins()
-            .iconst(I64, xi as *const X87Insn as usize as i64);
+        let f = symbol(self.b, Sym::X87);
+        let p = symbol(self.b, Sym::X87Insn(at as u32));
         let ctx = self.ctx();
         let call = self
             .b

@@ -1,0 +1,149 @@
+//! The translation cache on disk (`--jit-cache`) as a user meets it: a second run
+//! loads what the first compiled and prints the same; a corrupt cache is detected
+//! entry by entry and compiled again, never run; several processes share one cache.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{guests_dir, run_ox86, text};
+
+/// What `--stats` said of the JIT: (regions compiled, loaded, bad entries dropped).
+fn jit_stats(stderr: &str) -> (u64, u64, u64) {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("ox86 jit:"))
+        .unwrap_or_else(|| panic!("no JIT statistics in:\n{stderr}"));
+    let before = |marker: &str| -> u64 {
+        let i = line
+            .find(marker)
+            .unwrap_or_else(|| panic!("'{marker}' not in {line}"));
+        let head = line[..i].trim_end();
+        let start = head
+            .rfind(|c: char| !c.is_ascii_digit())
+            .map_or(0, |k| k + 1);
+        head[start..]
+            .parse()
+            .unwrap_or_else(|_| panic!("no number before '{marker}' in {line}"))
+    };
+    (
+        before("regions compiled"),
+        before("loaded from the translation cache"),
+        before("bad entries dropped"),
+    )
+}
+
+/// Runs the bare-metal C program with the cache in `dir`: (stdout, JIT statistics).
+fn run_c(dir: &Path) -> (String, (u64, u64, u64)) {
+    let k = guests_dir().join("c.elf");
+    let args = [
+        "run",
+        "--kernel",
+        k.to_str().unwrap(),
+        "-m",
+        "32M",
+        "--stats",
+        "--jit-cache",
+        dir.to_str().unwrap(),
+    ];
+    let out = run_ox86(&args, Duration::from_secs(120));
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(33), "{so}\n--- stderr:\n{se}");
+    assert_eq!(so.lines().last(), Some("PASS"), "{so}\n--- stderr:\n{se}");
+    (so, jit_stats(&se))
+}
+
+fn fresh_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ox86-jitcache-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Every entry file under `dir` (one directory per translator version).
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for d in std::fs::read_dir(dir).unwrap() {
+        for e in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            v.push(e.unwrap().path());
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn second_run_loads_and_a_corrupt_cache_is_never_run() {
+    let dir = fresh_dir("corrupt");
+    let (first, (compiled, loaded, bad)) = run_c(&dir);
+    assert!(compiled > 0, "nothing compiled");
+    assert_eq!((loaded, bad), (0, 0), "an empty cache served something");
+    let files = entries(&dir);
+    assert!(!files.is_empty(), "nothing stored");
+
+    // The second run compiles at most a tenth of what the first did.
+    let (second, (compiled2, loaded2, bad2)) = run_c(&dir);
+    assert_eq!(second, first);
+    assert!(loaded2 > 0, "nothing loaded");
+    assert!(
+        compiled2 * 10 <= compiled,
+        "{compiled2} of {compiled} compiled again"
+    );
+    assert_eq!(bad2, 0);
+
+    // One byte flipped in every entry, each at another place (header, code, fixups,
+    // checksum): every entry the run looks up is dropped and compiled again.
+    for (i, f) in files.iter().enumerate() {
+        let mut b = std::fs::read(f).unwrap();
+        let at = (i * 7919) % b.len();
+        b[at] ^= 1 << (i % 8);
+        std::fs::write(f, &b).unwrap();
+    }
+    let (third, (compiled3, loaded3, bad3)) = run_c(&dir);
+    assert_eq!(third, first, "a corrupt cache changed the guest's output");
+    assert!(
+        bad3 > 0 && compiled3 > 0,
+        "{bad3} dropped, {compiled3} compiled"
+    );
+    // What it loaded, it stored itself after compiling (a region asked for again).
+    assert!(loaded3 < loaded2, "{loaded3} loaded from a corrupt cache");
+
+    // Truncated and empty entries too; the entries compiled again replace them.
+    for f in entries(&dir) {
+        let b = std::fs::read(&f).unwrap();
+        std::fs::write(&f, &b[..b.len() / 2]).unwrap();
+    }
+    if let Some(f) = entries(&dir).first() {
+        std::fs::write(f, b"").unwrap();
+    }
+    let (fourth, (_, loaded4, bad4)) = run_c(&dir);
+    assert_eq!(fourth, first);
+    assert_eq!(loaded4, 0);
+    assert!(bad4 > 0);
+    let (fifth, (_, loaded5, bad5)) = run_c(&dir);
+    assert_eq!(fifth, first);
+    assert!(loaded5 > 0 && bad5 == 0, "{loaded5} loaded, {bad5} bad");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn processes_share_one_cache() {
+    let dir = fresh_dir("shared");
+    let outs: Vec<(String, (u64, u64, u64))> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3).map(|_| s.spawn(|| run_c(&dir))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(outs.iter().all(|o| o.0 == outs[0].0));
+    assert!(outs.iter().all(|o| o.1 .2 == 0), "a bad entry: {outs:?}");
+    // No temporary file is left, and a later run finds the entries.
+    assert!(entries(&dir).iter().all(|f| !f
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with('.')));
+    let (later, (_, loaded, bad)) = run_c(&dir);
+    assert_eq!(later, outs[0].0);
+    assert!(loaded > 0 && bad == 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
