@@ -108,7 +108,9 @@ fn second_run_loads_and_a_corrupt_cache_is_never_run() {
     // What it loaded, it stored itself after compiling (a region asked for again).
     assert!(loaded3 < loaded2, "{loaded3} loaded from a corrupt cache");
 
-    // Truncated and empty entries too; the entries compiled again replace them.
+    // Truncated and empty entries too; the entries compiled again replace them (those
+    // the run looks up: which regions are asked for depends on the compiler thread's
+    // timing).
     for f in entries(&dir) {
         let b = std::fs::read(&f).unwrap();
         std::fs::write(&f, &b[..b.len() / 2]).unwrap();
@@ -120,9 +122,9 @@ fn second_run_loads_and_a_corrupt_cache_is_never_run() {
     assert_eq!(fourth, first);
     assert_eq!(loaded4, 0);
     assert!(bad4 > 0);
-    let (fifth, (_, loaded5, bad5)) = run_c(&dir);
+    let (fifth, (_, loaded5, _)) = run_c(&dir);
     assert_eq!(fifth, first);
-    assert!(loaded5 > 0 && bad5 == 0, "{loaded5} loaded, {bad5} bad");
+    assert!(loaded5 > 0, "nothing loaded after the repair");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
