@@ -65,33 +65,39 @@ struct Installed {
 }
 
 /// A slot of the jump cache. It holds while the TLB maps the linear page of CS:EIP to
-/// `frame` (checked at every hit), so that paging changes need no flush.
+/// `frame` (checked at every hit), so that paging changes need no flush. 32 bytes:
+/// EIP and CS base are 32-bit, the frame a page number, the mode `Mode::bits`.
 #[derive(Clone, Copy)]
 struct Slot {
     /// The jump cache's stamp when the slot was filled: a flush bumps the stamp.
     stamp: u64,
-    eip: u64,
-    cs_base: u64,
-    /// The frame the code was found in.
-    frame: u64,
-    mode: Option<Mode>,
+    eip: u32,
+    cs_base: u32,
+    /// The page number of the frame the code was found in.
+    frame: u32,
     region: u32,
+    mode: u8,
     /// The region runs instructions across the page end (its next page is checked at
     /// every hit too).
     next: bool,
 }
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
 
 const EMPTY: Slot = Slot {
     stamp: 0,
     eip: 0,
     cs_base: 0,
     frame: 0,
-    mode: None,
+    mode: 0,
     region: NONE,
     next: false,
 };
 const NONE: u32 = u32::MAX;
-const JUMP_CACHE: usize = 4096;
+/// Slots of the jump cache (the interpreter's has as many: in a shell session the
+/// code run, compiled or not, far outnumbers 4096 entries, and a miss costs a hash
+/// table look-up).
+const JUMP_CACHE: usize = 1 << 16;
 /// Compile times kept for the median.
 const TIMES: usize = 1 << 16;
 /// Most compilations queued at once; beyond, hot blocks ask again later. The hottest
@@ -532,7 +538,10 @@ impl Jit {
         // the entry's linear address); cached hits stay good.
         let j = jump_index(key.cs_base.wrapping_add(key.eip) & 0xffff_ffff);
         let slot = &mut self.jump[j];
-        if slot.region == NONE && slot.eip == key.eip && slot.cs_base == key.cs_base {
+        if slot.region == NONE
+            && u64::from(slot.eip) == key.eip
+            && u64::from(slot.cs_base) == key.cs_base
+        {
             *slot = EMPTY;
         }
         Some(id)
@@ -786,10 +795,10 @@ impl Jit {
         let j = jump_index(lin);
         let slot = self.jump[j];
         if slot.stamp == self.stamp
-            && slot.eip == eip
-            && slot.cs_base == cs_base
-            && slot.frame == frame
-            && slot.mode == Some(mode)
+            && u64::from(slot.eip) == eip
+            && u64::from(slot.cs_base) == cs_base
+            && u64::from(slot.frame) == frame >> 12
+            && slot.mode == mode.bits()
             && (!slot.next || self.next_mapped(ex, slot.region, lin))
         {
             return slot.region;
@@ -809,18 +818,26 @@ impl Jit {
                 }
             }
         }
-        self.jump[j] = Slot {
-            stamp: self.stamp,
-            eip,
-            cs_base,
-            frame,
-            mode: Some(mode),
-            region: found,
-            next: found != NONE
-                && self.regions[found as usize]
-                    .as_ref()
-                    .is_some_and(|r| r.next.is_some()),
-        };
+        // (Values beyond the slot's fields, never seen in 32-bit modes, are not
+        // cached.)
+        if let (Ok(eip), Ok(cs_base), Ok(frame)) = (
+            u32::try_from(eip),
+            u32::try_from(cs_base),
+            u32::try_from(frame >> 12),
+        ) {
+            self.jump[j] = Slot {
+                stamp: self.stamp,
+                eip,
+                cs_base,
+                frame,
+                mode: mode.bits(),
+                region: found,
+                next: found != NONE
+                    && self.regions[found as usize]
+                        .as_ref()
+                        .is_some_and(|r| r.next.is_some()),
+            };
+        }
         found
     }
 
