@@ -71,7 +71,7 @@ struct RunArgs {
     #[arg(long, value_name = "DIR|off")]
     jit_cache: Option<String>,
     /// Most bytes the translation cache keeps (least recently used entries go
-    /// first).
+    /// first; 0: no cache).
     #[arg(long, value_name = "SIZE", default_value = "256M")]
     jit_cache_size: String,
 }
@@ -171,7 +171,8 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
                 a.jit_cache_size
             )
         })?;
-        if let Some(dir) = jit_cache_dir(a.jit_cache.as_deref()) {
+        // A cache of no bytes is no cache.
+        if let Some(dir) = jit_cache_dir(a.jit_cache.as_deref()).filter(|_| max > 0) {
             if dir.exists() && !dir.is_dir() {
                 bail!("--jit-cache {}: not a directory", dir.display());
             }

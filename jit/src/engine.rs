@@ -110,9 +110,6 @@ const MAX_PENDING: usize = 512;
 /// Most requests only for the translation cache queued at once (they are cheap: a
 /// file read and a copy).
 const MAX_PENDING_CACHED: usize = 1024;
-/// Most compilations queued at once for which a warm block (one not yet at the hot
-/// threshold) may ask.
-const WARM_PENDING: usize = 16;
 /// The heat of a request only for the translation cache: before any compilation.
 const CACHED_HEAT: u64 = u64::MAX / 4;
 /// An optimised compilation saves about this fraction of what a first compilation
@@ -157,9 +154,6 @@ struct Pending {
 /// The JIT of one CPU.
 pub struct Jit {
     config: JitConfig,
-    /// Executions between the interpreter's calls of `hot` for a block: the warm
-    /// threshold if warm blocks are compiled, else the hot threshold.
-    every: u64,
     worker: Worker,
     regions: Vec<Option<Installed>>,
     free: Vec<u32>,
@@ -263,18 +257,8 @@ impl Jit {
                 None
             }
         };
-        // Warm blocks only where compiling them does not take the guest's CPU.
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let hot = config.hot_threshold.max(1);
-        let warm = config.warm_threshold.max(1);
-        let every = if cpus >= 2 && !config.inline_compile && warm < hot {
-            warm
-        } else {
-            hot
-        };
         Jit {
             config,
-            every,
             worker,
             regions: Vec::new(),
             free: Vec::new(),
@@ -1034,7 +1018,7 @@ impl Accel for Jit {
     }
 
     fn hot_threshold(&self) -> u64 {
-        self.every
+        self.config.hot_threshold.max(1)
     }
 
     fn seen(&mut self, ex: &mut Exec<'_>, id: u32) {
@@ -1059,19 +1043,12 @@ impl Accel for Jit {
     }
 
     fn hot(&mut self, ex: &mut Exec<'_>, id: u32) {
-        let b = ex.blocks.get(id);
-        // The instructions run in the interpreter since the last call.
-        let heat = b.insns.len() as u64 * self.every;
-        // A warm block asks only while the compiler has little to do.
-        if b.execs < self.config.hot_threshold
-            && self.pending.len() - self.pending_cached >= WARM_PENDING
-        {
-            return;
-        }
         let Some((key, cs_hi)) = self.wanted(ex, id) else {
             return;
         };
         let tier = u8::from(self.config.optimize_after == 0);
+        // The instructions run in the interpreter since the last call.
+        let heat = ex.blocks.get(id).insns.len() as u64 * self.hot_threshold();
         self.request(ex, key, cs_hi, tier, heat);
     }
 

@@ -45,11 +45,6 @@ pub use mode::Mode;
 pub struct JitConfig {
     /// Executions of a block before its region is compiled.
     pub hot_threshold: u64,
-    /// Executions of a block after which its region is compiled while the compiler
-    /// has nothing hotter to do (at most a few such requests wait at once), on a host
-    /// where the compiler thread has a CPU of its own (two or more available); at or
-    /// above `hot_threshold`: off.
-    pub warm_threshold: u64,
     /// Most blocks in one region.
     pub max_region_blocks: usize,
     /// Bytes of code memory, in two generations; a generation is freed whole.
@@ -69,7 +64,6 @@ impl Default for JitConfig {
     fn default() -> Self {
         JitConfig {
             hot_threshold: 2000,
-            warm_threshold: 200,
             max_region_blocks: 8,
             arena_bytes: 128 << 20,
             optimize_after: 1_000_000,
