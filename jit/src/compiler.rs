@@ -22,7 +22,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 
 use crate::codemem::CodeArena;
-use crate::diskcache::{DiskCache, Image, Index, Loaded, Name, Shape};
+use crate::diskcache::{DiskCache, Image, Index, Loaded, Name, Shape, Writer};
 use crate::region::{Entry, Region, PAGE};
 use crate::symbols;
 use crate::translate::Tx;
@@ -99,8 +99,9 @@ pub struct Compiler {
     dump: Option<Option<u64>>,
     /// Functions compiled so far (makes their names unique).
     serial: u64,
-    /// The translation cache on disk, if used.
+    /// The translation cache on disk, if used: read here, written by `writer`.
     cache: Option<DiskCache>,
+    writer: Option<Writer>,
     /// Bad entries found in the cache (counted for the dispatcher's statistics).
     pub cache_rejected: Arc<AtomicU64>,
 }
@@ -184,18 +185,26 @@ impl Compiler {
                 optimized: new_isa(1)?,
             })
         });
-        let cache = match (cache, &isas) {
-            (Some((dir, max)), Ok(isas)) => match DiskCache::open(dir, &describe(isas), max) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::warn!(target: "ox86::jit", "no translation cache in {}: {e}", dir.display());
-                    None
+        let opened = match (cache, &isas) {
+            (Some((dir, max)), Ok(isas)) => {
+                let isa = describe(isas);
+                match (
+                    DiskCache::open(dir, &isa, max),
+                    DiskCache::open(dir, &isa, max),
+                ) {
+                    (Ok(read), Ok(write)) => Some((read, Writer::spawn(write))),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(target: "ox86::jit", "no translation cache in {}: {e}", dir.display());
+                        None
+                    }
                 }
-            },
+            }
             _ => None,
         };
+        let (cache, writer) = opened.unzip();
         Compiler {
             cache,
+            writer,
             cache_rejected: Arc::default(),
             isas,
             gens: VecDeque::new(),
@@ -292,14 +301,14 @@ impl Compiler {
             });
         }
         let image = self.translate(&req, &region).map_err(err)?;
-        if let Some(cache) = &mut self.cache {
-            let name = Name::of(&req, &region, req.tier, req.heat.is_some(), self.max_blocks);
-            cache.store(&name, &image);
-        }
-        let mut code = image.code;
+        let mut code = image.code.clone();
         symbols::apply(&mut code, &image.fixups, &region, &req).map_err(err)?;
-        self.place(req, region, code, image.align, t0, false)
-            .map_err(err)
+        let align = image.align;
+        if let Some(w) = &self.writer {
+            let name = Name::of(&req, &region, req.tier, req.heat.is_some(), self.max_blocks);
+            w.store(name, image);
+        }
+        self.place(req, region, code, align, t0, false).map_err(err)
     }
 
     /// The code of `region` (asked for by `req`) in the translation cache, best tier

@@ -24,7 +24,10 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 use std::time::SystemTime;
+
+use crossbeam::channel::{unbounded, Sender};
 
 use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
@@ -310,6 +313,51 @@ impl DiskCache {
             }
         }
         total
+    }
+}
+
+/// Stores entries on a thread of its own, so that the compiler never waits for the
+/// file system (file creation and renames can block for milliseconds, which on one
+/// CPU delays compiled code by seconds over a boot). Entries still queued when the
+/// writer is dropped are written first.
+#[derive(Debug)]
+pub struct Writer {
+    tx: Option<Sender<(Name, Image)>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// A writer storing into `cache`.
+    pub fn spawn(mut cache: DiskCache) -> Writer {
+        let (tx, rx) = unbounded::<(Name, Image)>();
+        let handle = std::thread::Builder::new()
+            .name("ox86-jit-cache".into())
+            .spawn(move || {
+                for (name, img) in rx {
+                    cache.store(&name, &img);
+                }
+            })
+            .ok();
+        Writer {
+            tx: handle.as_ref().map(|_| tx),
+            handle,
+        }
+    }
+
+    /// Queues entry `name` for storing.
+    pub fn store(&self, name: Name, img: Image) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((name, img));
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
     }
 }
 
