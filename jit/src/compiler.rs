@@ -186,19 +186,13 @@ impl Compiler {
             })
         });
         let opened = match (cache, &isas) {
-            (Some((dir, max)), Ok(isas)) => {
-                let isa = describe(isas);
-                match (
-                    DiskCache::open(dir, &isa, max),
-                    DiskCache::open(dir, &isa, max),
-                ) {
-                    (Ok(read), Ok(write)) => Some((read, Writer::spawn(write))),
-                    (Err(e), _) | (_, Err(e)) => {
-                        tracing::warn!(target: "ox86::jit", "no translation cache in {}: {e}", dir.display());
-                        None
-                    }
+            (Some((dir, max)), Ok(isas)) => match DiskCache::open(dir, &describe(isas), max) {
+                Ok(c) => Some((c.clone(), Writer::spawn(c))),
+                Err(e) => {
+                    tracing::warn!(target: "ox86::jit", "no translation cache in {}: {e}", dir.display());
+                    None
                 }
-            }
+            },
             _ => None,
         };
         let (cache, writer) = opened.unzip();

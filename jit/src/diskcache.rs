@@ -173,7 +173,7 @@ pub enum Loaded {
 }
 
 /// A translation cache directory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DiskCache {
     root: PathBuf,
     /// This translator's entries.
