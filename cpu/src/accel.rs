@@ -22,8 +22,9 @@ pub enum AccelRun {
 /// An accelerator.
 pub trait Accel {
     /// Runs compiled code from the current state, retiring at most up to instruction
-    /// count `end`.
-    fn run(&mut self, ex: &mut Exec<'_>, end: u64) -> AccelRun;
+    /// count `end`. `block` is the interpreter's block at the current state (its
+    /// [`AccelHint`](crate::AccelHint) is the accelerator's to use).
+    fn run(&mut self, ex: &mut Exec<'_>, end: u64, block: u32) -> AccelRun;
 
     /// Executions of a block after which [`Accel::hot`] is called for it.
     fn hot_threshold(&self) -> u64;

@@ -51,6 +51,24 @@ pub struct Block {
     /// The next run count at which the interpreter tells the accelerator that the
     /// block is hot (0: not computed yet).
     pub next_hot: u64,
+    /// What the accelerator found at the block's entry (see [`AccelHint`]).
+    pub accel: AccelHint,
+}
+
+/// What an accelerator found at a block's entry the last time it looked, kept with
+/// the block so that the next run of the block finds it without a look-up of the
+/// accelerator's own: for interpreted code (most blocks, run few times) that is a
+/// cache miss saved per block. The interpreter only stores it; the accelerator sets
+/// it, checks a region it names before running it, and resets it when it installs
+/// code at the block's entry. A stale "nothing" only leaves code interpreted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccelHint {
+    /// Whether the accelerator has looked.
+    pub valid: bool,
+    /// The accelerator's mode bits when it looked.
+    pub mode: u8,
+    /// The accelerator's code for the entry in that mode (`u32::MAX`: none).
+    pub region: u32,
 }
 
 impl Block {
@@ -151,6 +169,12 @@ impl BlockCache {
         } else {
             None
         }
+    }
+
+    /// The id of the block decoded at physical address `phys` for code size
+    /// `bitness`, if any.
+    pub fn id_at(&self, phys: u64, bitness: u32) -> Option<u32> {
+        self.by_phys.get(&(phys, bitness)).copied()
     }
 
     /// The block with this id.
@@ -384,6 +408,7 @@ mod tests {
             ranges,
             execs: 0,
             next_hot: 0,
+            accel: AccelHint::default(),
         }
     }
 

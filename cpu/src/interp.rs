@@ -4,7 +4,7 @@
 use ox86_mmu::paging::Access;
 use ox86_mmu::{PhysAddr, PAGE_MASK};
 
-use crate::block::{decode_block, Block, MAX_BLOCK_INSNS};
+use crate::block::{decode_block, AccelHint, Block, MAX_BLOCK_INSNS};
 
 /// Most bytes a block can span.
 const MAX_BLOCK_BYTES: u64 = MAX_BLOCK_INSNS as u64 * 15;
@@ -91,10 +91,20 @@ impl Exec<'_> {
                 return CpuExit::Budget;
             }
             let debug = self.debug_armed();
+            // The block first, then the accelerator: the block carries what the
+            // accelerator found at its entry last time (see `AccelHint`).
+            let id = match self.current_block() {
+                Ok(id) => id,
+                Err(ex) => {
+                    events += 1;
+                    self.raise(ex);
+                    continue;
+                }
+            };
             if let Some(a) = accel.as_deref_mut() {
                 if !debug && !shadow {
                     // Exceptions count against the budget too (see above).
-                    match a.run(self, end.saturating_sub(events)) {
+                    match a.run(self, end.saturating_sub(events), id) {
                         AccelRun::NotRun => {}
                         AccelRun::Ran => continue,
                         AccelRun::Fault(ex) => {
@@ -106,14 +116,6 @@ impl Exec<'_> {
                     }
                 }
             }
-            let id = match self.current_block() {
-                Ok(id) => id,
-                Err(ex) => {
-                    events += 1;
-                    self.raise(ex);
-                    continue;
-                }
-            };
             let block = self.blocks.get_mut(id);
             block.execs += 1;
             let first = block.next_hot == 0;
@@ -298,6 +300,7 @@ impl Exec<'_> {
             ranges,
             execs: 0,
             next_hot: 0,
+            accel: AccelHint::default(),
         };
         Ok(self.blocks.insert(lin, block))
     }

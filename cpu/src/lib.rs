@@ -18,7 +18,7 @@ use ox86_mmu::tlb::Tlb;
 use ox86_mmu::{IoBus, Memory};
 
 pub use accel::{Accel, AccelRun, AccelStats};
-pub use block::{BlockCache, DecodedInsn, Handler};
+pub use block::{AccelHint, BlockCache, DecodedInsn, Handler};
 pub use exception::{Exception, Fault};
 pub use interp::{CpuExit, RunLimits};
 pub use state::{CpuState, Segment};

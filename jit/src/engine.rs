@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use crossbeam::channel::{unbounded, Receiver, Sender};
 use ox86_cpu::state::CS;
-use ox86_cpu::{Accel, AccelRun, AccelStats, CpuState, Exec};
+use ox86_cpu::{Accel, AccelHint, AccelRun, AccelStats, CpuState, Exec};
 use ox86_mmu::paging::Access;
 use ox86_mmu::{PhysAddr, Region as MemRegion, PAGE_MASK};
 
@@ -518,8 +518,12 @@ impl Jit {
             self.by_frame.entry(f >> 12).or_default().push(id);
         }
         self.live += 1;
-        // A cached miss for this entry is stale now (it can only be in the slot of
-        // the entry's linear address); cached hits stay good.
+        // A miss the interpreter's block at this entry holds is stale now.
+        if let Some(b) = ex.blocks.id_at(key.phys, key.mode.bitness) {
+            ex.blocks.get_mut(b).accel = AccelHint::default();
+        }
+        // So is a cached miss for this entry (it can only be in the slot of the
+        // entry's linear address); cached hits stay good.
         let j = jump_index(key.cs_base.wrapping_add(key.eip) & 0xffff_ffff);
         let slot = &mut self.jump[j];
         if slot.region == NONE
@@ -761,9 +765,55 @@ impl Jit {
         (!installed).then_some((key, ex.s.seg[CS].hi as u64))
     }
 
+    /// The region for the current state, interpreter block `block` (at the current
+    /// state), through the block's hint (see [`AccelHint`]), else the jump cache.
+    #[inline]
+    fn lookup_block(&mut self, ex: &mut Exec<'_>, mode: Mode, block: u32) -> u32 {
+        let b = ex.blocks.get(block);
+        let h = b.accel;
+        if h.valid && h.mode == mode.bits() {
+            if h.region == NONE {
+                return NONE;
+            }
+            // The block matches the current EIP, CS base and code size, and the TLB
+            // maps its page to `b.phys`'s frame (checked by the interpreter's
+            // look-up): a region of the same physical entry, EIP, CS base and mode is
+            // the current state's, if its next page maps where it did.
+            let same = self.regions[h.region as usize].as_ref().is_some_and(|r| {
+                r.key.phys == b.phys
+                    && r.key.eip == b.eip
+                    && r.key.cs_base == b.cs_base
+                    && r.key.mode == mode
+            });
+            if same {
+                let lin = b.cs_base.wrapping_add(b.eip) & 0xffff_ffff;
+                if self.next_mapped(ex, h.region, lin) {
+                    return h.region;
+                }
+            }
+        }
+        let (id, lasting) = self.lookup_slot(ex, mode);
+        if lasting {
+            ex.blocks.get_mut(block).accel = AccelHint {
+                valid: true,
+                mode: mode.bits(),
+                region: id,
+            };
+        }
+        id
+    }
+
     /// The region for the current state, through the jump cache.
     #[inline]
     fn lookup(&mut self, ex: &mut Exec<'_>, mode: Mode) -> u32 {
+        self.lookup_slot(ex, mode).0
+    }
+
+    /// The region for the current state, through the jump cache, and whether the
+    /// answer holds until a region is installed at this entry or the TLB maps the
+    /// page elsewhere (not when it depends on what the TLB holds now).
+    #[inline]
+    fn lookup_slot(&mut self, ex: &mut Exec<'_>, mode: Mode) -> (u32, bool) {
         let eip = ex.s.rip;
         let cs_base = ex.s.seg[CS].base;
         let lin = cs_base.wrapping_add(eip) & 0xffff_ffff;
@@ -773,7 +823,7 @@ impl Jit {
             // On a fault the interpreter fetches and raises it.
             None => match ex.translate(lin, Access::Execute, mode.user()) {
                 Ok(phys) => phys & !PAGE_MASK,
-                Err(_) => return NONE,
+                Err(_) => return (NONE, false),
             },
         };
         let j = jump_index(lin);
@@ -785,7 +835,7 @@ impl Jit {
             && slot.mode == mode.bits()
             && (!slot.next || self.next_mapped(ex, slot.region, lin))
         {
-            return slot.region;
+            return (slot.region, true);
         }
         let phys = frame | (lin & PAGE_MASK);
         let mut found = NONE;
@@ -795,7 +845,7 @@ impl Jit {
                 if r.key.eip == eip && r.key.cs_base == cs_base && r.key.mode == mode {
                     if !self.next_mapped(ex, id, lin) {
                         // Not mapped so now, or not yet in the TLB.
-                        return NONE;
+                        return (NONE, false);
                     }
                     found = id;
                     break;
@@ -822,7 +872,7 @@ impl Jit {
                         .is_some_and(|r| r.next.is_some()),
             };
         }
-        found
+        (found, true)
     }
 
     /// Whether region `id`, entered at linear address `lin`, has its instructions
@@ -882,7 +932,7 @@ fn req_key(req: &Request) -> Key {
 }
 
 impl Accel for Jit {
-    fn run(&mut self, ex: &mut Exec<'_>, end: u64) -> AccelRun {
+    fn run(&mut self, ex: &mut Exec<'_>, end: u64, block: u32) -> AccelRun {
         if !self.pending.is_empty() {
             self.poll(ex);
         }
@@ -896,6 +946,9 @@ impl Accel for Jit {
             return AccelRun::NotRun;
         };
         let mut ran = false;
+        // The first region through the interpreter's block, the next ones through the
+        // jump cache.
+        let mut block = Some(block);
         // Region after region while they leave by plain branches and nothing needs
         // the interpreter loop's attention; anything else goes back to it.
         loop {
@@ -903,7 +956,10 @@ impl Accel for Jit {
                 self.flush_jump();
                 self.epoch = ex.blocks.epoch;
             }
-            let id = self.lookup(ex, mode);
+            let id = match block.take() {
+                Some(b) => self.lookup_block(ex, mode, b),
+                None => self.lookup(ex, mode),
+            };
             if id == NONE {
                 break;
             }

@@ -1109,8 +1109,8 @@ fn bounded_memory_with_small_code_arena() {
 struct IgnoresWrites(Jit);
 
 impl Accel for IgnoresWrites {
-    fn run(&mut self, ex: &mut Exec<'_>, end: u64) -> AccelRun {
-        self.0.run(ex, end)
+    fn run(&mut self, ex: &mut Exec<'_>, end: u64, block: u32) -> AccelRun {
+        self.0.run(ex, end, block)
     }
     fn hot_threshold(&self) -> u64 {
         self.0.hot_threshold()
