@@ -249,6 +249,15 @@ impl Exec<'_> {
             return Err(Exception::GP0);
         }
         let phys = self.fetch_phys(lin, user)?;
+        // A TLB miss (after a context switch flushed the TLB) fails the jump cache's
+        // check, but its block is usually still the one: the walk has filled the TLB,
+        // so it is found again without a probe of the physical index.
+        if let Some(id) = self
+            .blocks
+            .lookup_jump(lin, eip, cs_base, bitness, self.tlb, user)
+        {
+            return Ok(id);
+        }
         if let Some(id) = self
             .blocks
             .lookup_phys(lin, phys, eip, cs_base, bitness, self.tlb, user)
