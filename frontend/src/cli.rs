@@ -256,6 +256,7 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
             );
         }
     }
+    m.end_with_process();
     Ok(match reason {
         ExitReason::GuestExit(status) => ExitCode::from(status as u8),
         ExitReason::Reset => ExitCode::SUCCESS,

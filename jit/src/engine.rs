@@ -1162,7 +1162,15 @@ impl Accel for Jit {
 
 impl Drop for Jit {
     fn drop(&mut self) {
-        if let Worker::Thread { tx, handle, .. } = &mut self.worker {
+        if let Worker::Thread {
+            tx, handle, queue, ..
+        } = &mut self.worker
+        {
+            // The requests still queued are dropped: compiling them would keep the
+            // process from ending (up to MAX_PENDING compilations) for code that will
+            // not run again. The compilation under way finishes, and what the
+            // compiler has handed the cache's writer is written.
+            queue.clear();
             tx.take();
             if let Some(h) = handle.take() {
                 let _ = h.join();

@@ -61,6 +61,11 @@ impl CompileQueue {
         best.map(|(i, _)| items.remove(i).1)
     }
 
+    /// Drops every queued request.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     /// Requests queued.
     #[cfg(test)]
     pub fn len(&self) -> usize {
