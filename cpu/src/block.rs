@@ -53,6 +53,10 @@ pub struct Block {
     pub next_hot: u64,
     /// What the accelerator found at the block's entry (see [`AccelHint`]).
     pub accel: AccelHint,
+    /// The blocks that ran after this one, by their EIP (id `u32::MAX`: none): most
+    /// blocks end in a direct branch, so the next block is one of two, found here
+    /// without a look-up in the jump cache (see [`BlockCache::lookup_succ`]).
+    pub succ: [(u32, u32); 2],
 }
 
 /// What an accelerator found at a block's entry the last time it looked, kept with
@@ -92,6 +96,8 @@ impl Block {
 pub const MAX_BLOCK_INSNS: usize = 64;
 const JUMP_CACHE: usize = 1 << 16;
 const NO_BLOCK: u32 = u32::MAX;
+/// A new block's successors: none.
+pub const NO_SUCC: [(u32, u32); 2] = [(0, NO_BLOCK); 2];
 
 /// The decoded-block cache of one CPU.
 pub struct BlockCache {
@@ -146,6 +152,42 @@ impl BlockCache {
         let b = self.slab.get(id as usize)?.as_ref()?;
         let same = b.eip == eip && b.cs_base == cs_base && b.bitness == bitness;
         (same && b.mapped(lin, tlb, user)).then_some(id)
+    }
+
+    /// The block that ran after block `prev` the last time the next EIP was this one,
+    /// if it matches as in [`BlockCache::lookup_jump`] (a successor's id is checked like
+    /// a jump-cache slot's: a stale one fails the check).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn lookup_succ(
+        &self,
+        prev: u32,
+        lin: u64,
+        eip: u64,
+        cs_base: u64,
+        bitness: u32,
+        tlb: &Tlb,
+        user: bool,
+    ) -> Option<u32> {
+        let p = self.slab.get(prev as usize)?.as_ref()?;
+        let id = p
+            .succ
+            .iter()
+            .find(|s| s.1 != NO_BLOCK && u64::from(s.0) == eip)?
+            .1;
+        let b = self.slab.get(id as usize)?.as_ref()?;
+        let same = b.eip == eip && b.cs_base == cs_base && b.bitness == bitness;
+        (same && b.mapped(lin, tlb, user)).then_some(id)
+    }
+
+    /// Records that block `id`, at `eip`, ran after block `prev` (in the successor
+    /// of the same EIP, else the first free one, else the second).
+    pub fn set_succ(&mut self, prev: u32, eip: u64, id: u32) {
+        let (Some(Some(p)), Ok(e)) = (self.slab.get_mut(prev as usize), u32::try_from(eip)) else {
+            return;
+        };
+        let k = usize::from(p.succ[0].1 != NO_BLOCK && p.succ[0].0 != e);
+        p.succ[k] = (e, id);
     }
 
     /// The block at a physical address, if decoded for the same EIP and CS base (and,
@@ -409,7 +451,57 @@ mod tests {
             execs: 0,
             next_hot: 0,
             accel: AccelHint::default(),
+            succ: NO_SUCC,
         }
+    }
+
+    /// A block's successors are found only while they match as a jump-cache hit does:
+    /// same EIP, CS base and code size, mapped by the TLB to the frame they were
+    /// decoded from, and still in the cache.
+    #[test]
+    fn successors_follow_the_tlb_and_the_cache() {
+        let mut tlb = Tlb::default();
+        let mut c = BlockCache::default();
+        let (a, b, t) = (0x0804_8010, 0x0804_8020, 0x0804_9000);
+        map(&mut tlb, a, 0x5000, false);
+        map(&mut tlb, t, 0x6000, false);
+        let pa = c.insert(a, block(a, 0x5010, [(0x5010, 0x5012), (0, 0)]));
+        let fall = c.insert(b, block(b, 0x5020, [(0x5020, 0x5022), (0, 0)]));
+        let taken = c.insert(t, block(t, 0x6000, [(0x6000, 0x6002), (0, 0)]));
+        assert_eq!(c.lookup_succ(pa, b, b, 0, 32, &tlb, false), None);
+        c.set_succ(pa, b, fall);
+        c.set_succ(pa, t, taken);
+        assert_eq!(c.lookup_succ(pa, b, b, 0, 32, &tlb, false), Some(fall));
+        assert_eq!(c.lookup_succ(pa, t, t, 0, 32, &tlb, false), Some(taken));
+        // Another EIP, bitness, CS base or table: no hit.
+        assert_eq!(c.lookup_succ(pa, a, a, 0, 32, &tlb, false), None);
+        assert_eq!(c.lookup_succ(pa, t, t, 0, 16, &tlb, false), None);
+        assert_eq!(c.lookup_succ(pa, t + 4, t, 4, 32, &tlb, false), None);
+        assert_eq!(c.lookup_succ(pa, t, t, 0, 32, &tlb, true), None);
+        // The target's page maps another frame now: no hit.
+        map(&mut tlb, t, 0x9000, false);
+        assert_eq!(c.lookup_succ(pa, t, t, 0, 32, &tlb, false), None);
+        map(&mut tlb, t, 0x6000, false);
+        assert_eq!(c.lookup_succ(pa, t, t, 0, 32, &tlb, false), Some(taken));
+        // An invalidated successor is not found, even once its id holds another block.
+        assert!(!c.invalidate_range(0x6000, 1));
+        assert_eq!(c.lookup_succ(pa, t, t, 0, 32, &tlb, false), None);
+        let other = c.insert(
+            a + 0x40,
+            block(a + 0x40, 0x5050, [(0x5050, 0x5052), (0, 0)]),
+        );
+        assert_eq!(other, taken, "the slab reuses the id");
+        assert_eq!(c.lookup_succ(pa, t, t, 0, 32, &tlb, false), None);
+        // A third successor replaces the second; the first stays.
+        c.set_succ(pa, a + 0x40, other);
+        assert_eq!(
+            c.lookup_succ(pa, a + 0x40, a + 0x40, 0, 32, &tlb, false),
+            Some(other)
+        );
+        assert_eq!(c.lookup_succ(pa, b, b, 0, 32, &tlb, false), Some(fall));
+        // A removed predecessor has no successors.
+        assert!(c.invalidate_range(0x5010, 1), "other blocks stay on the page");
+        assert_eq!(c.lookup_succ(pa, b, b, 0, 32, &tlb, false), None);
     }
 
     /// The jump cache is never flushed: its hits are checked against the TLB, so a

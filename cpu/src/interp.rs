@@ -4,7 +4,7 @@
 use ox86_mmu::paging::Access;
 use ox86_mmu::{PhysAddr, PAGE_MASK};
 
-use crate::block::{decode_block, AccelHint, Block, MAX_BLOCK_INSNS};
+use crate::block::{decode_block, AccelHint, Block, MAX_BLOCK_INSNS, NO_SUCC};
 
 /// Most bytes a block can span.
 const MAX_BLOCK_BYTES: u64 = MAX_BLOCK_INSNS as u64 * 15;
@@ -63,7 +63,10 @@ impl Exec<'_> {
         let hot_every = accel
             .as_deref()
             .map_or(u64::MAX, |a| a.hot_threshold().max(1));
+        // The block that ran last, if nothing came between it and the next one.
+        let mut prev: Option<u32> = None;
         loop {
+            let last = prev.take();
             if *self.shutdown {
                 return CpuExit::Shutdown;
             }
@@ -93,7 +96,7 @@ impl Exec<'_> {
             let debug = self.debug_armed();
             // The block first, then the accelerator: the block carries what the
             // accelerator found at its entry last time (see `AccelHint`).
-            let id = match self.current_block() {
+            let id = match self.current_block(last) {
                 Ok(id) => id,
                 Err(ex) => {
                     events += 1;
@@ -157,6 +160,7 @@ impl Exec<'_> {
             }
             // The instruction count is kept exact at every instruction, so that device
             // time seen by I/O (and RDTSC) is a function of it.
+            let mut clean = true;
             for d in &insns[..n] {
                 let ip = self.s.rip;
                 // TF and RF as the instruction starts (only looked at while debugging).
@@ -167,6 +171,7 @@ impl Exec<'_> {
                     events += 1;
                     self.s.dbg_pending = 0;
                     self.raise(ex);
+                    clean = false;
                     break;
                 }
                 self.s.icount += 1;
@@ -179,16 +184,21 @@ impl Exec<'_> {
                     if let Some(ex) = self.debug_trap_after(tf, rf, soft_int) {
                         events += 1;
                         self.raise(ex);
+                        clean = false;
                         break;
                     }
                 }
                 if self.mem.has_dirty_code() {
                     self.process_code_writes(accel.as_deref_mut());
+                    clean = false;
                     break;
                 }
                 if self.s.rip != d.next_ip {
                     break;
                 }
+            }
+            if clean {
+                prev = Some(id);
             }
         }
     }
@@ -231,8 +241,31 @@ impl Exec<'_> {
         }
     }
 
-    /// Finds or decodes the block at CS:EIP.
-    fn current_block(&mut self) -> Fault<u32> {
+    /// Finds or decodes the block at CS:EIP; `prev` is the block that ran just before
+    /// (its successors are looked at first).
+    fn current_block(&mut self, prev: Option<u32>) -> Fault<u32> {
+        let Some(p) = prev else {
+            return self.find_block();
+        };
+        let bitness = self.bitness();
+        let eip = self.s.rip;
+        let cs_base = self.s.seg[CS].base;
+        let lin = cs_base.wrapping_add(eip) & 0xffff_ffff;
+        let user = self.user();
+        if let Some(id) = self
+            .blocks
+            .lookup_succ(p, lin, eip, cs_base, bitness, self.tlb, user)
+        {
+            return Ok(id);
+        }
+        let id = self.find_block()?;
+        self.blocks.set_succ(p, eip, id);
+        Ok(id)
+    }
+
+    /// Finds or decodes the block at CS:EIP through the jump cache and the physical
+    /// index.
+    fn find_block(&mut self) -> Fault<u32> {
         let bitness = self.bitness();
         let eip = self.s.rip;
         let cs_base = self.s.seg[CS].base;
@@ -310,6 +343,7 @@ impl Exec<'_> {
             execs: 0,
             next_hot: 0,
             accel: AccelHint::default(),
+            succ: NO_SUCC,
         };
         Ok(self.blocks.insert(lin, block))
     }
