@@ -53,10 +53,22 @@ pub struct Block {
     pub next_hot: u64,
     /// What the accelerator found at the block's entry (see [`AccelHint`]).
     pub accel: AccelHint,
-    /// The blocks that ran after this one, by their EIP (id `u32::MAX`: none): most
-    /// blocks end in a direct branch, so the next block is one of two, found here
-    /// without a look-up in the jump cache (see [`BlockCache::lookup_succ`]).
-    pub succ: [(u32, u32); 2],
+    /// The blocks that ran after this one: most blocks end in a direct branch, so the
+    /// next block is one of two, found here without a look-up in the jump cache (see
+    /// [`BlockCache::lookup_succ`]).
+    pub succ: [Succ; 2],
+}
+
+/// A block that ran after another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Succ {
+    /// Its EIP.
+    eip: u32,
+    /// Its id (`u32::MAX`: none).
+    id: u32,
+    /// Where its instructions were when it was recorded: only prefetched, never read
+    /// through, so that they load while the block itself is read and checked.
+    insns: usize,
 }
 
 /// What an accelerator found at a block's entry the last time it looked, kept with
@@ -97,7 +109,11 @@ pub const MAX_BLOCK_INSNS: usize = 64;
 const JUMP_CACHE: usize = 1 << 16;
 const NO_BLOCK: u32 = u32::MAX;
 /// A new block's successors: none.
-pub const NO_SUCC: [(u32, u32); 2] = [(0, NO_BLOCK); 2];
+pub const NO_SUCC: [Succ; 2] = [Succ {
+    eip: 0,
+    id: NO_BLOCK,
+    insns: 0,
+}; 2];
 
 /// The decoded-block cache of one CPU.
 pub struct BlockCache {
@@ -170,11 +186,15 @@ impl BlockCache {
         user: bool,
     ) -> Option<u32> {
         let p = self.slab.get(prev as usize)?.as_ref()?;
-        let id = p
+        let s = p
             .succ
             .iter()
-            .find(|s| s.1 != NO_BLOCK && u64::from(s.0) == eip)?
-            .1;
+            .find(|s| s.id != NO_BLOCK && u64::from(s.eip) == eip)?;
+        // The reference counts just before the instructions (the interpreter's clone
+        // touches them first) and the line after.
+        crate::prefetch::prefetch(s.insns.wrapping_sub(16));
+        crate::prefetch::prefetch(s.insns.wrapping_add(48));
+        let id = s.id;
         let b = self.slab.get(id as usize)?.as_ref()?;
         let same = b.eip == eip && b.cs_base == cs_base && b.bitness == bitness;
         (same && b.mapped(lin, tlb, user)).then_some(id)
@@ -183,11 +203,18 @@ impl BlockCache {
     /// Records that block `id`, at `eip`, ran after block `prev` (in the successor
     /// of the same EIP, else the first free one, else the second).
     pub fn set_succ(&mut self, prev: u32, eip: u64, id: u32) {
-        let (Some(Some(p)), Ok(e)) = (self.slab.get_mut(prev as usize), u32::try_from(eip)) else {
+        let Ok(eip) = u32::try_from(eip) else {
             return;
         };
-        let k = usize::from(p.succ[0].1 != NO_BLOCK && p.succ[0].0 != e);
-        p.succ[k] = (e, id);
+        let Some(Some(b)) = self.slab.get(id as usize) else {
+            return;
+        };
+        let insns = b.insns.as_ptr() as usize;
+        let Some(Some(p)) = self.slab.get_mut(prev as usize) else {
+            return;
+        };
+        let k = usize::from(p.succ[0].id != NO_BLOCK && p.succ[0].eip != eip);
+        p.succ[k] = Succ { eip, id, insns };
     }
 
     /// The block at a physical address, if decoded for the same EIP and CS base (and,
@@ -500,7 +527,10 @@ mod tests {
         );
         assert_eq!(c.lookup_succ(pa, b, b, 0, 32, &tlb, false), Some(fall));
         // A removed predecessor has no successors.
-        assert!(c.invalidate_range(0x5010, 1), "other blocks stay on the page");
+        assert!(
+            c.invalidate_range(0x5010, 1),
+            "other blocks stay on the page"
+        );
         assert_eq!(c.lookup_succ(pa, b, b, 0, 32, &tlb, false), None);
     }
 

@@ -11,6 +11,7 @@ pub mod exception;
 pub mod exec;
 pub mod flags;
 mod interp;
+mod prefetch;
 pub mod state;
 pub mod testkit;
 
