@@ -59,6 +59,21 @@ pub struct Block {
     pub succ: [Succ; 2],
 }
 
+/// Where code is fetched from: what a block must match to be the one to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pc {
+    /// The linear address of CS:EIP.
+    pub lin: u64,
+    /// EIP.
+    pub eip: u64,
+    /// CS base.
+    pub cs_base: u64,
+    /// Code size in bits (16 or 32).
+    pub bitness: u32,
+    /// Fetched at CPL 3 (the TLB's user table).
+    pub user: bool,
+}
+
 /// A block that ran after another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Succ {
@@ -164,40 +179,41 @@ impl BlockCache {
         tlb: &Tlb,
         user: bool,
     ) -> Option<u32> {
-        let id = self.jump[jump_index(lin)];
+        let pc = Pc {
+            lin,
+            eip,
+            cs_base,
+            bitness,
+            user,
+        };
+        self.found(self.jump[jump_index(lin)], &pc, tlb)
+    }
+
+    /// Block `id`, if it is still in the cache and is the block at `pc`: the same EIP,
+    /// CS base and code size, and the TLB still maps its code where it was decoded
+    /// from.
+    #[inline(always)]
+    fn found(&self, id: u32, pc: &Pc, tlb: &Tlb) -> Option<u32> {
         let b = self.slab.get(id as usize)?.as_ref()?;
-        let same = b.eip == eip && b.cs_base == cs_base && b.bitness == bitness;
-        (same && b.mapped(lin, tlb, user)).then_some(id)
+        let same = b.eip == pc.eip && b.cs_base == pc.cs_base && b.bitness == pc.bitness;
+        (same && b.mapped(pc.lin, tlb, pc.user)).then_some(id)
     }
 
     /// The block that ran after block `prev` the last time the next EIP was this one,
-    /// if it matches as in [`BlockCache::lookup_jump`] (a successor's id is checked like
-    /// a jump-cache slot's: a stale one fails the check).
+    /// if it is the block at `pc` (checked as a jump-cache slot is: a stale successor
+    /// fails the check).
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    pub fn lookup_succ(
-        &self,
-        prev: u32,
-        lin: u64,
-        eip: u64,
-        cs_base: u64,
-        bitness: u32,
-        tlb: &Tlb,
-        user: bool,
-    ) -> Option<u32> {
+    pub fn lookup_succ(&self, prev: u32, pc: &Pc, tlb: &Tlb) -> Option<u32> {
         let p = self.slab.get(prev as usize)?.as_ref()?;
         let s = p
             .succ
             .iter()
-            .find(|s| s.id != NO_BLOCK && u64::from(s.eip) == eip)?;
+            .find(|s| s.id != NO_BLOCK && u64::from(s.eip) == pc.eip)?;
         // The reference counts just before the instructions (the interpreter's clone
         // touches them first) and the line after.
         crate::prefetch::prefetch(s.insns.wrapping_sub(16));
         crate::prefetch::prefetch(s.insns.wrapping_add(48));
-        let id = s.id;
-        let b = self.slab.get(id as usize)?.as_ref()?;
-        let same = b.eip == eip && b.cs_base == cs_base && b.bitness == bitness;
-        (same && b.mapped(lin, tlb, user)).then_some(id)
+        self.found(s.id, pc, tlb)
     }
 
     /// Records that block `id`, at `eip`, ran after block `prev` (in the successor
@@ -466,6 +482,16 @@ mod tests {
         nothing
     }
 
+    fn pc(lin: u64, eip: u64, cs_base: u64, bitness: u32, user: bool) -> Pc {
+        Pc {
+            lin,
+            eip,
+            cs_base,
+            bitness,
+            user,
+        }
+    }
+
     fn block(eip: u64, phys: u64, ranges: [(u64, u64); 2]) -> Block {
         let (insns, _, _) = decode_block(&[0x90, 0xc3], eip, 32, select);
         Block {
@@ -495,43 +521,49 @@ mod tests {
         let pa = c.insert(a, block(a, 0x5010, [(0x5010, 0x5012), (0, 0)]));
         let fall = c.insert(b, block(b, 0x5020, [(0x5020, 0x5022), (0, 0)]));
         let taken = c.insert(t, block(t, 0x6000, [(0x6000, 0x6002), (0, 0)]));
-        assert_eq!(c.lookup_succ(pa, b, b, 0, 32, &tlb, false), None);
+        assert_eq!(c.lookup_succ(pa, &pc(b, b, 0, 32, false), &tlb), None);
         c.set_succ(pa, b, fall);
         c.set_succ(pa, t, taken);
-        assert_eq!(c.lookup_succ(pa, b, b, 0, 32, &tlb, false), Some(fall));
-        assert_eq!(c.lookup_succ(pa, t, t, 0, 32, &tlb, false), Some(taken));
+        assert_eq!(c.lookup_succ(pa, &pc(b, b, 0, 32, false), &tlb), Some(fall));
+        assert_eq!(
+            c.lookup_succ(pa, &pc(t, t, 0, 32, false), &tlb),
+            Some(taken)
+        );
         // Another EIP, bitness, CS base or table: no hit.
-        assert_eq!(c.lookup_succ(pa, a, a, 0, 32, &tlb, false), None);
-        assert_eq!(c.lookup_succ(pa, t, t, 0, 16, &tlb, false), None);
-        assert_eq!(c.lookup_succ(pa, t + 4, t, 4, 32, &tlb, false), None);
-        assert_eq!(c.lookup_succ(pa, t, t, 0, 32, &tlb, true), None);
+        assert_eq!(c.lookup_succ(pa, &pc(a, a, 0, 32, false), &tlb), None);
+        assert_eq!(c.lookup_succ(pa, &pc(t, t, 0, 16, false), &tlb), None);
+        assert_eq!(c.lookup_succ(pa, &pc(t + 4, t, 4, 32, false), &tlb), None);
+        assert_eq!(c.lookup_succ(pa, &pc(t, t, 0, 32, true), &tlb), None);
         // The target's page maps another frame now: no hit.
         map(&mut tlb, t, 0x9000, false);
-        assert_eq!(c.lookup_succ(pa, t, t, 0, 32, &tlb, false), None);
+        assert_eq!(c.lookup_succ(pa, &pc(t, t, 0, 32, false), &tlb), None);
         map(&mut tlb, t, 0x6000, false);
-        assert_eq!(c.lookup_succ(pa, t, t, 0, 32, &tlb, false), Some(taken));
+        assert_eq!(
+            c.lookup_succ(pa, &pc(t, t, 0, 32, false), &tlb),
+            Some(taken)
+        );
         // An invalidated successor is not found, even once its id holds another block.
         assert!(!c.invalidate_range(0x6000, 1));
-        assert_eq!(c.lookup_succ(pa, t, t, 0, 32, &tlb, false), None);
+        assert_eq!(c.lookup_succ(pa, &pc(t, t, 0, 32, false), &tlb), None);
         let other = c.insert(
             a + 0x40,
             block(a + 0x40, 0x5050, [(0x5050, 0x5052), (0, 0)]),
         );
         assert_eq!(other, taken, "the slab reuses the id");
-        assert_eq!(c.lookup_succ(pa, t, t, 0, 32, &tlb, false), None);
+        assert_eq!(c.lookup_succ(pa, &pc(t, t, 0, 32, false), &tlb), None);
         // A third successor replaces the second; the first stays.
         c.set_succ(pa, a + 0x40, other);
         assert_eq!(
-            c.lookup_succ(pa, a + 0x40, a + 0x40, 0, 32, &tlb, false),
+            c.lookup_succ(pa, &pc(a + 0x40, a + 0x40, 0, 32, false), &tlb),
             Some(other)
         );
-        assert_eq!(c.lookup_succ(pa, b, b, 0, 32, &tlb, false), Some(fall));
+        assert_eq!(c.lookup_succ(pa, &pc(b, b, 0, 32, false), &tlb), Some(fall));
         // A removed predecessor has no successors.
         assert!(
             c.invalidate_range(0x5010, 1),
             "other blocks stay on the page"
         );
-        assert_eq!(c.lookup_succ(pa, b, b, 0, 32, &tlb, false), None);
+        assert_eq!(c.lookup_succ(pa, &pc(b, b, 0, 32, false), &tlb), None);
     }
 
     /// The jump cache is never flushed: its hits are checked against the TLB, so a

@@ -4,7 +4,7 @@
 use ox86_mmu::paging::Access;
 use ox86_mmu::{PhysAddr, PAGE_MASK};
 
-use crate::block::{decode_block, AccelHint, Block, MAX_BLOCK_INSNS, NO_SUCC};
+use crate::block::{decode_block, AccelHint, Block, Pc, MAX_BLOCK_INSNS, NO_SUCC};
 
 /// Most bytes a block can span.
 const MAX_BLOCK_BYTES: u64 = MAX_BLOCK_INSNS as u64 * 15;
@@ -244,33 +244,36 @@ impl Exec<'_> {
     /// Finds or decodes the block at CS:EIP; `prev` is the block that ran just before
     /// (its successors are looked at first).
     fn current_block(&mut self, prev: Option<u32>) -> Fault<u32> {
-        let Some(p) = prev else {
-            return self.find_block();
-        };
-        let bitness = self.bitness();
         let eip = self.s.rip;
         let cs_base = self.s.seg[CS].base;
-        let lin = cs_base.wrapping_add(eip) & 0xffff_ffff;
-        let user = self.user();
-        if let Some(id) = self
-            .blocks
-            .lookup_succ(p, lin, eip, cs_base, bitness, self.tlb, user)
-        {
+        let pc = Pc {
+            lin: cs_base.wrapping_add(eip) & 0xffff_ffff,
+            eip,
+            cs_base,
+            bitness: self.bitness(),
+            user: self.user(),
+        };
+        let Some(p) = prev else {
+            return self.find_block(&pc);
+        };
+        if let Some(id) = self.blocks.lookup_succ(p, &pc, self.tlb) {
             return Ok(id);
         }
-        let id = self.find_block()?;
+        let id = self.find_block(&pc)?;
         self.blocks.set_succ(p, eip, id);
         Ok(id)
     }
 
-    /// Finds or decodes the block at CS:EIP through the jump cache and the physical
+    /// Finds or decodes the block at `pc` through the jump cache and the physical
     /// index.
-    fn find_block(&mut self) -> Fault<u32> {
-        let bitness = self.bitness();
-        let eip = self.s.rip;
-        let cs_base = self.s.seg[CS].base;
-        let lin = cs_base.wrapping_add(eip) & 0xffff_ffff;
-        let user = self.user();
+    fn find_block(&mut self, pc: &Pc) -> Fault<u32> {
+        let Pc {
+            lin,
+            eip,
+            cs_base,
+            bitness,
+            user,
+        } = *pc;
         if let Some(id) = self
             .blocks
             .lookup_jump(lin, eip, cs_base, bitness, self.tlb, user)
