@@ -294,8 +294,13 @@ impl Compiler {
                 not_cached: true,
             });
         }
-        let image = self.translate(&req, &region).map_err(err)?;
-        let mut code = image.code.clone();
+        let mut image = self.translate(&req, &region).map_err(err)?;
+        // The cache keeps the unpatched code; without a cache it is patched in place.
+        let mut code = if self.writer.is_some() {
+            image.code.clone()
+        } else {
+            std::mem::take(&mut image.code)
+        };
         symbols::apply(&mut code, &image.fixups, &region, &req).map_err(err)?;
         let align = image.align;
         if let Some(w) = &self.writer {
