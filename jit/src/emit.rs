@@ -205,6 +205,78 @@ pub fn emit(t: &mut Tx<'_, '_>, i: &Instruction, live_after: u32) -> bool {
                 t.flags = FlagSrc::Bits(bits);
             }
         }
+        Kind::Imul1 => {
+            let s = t.read_op(i, 0, 4);
+            let a = t.get(Register::EAX);
+            let (wa, ws) = (t.widen_signed(a), t.widen_signed(s));
+            // The full product of two signed 32-bit values fits in 64 bits.
+            let p = t.b.ins().imul(wa, ws);
+            let lo = t.narrow(p, 4);
+            let hi = t.b.ins().ushr_imm_s(p, 32);
+            let hi = t.narrow(hi, 4);
+            t.set(Register::EAX, lo);
+            t.set(Register::EDX, hi);
+            if flags_dead {
+                t.flags = FlagSrc::Dead;
+            } else {
+                // CF = OF = the product does not fit in 32 signed bits; SF ZF PF from
+                // the low half, AF clear (as the interpreter).
+                let sl = t.widen_signed(lo);
+                let c = t.b.ins().icmp(IntCC::NotEqual, p, sl);
+                let c = t.b.ins().uextend(I64, c);
+                let wl = t.widen(lo);
+                let bits = t.szp_bits(wl, 4, c, c);
+                t.flags = FlagSrc::Bits(bits);
+            }
+        }
+        Kind::Shxd => {
+            let left = i.mnemonic() == M::Shld;
+            let p = t.place0(i);
+            let d = t.read_place(&p, 4);
+            let src = t.read_op(i, 1, 4);
+            let c = if i.op2_kind() == OpKind::Register {
+                let cl = t.get(Register::CL);
+                let c = t.widen(cl);
+                let c = t.b.ins().band_imm_s(c, 31);
+                let bail = t.bail_block();
+                let zero = t.b.ins().icmp_imm_s(IntCC::Equal, c, 0);
+                let go = t.b.create_block();
+                t.b.ins().brif(zero, bail, &[], go, &[]);
+                t.b.switch_to_block(go);
+                c
+            } else {
+                t.b.ins().iconst(I64, i64::from(i.immediate8() & 31))
+            };
+            // 1 <= c <= 31: the bits shifted in come from the source, the last bit
+            // shifted out goes to CF; OF tells whether the sign changed (as the
+            // interpreter, for every count).
+            let (wd, ws) = (t.widen(d), t.widen(src));
+            let thirty_two = t.b.ins().iconst(I64, 32);
+            let back = t.b.ins().isub(thirty_two, c);
+            let (r, out) = if left {
+                let hi = t.b.ins().ishl(wd, c);
+                let lo = t.b.ins().ushr(ws, back);
+                (t.b.ins().bor(hi, lo), t.b.ins().ushr(wd, back))
+            } else {
+                let lo = t.b.ins().ushr(wd, c);
+                let hi = t.b.ins().ishl(ws, back);
+                let c1 = t.b.ins().iadd_imm_s(c, -1);
+                (t.b.ins().bor(hi, lo), t.b.ins().ushr(wd, c1))
+            };
+            let r = t.narrow(r, 4);
+            t.write_place(&p, 4, r);
+            if flags_dead {
+                t.flags = FlagSrc::Dead;
+            } else {
+                let cf = t.b.ins().band_imm_s(out, 1);
+                let wr = t.widen(r);
+                let x = t.b.ins().bxor(wr, wd);
+                let of = t.b.ins().ushr_imm_s(x, 31);
+                let of = t.b.ins().band_imm_s(of, 1);
+                let bits = t.szp_bits(wr, 4, cf, of);
+                t.flags = FlagSrc::Bits(bits);
+            }
+        }
         Kind::Div => {
             // The flags are left as they were, as the interpreter leaves them.
             let d = t.read_op(i, 0, 4);

@@ -36,6 +36,11 @@ pub enum Kind {
     Imul,
     /// MUL r/m32 (EDX:EAX = EAX × operand).
     Mul,
+    /// One-operand IMUL r/m32 (EDX:EAX = EAX × operand, signed).
+    Imul1,
+    /// SHLD, SHRD r/m32 by a non-zero immediate or CL (a zero CL goes to the
+    /// interpreter: nothing changes, not even the flags).
+    Shxd,
     /// DIV r/m32 (EDX:EAX ÷ operand); #DE goes to the interpreter.
     Div,
     /// SETcc.
@@ -128,6 +133,13 @@ pub fn kind(i: &Instruction) -> Kind {
         M::Rol | M::Ror if i.op1_kind() != OpKind::Register => Kind::Rotate,
         M::Imul if i.op_count() >= 2 => Kind::Imul,
         M::Mul if op_size(i, 0) == 4 => Kind::Mul,
+        M::Imul if i.op_count() == 1 && op_size(i, 0) == 4 => Kind::Imul1,
+        M::Shld | M::Shrd
+            if op_size(i, 0) == 4
+                && (i.op2_kind() == OpKind::Register || i.immediate8() & 31 != 0) =>
+        {
+            Kind::Shxd
+        }
         M::Div if op_size(i, 0) == 4 => Kind::Div,
         M::Seto | M::Setno | M::Setb | M::Setae | M::Sete | M::Setne | M::Setbe | M::Seta => {
             Kind::Setcc
@@ -146,7 +158,9 @@ pub fn kind(i: &Instruction) -> Kind {
         M::Push if i.op_count() == 1 => Kind::Push,
         M::Pop if i.op_count() == 1 && i.op0_kind() == OpKind::Register => Kind::Pop,
         M::Leave => Kind::Leave,
-        M::Nop => Kind::Nop,
+        // ENDBR32/ENDBR64 do nothing without CET, which the CPU does not offer; PAUSE
+        // is a hint (the interpreter runs all three as NOPs).
+        M::Nop | M::Endbr32 | M::Endbr64 | M::Pause => Kind::Nop,
         M::Jo | M::Jno | M::Jb | M::Jae | M::Je | M::Jne | M::Jbe | M::Ja => Kind::Jcc,
         M::Js | M::Jns | M::Jp | M::Jnp | M::Jl | M::Jge | M::Jle | M::Jg => Kind::Jcc,
         M::Jmp if is_near_rel(i) => Kind::Jmp,
@@ -204,6 +218,8 @@ pub fn may_fault(i: &Instruction) -> bool {
         Kind::JmpInd | Kind::CallInd => true,
         // A zero divisor or a quotient too large leaves for the interpreter (#DE).
         Kind::Div => true,
+        // A zero count in CL leaves for the interpreter.
+        Kind::Shxd => true,
         // The FPU helper declines when CR0 or a pending exception needs the
         // interpreter, which may then fault.
         Kind::X87 => true,

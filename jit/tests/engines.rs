@@ -105,6 +105,18 @@ fn emit_one(a: &mut CodeAssembler, r: (u8, u8, u8, u32)) -> Result<(), IcedError
             2 => a.cmovns(d, s),
             _ => a.cmovp(d, s),
         },
+        52 => match y % 7 {
+            0 => a.imul(s),
+            1 => a.imul(m),
+            2 => {
+                a.endbr32()?;
+                a.pause()
+            }
+            3 => a.shld(d, s, imm & 31),
+            4 => a.shrd(m, s, cl),
+            5 => a.shrd(d, s, imm & 31),
+            _ => a.shld(m, s, cl),
+        },
         38 => a.mul(s),
         39 => a.div(s),
         40 => a.xadd(m, s),
