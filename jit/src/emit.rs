@@ -183,10 +183,17 @@ pub fn emit(t: &mut Tx<'_, '_>, i: &Instruction, live_after: u32) -> bool {
                 t.flags = FlagSrc::Bits(bits);
             }
         }
-        Kind::Mul => {
+        k @ (Kind::Mul | Kind::Imul1) => {
+            // EDX:EAX = EAX × operand, unsigned (MUL) or signed (IMUL): the full
+            // product of two 32-bit values fits in 64 bits either way.
+            let signed = k == Kind::Imul1;
             let s = t.read_op(i, 0, 4);
             let a = t.get(Register::EAX);
-            let (wa, ws) = (t.widen(a), t.widen(s));
+            let (wa, ws) = if signed {
+                (t.widen_signed(a), t.widen_signed(s))
+            } else {
+                (t.widen(a), t.widen(s))
+            };
             let p = t.b.ins().imul(wa, ws);
             let lo = t.narrow(p, 4);
             let hi = t.b.ins().ushr_imm_s(p, 32);
@@ -196,33 +203,15 @@ pub fn emit(t: &mut Tx<'_, '_>, i: &Instruction, live_after: u32) -> bool {
             if flags_dead {
                 t.flags = FlagSrc::Dead;
             } else {
-                // CF = OF = the high half is not zero; SF ZF PF from the low half, AF
-                // clear (as the interpreter).
-                let c = t.b.ins().icmp_imm_s(IntCC::NotEqual, hi, 0);
-                let c = t.b.ins().uextend(I64, c);
-                let wl = t.widen(lo);
-                let bits = t.szp_bits(wl, 4, c, c);
-                t.flags = FlagSrc::Bits(bits);
-            }
-        }
-        Kind::Imul1 => {
-            let s = t.read_op(i, 0, 4);
-            let a = t.get(Register::EAX);
-            let (wa, ws) = (t.widen_signed(a), t.widen_signed(s));
-            // The full product of two signed 32-bit values fits in 64 bits.
-            let p = t.b.ins().imul(wa, ws);
-            let lo = t.narrow(p, 4);
-            let hi = t.b.ins().ushr_imm_s(p, 32);
-            let hi = t.narrow(hi, 4);
-            t.set(Register::EAX, lo);
-            t.set(Register::EDX, hi);
-            if flags_dead {
-                t.flags = FlagSrc::Dead;
-            } else {
-                // CF = OF = the product does not fit in 32 signed bits; SF ZF PF from
-                // the low half, AF clear (as the interpreter).
-                let sl = t.widen_signed(lo);
-                let c = t.b.ins().icmp(IntCC::NotEqual, p, sl);
+                // CF = OF = the product does not fit in the low half (as a signed
+                // number for IMUL); SF ZF PF from the low half, AF clear (as the
+                // interpreter).
+                let fits = if signed {
+                    t.widen_signed(lo)
+                } else {
+                    t.widen(lo)
+                };
+                let c = t.b.ins().icmp(IntCC::NotEqual, p, fits);
                 let c = t.b.ins().uextend(I64, c);
                 let wl = t.widen(lo);
                 let bits = t.szp_bits(wl, 4, c, c);

@@ -105,7 +105,7 @@ fn emit_one(a: &mut CodeAssembler, r: (u8, u8, u8, u32)) -> Result<(), IcedError
             2 => a.cmovns(d, s),
             _ => a.cmovp(d, s),
         },
-        52 => match y % 7 {
+        52 => match y % 9 {
             0 => a.imul(s),
             1 => a.imul(m),
             2 => {
@@ -115,7 +115,19 @@ fn emit_one(a: &mut CodeAssembler, r: (u8, u8, u8, u32)) -> Result<(), IcedError
             3 => a.shld(d, s, imm & 31),
             4 => a.shrd(m, s, cl),
             5 => a.shrd(d, s, imm & 31),
-            _ => a.shld(m, s, cl),
+            6 => a.shld(m, s, cl),
+            // Products that fit in 32 bits, often at or above 2^31 (CF and OF clear
+            // for MUL, not for a signed reading).
+            7 => {
+                a.movzx(d, s16)?;
+                a.and(eax, 0xffff)?;
+                a.mul(d)
+            }
+            _ => {
+                a.movsx(d, s16)?;
+                a.movsx(eax, ax)?;
+                a.imul(d)
+            }
         },
         38 => a.mul(s),
         39 => a.div(s),
