@@ -2,7 +2,7 @@
 //! (page walk, TLB fill, MMIO, page-crossing accesses, code-page invalidation).
 
 use ox86_mmu::paging::{walk, Access, PagingRegs};
-use ox86_mmu::tlb::{TlbEntry, TLB_INVALID, TLB_SLOW};
+use ox86_mmu::tlb::{CodeEntry, TlbEntry, TLB_INVALID, TLB_SLOW};
 use ox86_mmu::{PhysAddr, Region, PAGE_MASK};
 
 use crate::exception::{vec, Exception, Fault};
@@ -189,6 +189,13 @@ impl Exec<'_> {
                 page
             }
         };
+        // A fetch fills the code table, a data access the data table (see `tlb`).
+        if access == Access::Execute {
+            let tag = tag(t.executable, false);
+            self.tlb
+                .fill_code(user, lin, CodeEntry::new(tag, frame, t.global));
+            return Ok(frame | (lin & PAGE_MASK));
+        }
         let code = ram && self.mem.is_code_page(PhysAddr(frame));
         let watched = self.page_has_data_breakpoint(page);
         self.tlb.fill(
@@ -197,7 +204,6 @@ impl Exec<'_> {
             TlbEntry {
                 read: tag(true, !fast || watched),
                 write: tag(t.writable, !ram || code || watched),
-                exec: tag(t.executable, false),
                 addend: host.wrapping_sub(page),
                 frame,
                 global: t.global as u64,
@@ -209,15 +215,21 @@ impl Exec<'_> {
     /// Translates for an access, using the TLB when it holds the page with the right rights.
     #[inline]
     fn phys_for(&mut self, lin: u64, access: Access, user: bool) -> Fault<u64> {
-        let e = self.tlb.entry(user, lin);
         let page = lin & !PAGE_MASK;
-        let tag = match access {
-            Access::Read => e.read,
-            Access::Write => e.write,
-            Access::Execute => e.exec,
+        let (tag, frame) = if access == Access::Execute {
+            let e = self.tlb.code_entry(user, lin);
+            (e.tag, e.frame)
+        } else {
+            let e = self.tlb.entry(user, lin);
+            let tag = if access == Access::Read {
+                e.read
+            } else {
+                e.write
+            };
+            (tag, e.frame)
         };
         if tag & !(TLB_SLOW) == page {
-            return Ok(e.frame | (lin & PAGE_MASK));
+            return Ok(frame | (lin & PAGE_MASK));
         }
         self.translate(lin, access, user)
     }

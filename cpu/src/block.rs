@@ -456,22 +456,11 @@ pub fn decode_block(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ox86_mmu::tlb::TlbEntry;
+    use ox86_mmu::tlb::CodeEntry;
 
     fn map(tlb: &mut Tlb, lin: u64, frame: u64, global: bool) {
         let page = lin & !PAGE_MASK;
-        tlb.fill(
-            false,
-            lin,
-            TlbEntry {
-                read: page,
-                write: page,
-                exec: page,
-                addend: 0,
-                frame,
-                global: global as u64,
-            },
-        );
+        tlb.fill_code(false, lin, CodeEntry::new(page, frame, global));
     }
 
     fn nothing(_: &mut Exec<'_>, _: &Instruction) -> Fault {

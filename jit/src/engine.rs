@@ -278,6 +278,7 @@ impl Jit {
             stats: AccelStats::default(),
             ctx: Box::new(JitCtx {
                 tlb: std::ptr::null(),
+                code_tlb: std::ptr::null(),
                 end: 0,
                 exec: std::ptr::null_mut(),
                 fault: None,
@@ -979,7 +980,8 @@ impl Accel for Jit {
                     .insert(c, r.key.eip, func, r.key.phys & !PAGE_MASK);
             }
             self.ctx.end = end;
-            self.ctx.tlb = ex.tlb.tables[mode.user() as usize].as_ptr();
+            self.ctx.tlb = ex.tlb.tables[mode.user() as usize].entries.as_ptr();
+            self.ctx.code_tlb = ex.tlb.code[mode.user() as usize].entries.as_ptr();
             self.ctx.fault = None;
             let before = ex.s.icount;
             let state: *mut CpuState = &mut *ex.s;

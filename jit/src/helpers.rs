@@ -7,7 +7,7 @@ use ox86_cpu::exception::Exception;
 use ox86_cpu::exec::x87 as fpu;
 use ox86_cpu::state::CS;
 use ox86_cpu::{CpuState, DecodedInsn, Exec};
-use ox86_mmu::tlb::TlbEntry;
+use ox86_mmu::tlb::{CodeEntry, TlbEntry};
 use ox86_x87::fast::Fast;
 use ox86_x87::ops::MemUse;
 
@@ -39,8 +39,10 @@ pub const HOT: u32 = 6;
 /// its fields at their `offset_of!` offsets.
 #[repr(C)]
 pub struct JitCtx {
-    /// The TLB table for the region's privilege level.
+    /// The TLB's data table for the region's privilege level.
     pub tlb: *const TlbEntry,
+    /// The TLB's code table for the region's privilege level.
+    pub code_tlb: *const CodeEntry,
     /// Instruction count the region must not run past.
     pub end: u64,
     /// The execution context (`*mut Exec<'_>`), for helpers.

@@ -16,7 +16,9 @@ use iced_x86::{Instruction, OpKind, Register};
 use ox86_cpu::exec::operand::{addr_mask, seg_index};
 use ox86_cpu::state::{DS, ES, SS};
 use ox86_cpu::{CpuState, DecodedInsn, Segment};
-use ox86_mmu::tlb::{tlb_index, TlbEntry, TLB_ENTRIES, TLB_ENTRY_SHIFT};
+use ox86_mmu::tlb::{
+    tlb_index, CodeEntry, TlbEntry, CODE_ENTRY_SHIFT, TLB_ENTRIES, TLB_ENTRY_SHIFT,
+};
 
 use crate::chain::{self, ChainSlot};
 use crate::compiler::Request;
@@ -217,23 +219,34 @@ fn check_groups(
 /// Address of the TLB entry (in the table at `tlb`) for linear address `lin`:
 /// `tlb + ((lin >> 12) % TLB_ENTRIES) * size_of::<TlbEntry>()`, in two operations.
 fn tlb_entry(b: &mut FunctionBuilder<'_>, tlb: Value, lin: Value) -> Value {
-    let off = b.ins().ushr_imm_s(lin, 12 - TLB_ENTRY_SHIFT as i64);
-    let off = b
-        .ins()
-        .band_imm_s(off, ((TLB_ENTRIES - 1) << TLB_ENTRY_SHIFT) as i64);
-    b.ins().iadd(tlb, off)
+    table_entry(b, tlb, lin, TLB_ENTRY_SHIFT)
 }
 
-/// Whether TLB entry `entry` maps linear page `page` for execution to frame `frame`
-/// (how compiled code checks that code it enters without the dispatcher is still the
-/// code it was compiled from).
+/// Address of the entry for linear address `lin` in the table at `table`, of entries of
+/// `1 << shift` bytes.
+fn table_entry(b: &mut FunctionBuilder<'_>, table: Value, lin: Value, shift: u32) -> Value {
+    let off = b.ins().ushr_imm_s(lin, 12 - shift as i64);
+    let off = b.ins().band_imm_s(off, ((TLB_ENTRIES - 1) << shift) as i64);
+    b.ins().iadd(table, off)
+}
+
+/// The TLB's code table (from the context).
+fn code_tlb(b: &mut FunctionBuilder<'_>) -> Value {
+    let ctx = symbol(b, Sym::Ctx);
+    b.ins()
+        .load(I64, MF, ctx, offset_of!(JitCtx, code_tlb) as i32)
+}
+
+/// Whether code TLB entry `entry` maps linear page `page` for execution to frame
+/// `frame` (how compiled code checks that code it enters without the dispatcher is
+/// still the code it was compiled from).
 fn maps_exec(b: &mut FunctionBuilder<'_>, entry: Value, page: Value, frame: Value) -> Value {
     let exec = b
         .ins()
-        .load(I64, MF, entry, offset_of!(TlbEntry, exec) as i32);
+        .load(I64, MF, entry, offset_of!(CodeEntry, tag) as i32);
     let f = b
         .ins()
-        .load(I64, MF, entry, offset_of!(TlbEntry, frame) as i32);
+        .load(I64, MF, entry, offset_of!(CodeEntry, frame) as i32);
     let mapped = b.ins().icmp(IntCC::Equal, exec, page);
     let same = b.ins().icmp(IntCC::Equal, f, frame);
     b.ins().band(mapped, same)
@@ -374,8 +387,9 @@ impl<'a, 'b> Tx<'a, 'b> {
             Some(_) => {
                 let lin = req.cs_base.wrapping_add(req.entry.eip) & 0xffff_ffff;
                 let next = ((lin & !0xfff) + 0x1000) & 0xffff_ffff;
-                let off = (tlb_index(next) << TLB_ENTRY_SHIFT) as i64;
-                let entry = b.ins().iadd_imm_s(tlb, off);
+                let off = (tlb_index(next) << CODE_ENTRY_SHIFT) as i64;
+                let table = code_tlb(b);
+                let entry = b.ins().iadd_imm_s(table, off);
                 let page = b.ins().iconst(I64, next as i64);
                 let frame = symbol(b, Sym::NextFrame);
                 let ok = maps_exec(b, entry, page, frame);
@@ -605,7 +619,8 @@ impl<'a, 'b> Tx<'a, 'b> {
             let lin = self.b.ins().iadd_imm_s(rip, self.cs_base as i64);
             let lin = self.b.ins().ireduce(I32, lin);
             let lin = self.b.ins().uextend(I64, lin);
-            let entry = tlb_entry(self.b, self.tlb, lin);
+            let table = code_tlb(self.b);
+            let entry = table_entry(self.b, table, lin, CODE_ENTRY_SHIFT);
             let page = self.b.ins().band_imm_s(lin, !0xfff);
             let want = self
                 .b

@@ -1,8 +1,15 @@
 //! The software TLB: per privilege class, a direct-mapped table of linear pages with
-//! separate read, write and execute tags and a host addend, in the style of QEMU's
-//! softmmu. A tag equals the page's linear address when the access may take the fast
-//! path; any low bit set forces the slow path. The TLB lists the entries it fills, so
-//! that flushes (a CR3 write each) cost what was filled, not the size of the tables.
+//! separate read and write tags and a host addend, in the style of QEMU's softmmu, and
+//! a direct-mapped table of its own for instruction fetches. A tag equals the page's
+//! linear address when the access may take the fast path; any low bit set forces the
+//! slow path. The TLB lists the entries it fills, so that flushes (a CR3 write each)
+//! cost what was filled, not the size of the tables.
+//!
+//! Code has its own table because compiled code checks the mapping of a region's page
+//! each time it chains to it: with one table, a page of code and a page of data at the
+//! same index evicted each other on every pass of a loop (seen in a kernel boot, where
+//! inflate's code and its window lay 24 MiB apart, and each eviction left compiled
+//! code), and the boot took twice as long whenever the allocator put them so.
 
 use crate::addr::PAGE_MASK;
 
@@ -22,8 +29,6 @@ pub struct TlbEntry {
     pub read: u64,
     /// Tag for data writes.
     pub write: u64,
-    /// Tag for instruction fetches.
-    pub exec: u64,
     /// Host pointer minus linear page address (wrapping): host = linear + addend.
     pub addend: u64,
     /// Physical frame of the page, with the A20 mask applied.
@@ -41,11 +46,152 @@ impl TlbEntry {
     pub const EMPTY: TlbEntry = TlbEntry {
         read: TLB_INVALID,
         write: TLB_INVALID,
-        exec: TLB_INVALID,
         addend: 0,
         frame: 0,
         global: 0,
     };
+}
+
+/// One cached translation for instruction fetches. 32 bytes (aligned), found by compiled
+/// code as a [`TlbEntry`] is.
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy)]
+pub struct CodeEntry {
+    /// The page's linear address when it may be executed, else [`TLB_INVALID`].
+    pub tag: u64,
+    /// Physical frame of the page, with the A20 mask applied.
+    pub frame: u64,
+    /// Kept across CR3 writes (a global page under CR4.PGE).
+    pub global: u64,
+    _pad: u64,
+}
+
+/// log2 of the size of a [`CodeEntry`].
+pub const CODE_ENTRY_SHIFT: u32 = 5;
+const _: () = assert!(std::mem::size_of::<CodeEntry>() == 1 << CODE_ENTRY_SHIFT);
+
+impl CodeEntry {
+    /// An entry that matches nothing.
+    pub const EMPTY: CodeEntry = CodeEntry::new(TLB_INVALID, 0, false);
+
+    /// An entry with tag `tag` for `frame`.
+    pub const fn new(tag: u64, frame: u64, global: bool) -> CodeEntry {
+        CodeEntry {
+            tag,
+            frame,
+            global: global as u64,
+            _pad: 0,
+        }
+    }
+}
+
+/// An entry of either kind of table: what flushes need to know of it.
+pub trait Slot: Copy {
+    /// An entry that matches nothing.
+    const EMPTY: Self;
+    /// Whether it matches nothing.
+    fn is_empty(&self) -> bool;
+    /// Whether it is kept across CR3 writes.
+    fn is_global(&self) -> bool;
+}
+
+impl Slot for TlbEntry {
+    const EMPTY: Self = TlbEntry::EMPTY;
+    fn is_empty(&self) -> bool {
+        self.read & TLB_INVALID != 0 && self.write & TLB_INVALID != 0
+    }
+    fn is_global(&self) -> bool {
+        self.global != 0
+    }
+}
+
+impl Slot for CodeEntry {
+    const EMPTY: Self = CodeEntry::EMPTY;
+    fn is_empty(&self) -> bool {
+        self.tag & TLB_INVALID != 0
+    }
+    fn is_global(&self) -> bool {
+        self.global != 0
+    }
+}
+
+/// One direct-mapped table and the entries filled since it was last emptied whole (an
+/// index may appear twice), so that a flush empties only those; None when there were
+/// too many to list.
+#[repr(C)]
+pub struct Table<E> {
+    /// The entries, written only through [`Tlb`]'s fills and flushes.
+    pub entries: [E; TLB_ENTRIES],
+    filled: Option<Vec<u16>>,
+}
+
+impl<E: Slot> Table<E> {
+    fn new() -> Self {
+        Table {
+            entries: [E::EMPTY; TLB_ENTRIES],
+            filled: Some(Vec::new()),
+        }
+    }
+
+    /// Caches `e` at index `k`.
+    #[inline]
+    fn fill(&mut self, k: usize, e: E) {
+        let was_empty = self.entries[k].is_empty();
+        self.entries[k] = e;
+        if was_empty {
+            let full = self.filled.as_ref().is_some_and(|f| f.len() >= FILLED_MAX);
+            if full {
+                self.filled = None;
+            } else if let Some(f) = self.filled.as_mut() {
+                f.push(k as u16);
+            }
+        }
+    }
+
+    /// Empties the entries that `keep` rejects.
+    fn flush(&mut self, keep: impl Fn(&E) -> bool) {
+        let table = &mut self.entries;
+        match self.filled.take() {
+            Some(mut f) => {
+                f.retain(|&k| {
+                    let e = &mut table[usize::from(k)];
+                    if e.is_empty() {
+                        false
+                    } else if keep(e) {
+                        true
+                    } else {
+                        *e = E::EMPTY;
+                        false
+                    }
+                });
+                self.filled = Some(f);
+            }
+            None => {
+                let mut f = Vec::new();
+                for (k, e) in table.iter_mut().enumerate() {
+                    if e.is_empty() {
+                        continue;
+                    }
+                    if keep(e) {
+                        f.push(k as u16);
+                    } else {
+                        *e = E::EMPTY;
+                    }
+                }
+                self.filled = Some(f);
+            }
+        }
+    }
+
+    /// The filled entries (all of them, when not listed).
+    fn each_filled(&mut self, mut f: impl FnMut(&mut E)) {
+        match &self.filled {
+            Some(list) => list
+                .iter()
+                .for_each(|&k| f(&mut self.entries[usize::from(k)])),
+            None => self.entries.iter_mut().for_each(f),
+        }
+    }
 }
 
 /// Most indices kept per table in [`Tlb`]'s list of filled entries; past it, the next
@@ -54,16 +200,14 @@ const FILLED_MAX: usize = 2 * TLB_ENTRIES;
 // The list holds entry indices as u16.
 const _: () = assert!(TLB_ENTRIES <= 1 << 16);
 
-/// The TLB of one CPU: table 0 for supervisor accesses (CPL 0-2), table 1 for user.
+/// The TLB of one CPU: of each kind, table 0 for supervisor accesses (CPL 0-2), table 1
+/// for user.
 #[repr(C)]
 pub struct Tlb {
-    /// The two direct-mapped tables. Entries are written only through [`Tlb::fill`]
-    /// (and emptied by the flushes), which keeps the list of filled entries.
-    pub tables: [[TlbEntry; TLB_ENTRIES]; 2],
-    /// Per table: the entries filled since it was last emptied whole (an index may
-    /// appear twice), so that a flush empties only those; None when there were too
-    /// many to list.
-    filled: [Option<Vec<u16>>; 2],
+    /// Data accesses.
+    pub tables: [Table<TlbEntry>; 2],
+    /// Instruction fetches.
+    pub code: [Table<CodeEntry>; 2],
     /// Misses (slow-path fills), for statistics.
     pub misses: u64,
     /// Flushes of the whole TLB, for statistics.
@@ -82,8 +226,8 @@ impl std::fmt::Debug for Tlb {
 impl Default for Tlb {
     fn default() -> Self {
         Tlb {
-            tables: [[TlbEntry::EMPTY; TLB_ENTRIES]; 2],
-            filled: [Some(Vec::new()), Some(Vec::new())],
+            tables: [Table::new(), Table::new()],
+            code: [Table::new(), Table::new()],
             misses: 0,
             flushes: 0,
         }
@@ -97,62 +241,37 @@ pub fn tlb_index(lin: u64) -> usize {
 }
 
 impl Tlb {
-    /// The entry `lin` maps to in table `user`.
+    /// The entry `lin` maps to in data table `user`.
     #[inline(always)]
     pub fn entry(&self, user: bool, lin: u64) -> &TlbEntry {
-        &self.tables[user as usize][tlb_index(lin)]
+        &self.tables[user as usize].entries[tlb_index(lin)]
     }
 
-    /// Caches `e` as the entry `lin` maps to in table `user`.
+    /// The entry `lin` maps to in code table `user`.
+    #[inline(always)]
+    pub fn code_entry(&self, user: bool, lin: u64) -> &CodeEntry {
+        &self.code[user as usize].entries[tlb_index(lin)]
+    }
+
+    /// Caches `e` as the data entry `lin` maps to in table `user`.
     #[inline]
     pub fn fill(&mut self, user: bool, lin: u64, e: TlbEntry) {
-        let (t, k) = (user as usize, tlb_index(lin));
-        let was_empty = self.tables[t][k].read & TLB_INVALID != 0;
-        self.tables[t][k] = e;
-        if was_empty {
-            let full = self.filled[t]
-                .as_ref()
-                .is_some_and(|f| f.len() >= FILLED_MAX);
-            if full {
-                self.filled[t] = None;
-            } else if let Some(f) = self.filled[t].as_mut() {
-                f.push(k as u16);
-            }
-        }
+        self.tables[user as usize].fill(tlb_index(lin), e);
     }
 
-    /// Empties the entries of table `t` that `keep` rejects.
-    fn flush_table(&mut self, t: usize, keep: impl Fn(&TlbEntry) -> bool) {
-        let table = &mut self.tables[t];
-        match self.filled[t].take() {
-            Some(mut f) => {
-                f.retain(|&k| {
-                    let e = &mut table[usize::from(k)];
-                    if e.read & TLB_INVALID != 0 {
-                        false
-                    } else if keep(e) {
-                        true
-                    } else {
-                        *e = TlbEntry::EMPTY;
-                        false
-                    }
-                });
-                self.filled[t] = Some(f);
-            }
-            None => {
-                let mut f = Vec::new();
-                for (k, e) in table.iter_mut().enumerate() {
-                    if e.read & TLB_INVALID != 0 {
-                        continue;
-                    }
-                    if keep(e) {
-                        f.push(k as u16);
-                    } else {
-                        *e = TlbEntry::EMPTY;
-                    }
-                }
-                self.filled[t] = Some(f);
-            }
+    /// Caches `e` as the code entry `lin` maps to in table `user`.
+    #[inline]
+    pub fn fill_code(&mut self, user: bool, lin: u64, e: CodeEntry) {
+        self.code[user as usize].fill(tlb_index(lin), e);
+    }
+
+    /// Empties every table, but for global entries when `global`.
+    fn flush_tables(&mut self, global: bool) {
+        for t in &mut self.tables {
+            t.flush(|e| global && e.is_global());
+        }
+        for t in &mut self.code {
+            t.flush(|e| global && e.is_global());
         }
     }
 
@@ -176,23 +295,19 @@ impl Tlb {
     /// Physical frame for an instruction fetch at `lin`, or None on a miss.
     #[inline(always)]
     pub fn lookup_exec(&self, user: bool, lin: u64) -> Option<u64> {
-        let e = self.entry(user, lin);
-        (e.exec == lin & !PAGE_MASK).then_some(e.frame)
+        let e = self.code_entry(user, lin);
+        (e.tag == lin & !PAGE_MASK).then_some(e.frame)
     }
 
-    /// Empties both tables.
+    /// Empties every table.
     pub fn flush_all(&mut self) {
-        for t in 0..2 {
-            self.flush_table(t, |_| false);
-        }
+        self.flush_tables(false);
         self.flushes += 1;
     }
 
     /// Empties every entry that is not global (a CR3 write with CR4.PGE set).
     pub fn flush_nonglobal(&mut self) {
-        for t in 0..2 {
-            self.flush_table(t, |e| e.global != 0);
-        }
+        self.flush_tables(true);
         self.flushes += 1;
     }
 
@@ -203,30 +318,29 @@ impl Tlb {
             self.flush_all();
             return;
         }
-        for user in [false, true] {
-            let e = &mut self.tables[user as usize][tlb_index(lin)];
-            let page = lin & !PAGE_MASK;
-            if [e.read, e.write, e.exec]
-                .iter()
-                .any(|&t| t & !PAGE_MASK == page)
-            {
+        let (k, page) = (tlb_index(lin), lin & !PAGE_MASK);
+        for t in &mut self.tables {
+            let e = &mut t.entries[k];
+            if [e.read, e.write].iter().any(|&t| t & !PAGE_MASK == page) {
                 *e = TlbEntry::EMPTY;
+            }
+        }
+        for t in &mut self.code {
+            let e = &mut t.entries[k];
+            if e.tag & !PAGE_MASK == page {
+                *e = CodeEntry::EMPTY;
             }
         }
     }
 
     /// Forces writes to physical frame `frame` through the slow path (it now holds code).
     pub fn protect_frame(&mut self, frame: u64) {
-        let protect = |e: &mut TlbEntry| {
-            if e.frame == frame && e.write & TLB_INVALID == 0 {
-                e.write |= TLB_SLOW;
-            }
-        };
-        for (t, filled) in self.tables.iter_mut().zip(&self.filled) {
-            match filled {
-                Some(f) => f.iter().for_each(|&k| protect(&mut t[usize::from(k)])),
-                None => t.iter_mut().for_each(protect),
-            }
+        for t in &mut self.tables {
+            t.each_filled(|e| {
+                if e.frame == frame && e.write & TLB_INVALID == 0 {
+                    e.write |= TLB_SLOW;
+                }
+            });
         }
     }
 }
@@ -238,6 +352,7 @@ mod tests {
     fn filled(lin: u64, host: u64) -> Tlb {
         let mut t = Tlb::default();
         t.fill(false, lin, entry(lin, host, 0x5000, false));
+        t.fill_code(false, lin, CodeEntry::new(lin & !PAGE_MASK, 0x5000, false));
         t
     }
 
@@ -246,7 +361,6 @@ mod tests {
         TlbEntry {
             read: page,
             write: page,
-            exec: page,
             addend: host.wrapping_sub(page),
             frame,
             global: global as u64,
@@ -270,21 +384,44 @@ mod tests {
         );
         assert_eq!(t.lookup_read(false, 0x2234_5010, 4), None, "tag mismatch");
         assert_eq!(t.lookup_exec(false, 0x1234_5000), Some(0x5000));
+        assert_eq!(t.lookup_exec(true, 0x1234_5000), None);
+    }
+
+    /// A page of code and a page of data at the same index are both kept.
+    #[test]
+    fn code_and_data_do_not_evict_each_other() {
+        let code = 0xc14a_f000;
+        let data = code + (TLB_ENTRIES as u64) * 6 * 0x1000;
+        assert_eq!(tlb_index(code), tlb_index(data));
+        let mut t = filled(code, 0x7000_0000);
+        t.fill(false, data, entry(data, 0x8000_0000, 0x6000, false));
+        assert_eq!(t.lookup_exec(false, code), Some(0x5000));
+        assert_eq!(t.lookup_read(false, data + 8, 4), Some(0x8000_0008));
+        assert_eq!(
+            t.lookup_read(false, code, 4),
+            None,
+            "evicted by the data page"
+        );
     }
 
     #[test]
     fn flushes() {
         let mut t = filled(0x1000, 0x9000);
         t.fill(false, 0x2000, entry(0x2000, 0xa000, 0x6000, true));
+        t.fill_code(false, 0x2000, CodeEntry::new(0x2000, 0x6000, true));
         t.flush_nonglobal();
         assert!(t.lookup_read(false, 0x1000, 1).is_none());
+        assert!(t.lookup_exec(false, 0x1000).is_none());
         assert!(t.lookup_read(false, 0x2000, 1).is_some());
+        assert!(t.lookup_exec(false, 0x2000).is_some());
         t.flush_page(0x2fff, false);
         assert!(t.lookup_read(false, 0x2000, 1).is_none());
+        assert!(t.lookup_exec(false, 0x2000).is_none());
     }
 
-    /// Flushes empty every filled entry, whether the TLB listed them or, after too
-    /// many fills, has to look at every entry; global entries survive CR3 writes.
+    /// Flushes empty every filled entry of both kinds, whether the TLB listed them or,
+    /// after too many fills, has to look at every entry; global entries survive CR3
+    /// writes.
     #[test]
     fn flushes_find_every_filled_entry() {
         for (fills, listed) in [(10usize, true), (3 * FILLED_MAX, false)] {
@@ -292,37 +429,55 @@ mod tests {
             for k in 0..fills {
                 let lin = (k as u64 % (2 * TLB_ENTRIES as u64)) << 12;
                 // Some pages global; INVLPG now and then, so that indices repeat.
-                t.fill(k % 3 == 0, lin, entry(lin, 0x10_0000, lin, k % 5 < 2));
+                let (user, global) = (k % 3 == 0, k % 5 < 2);
+                t.fill(user, lin, entry(lin, 0x10_0000, lin, global));
+                t.fill_code(user, lin, CodeEntry::new(lin, lin, global));
                 if k % 2 == 0 {
                     t.flush_page(lin, false);
                 }
             }
-            assert_eq!(t.filled[0].is_some() && t.filled[1].is_some(), listed);
-            let globals = |t: &Tlb| {
-                t.tables
-                    .iter()
-                    .flat_map(|tab| tab.iter())
-                    .filter(|e| e.read & TLB_INVALID == 0 && e.global != 0)
-                    .count()
+            let lists = |t: &Tlb| {
+                t.tables.iter().all(|x| x.filled.is_some())
+                    && t.code.iter().all(|x| x.filled.is_some())
             };
-            let before = globals(&t);
-            assert!(before > 0);
+            assert_eq!(lists(&t), listed);
+            // (valid, global) entries of both kinds.
+            let count = |t: &Tlb, global: bool| {
+                let data = t
+                    .tables
+                    .iter()
+                    .flat_map(|x| x.entries.iter())
+                    .filter(|e| !e.is_empty() && (!global || e.is_global()))
+                    .count();
+                let code = t
+                    .code
+                    .iter()
+                    .flat_map(|x| x.entries.iter())
+                    .filter(|e| !e.is_empty() && (!global || e.is_global()))
+                    .count();
+                (data, code)
+            };
+            let before = count(&t, true);
+            assert!(before.0 > 0 && before.1 > 0);
             t.flush_nonglobal();
-            assert_eq!(globals(&t), before, "{fills} fills: global entries lost");
-            for tab in &t.tables {
-                for e in tab.iter().filter(|e| e.read & TLB_INVALID == 0) {
-                    assert_ne!(e.global, 0, "{fills} fills: a non-global entry survived");
-                }
-            }
-            assert!(t.filled.iter().all(|f| f.is_some()), "the list is back");
+            assert_eq!(
+                count(&t, true),
+                before,
+                "{fills} fills: global entries lost"
+            );
+            assert_eq!(
+                count(&t, false),
+                before,
+                "{fills} fills: a non-global entry survived"
+            );
+            assert!(lists(&t), "the lists are back");
             t.protect_frame(0);
             t.flush_all();
-            for tab in &t.tables {
-                assert!(
-                    tab.iter().all(|e| e.read & TLB_INVALID != 0),
-                    "{fills} fills: an entry survived a full flush"
-                );
-            }
+            assert_eq!(
+                count(&t, false),
+                (0, 0),
+                "{fills} fills: an entry survived a full flush"
+            );
         }
     }
 
@@ -332,5 +487,6 @@ mod tests {
         t.protect_frame(0x5000);
         assert!(t.lookup_write(false, 0x1000, 1).is_none());
         assert!(t.lookup_read(false, 0x1000, 1).is_some());
+        assert_eq!(t.lookup_exec(false, 0x1000), Some(0x5000));
     }
 }
