@@ -216,19 +216,15 @@ impl Exec<'_> {
     #[inline]
     fn phys_for(&mut self, lin: u64, access: Access, user: bool) -> Fault<u64> {
         let page = lin & !PAGE_MASK;
-        let (tag, frame) = if access == Access::Execute {
+        let frame = if access == Access::Execute {
             let e = self.tlb.code_entry(user, lin);
-            (e.tag, e.frame)
+            (e.tag == page).then_some(e.frame)
         } else {
-            let e = self.tlb.entry(user, lin);
-            let tag = if access == Access::Read {
-                e.read
-            } else {
-                e.write
-            };
-            (tag, e.frame)
+            self.tlb
+                .entry(user, lin, access == Access::Write)
+                .map(|e| e.frame)
         };
-        if tag & !(TLB_SLOW) == page {
+        if let Some(frame) = frame {
             return Ok(frame | (lin & PAGE_MASK));
         }
         self.translate(lin, access, user)

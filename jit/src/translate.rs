@@ -17,7 +17,7 @@ use ox86_cpu::exec::operand::{addr_mask, seg_index};
 use ox86_cpu::state::{DS, ES, SS};
 use ox86_cpu::{CpuState, DecodedInsn, Segment};
 use ox86_mmu::tlb::{
-    tlb_index, CodeEntry, TlbEntry, CODE_ENTRY_SHIFT, TLB_ENTRIES, TLB_ENTRY_SHIFT,
+    tlb_index, CodeEntry, TlbEntry, CODE_ENTRY_SHIFT, TLB_ENTRIES, TLB_ENTRY_SHIFT, VICTIM_OFFSET,
 };
 
 use crate::chain::{self, ChainSlot};
@@ -279,16 +279,22 @@ fn check_group(
     let lo = span(b, g.lo);
     let hi = span(b, g.end - 1);
     let entry = tlb_entry(b, tlb, lo);
-    // A valid write tag implies a valid read tag, with the same addend.
-    let tag = b.ins().load(I64, MF, entry, tag_offset(g.write));
     let plo = b.ins().band_imm_s(lo, !0xfff);
     let phi = b.ins().band_imm_s(hi, !0xfff);
-    let hit = b.ins().icmp(IntCC::Equal, tag, plo);
+    // Either way of the table (see `ox86_mmu::tlb`). A valid write tag implies a valid
+    // read tag, with the same addend.
+    let way = |b: &mut FunctionBuilder<'_>, off: i32| {
+        let tag = b.ins().load(I64, MF, entry, off + tag_offset(g.write));
+        let add = off + offset_of!(TlbEntry, addend) as i32;
+        let addend = b.ins().load(I64, MF, entry, add);
+        (b.ins().icmp(IntCC::Equal, tag, plo), addend)
+    };
+    let (hit0, addend0) = way(b, 0);
+    let (hit1, addend1) = way(b, VICTIM_OFFSET as i32);
+    let addend = b.ins().select(hit0, addend0, addend1);
+    let hit = b.ins().bor(hit0, hit1);
     let one = b.ins().icmp(IntCC::Equal, plo, phi);
     let ok = b.ins().band(hit, one);
-    let addend = b
-        .ins()
-        .load(I64, MF, entry, offset_of!(TlbEntry, addend) as i32);
     (ok, addend)
 }
 
@@ -872,7 +878,32 @@ impl<'a, 'b> Tx<'a, 'b> {
         let page = self.b.ins().band_imm_s(lastb, !0xfff);
         let miss = self.b.ins().icmp(IntCC::NotEqual, tag, page);
         let hit = self.b.create_block();
-        self.b.ins().brif(miss, bail, &[], hit, &[]);
+        // On a miss, the table's second way; on a hit there, the two ways' entries
+        // are swapped (see `ox86_mmu::tlb`).
+        let second = self.b.create_block();
+        let swap = self.b.create_block();
+        self.b.set_cold_block(second);
+        self.b.set_cold_block(swap);
+        self.b.ins().brif(miss, second, &[], hit, &[]);
+        self.b.switch_to_block(second);
+        let entry2 = self.b.ins().iadd_imm_s(entry, VICTIM_OFFSET as i64);
+        let tag = self.b.ins().load(I64, MF, entry2, tag_offset(write));
+        let miss = self.b.ins().icmp(IntCC::NotEqual, tag, page);
+        self.b.ins().brif(miss, bail, &[], swap, &[]);
+        self.b.switch_to_block(swap);
+        for off in [
+            offset_of!(TlbEntry, read),
+            offset_of!(TlbEntry, write),
+            offset_of!(TlbEntry, addend),
+            offset_of!(TlbEntry, frame),
+            offset_of!(TlbEntry, global),
+        ] {
+            let a = self.b.ins().load(I64, MF, entry, off as i32);
+            let b = self.b.ins().load(I64, MF, entry2, off as i32);
+            self.b.ins().store(MF, b, entry, off as i32);
+            self.b.ins().store(MF, a, entry2, off as i32);
+        }
+        self.b.ins().jump(hit, &[]);
         self.b.switch_to_block(hit);
         let addend = self
             .b

@@ -5,6 +5,14 @@
 //! slow path. The TLB lists the entries it fills, so that flushes (a CR3 write each)
 //! cost what was filled, not the size of the tables.
 //!
+//! Each data table has a second way: a filled entry moves the entry it replaces there,
+//! look-ups try both, and compiled code swaps the two when the second hits (so that a
+//! page in use moves to the first way), so that two pages of data
+//! at the same index (a copy between buffers a multiple of 4 MiB apart, the kernel
+//! decompressor's input and output) do not evict each other on every access either;
+//! each such miss left compiled code, and a loop alternating between two such pages
+//! ran five times slower than under QEMU.
+//!
 //! Code has its own table because compiled code checks the mapping of a region's page
 //! each time it chains to it: with one table, a page of code and a page of data at the
 //! same index evicted each other on every pass of a loop (seen in a kernel boot, where
@@ -42,6 +50,17 @@ pub const TLB_ENTRY_SHIFT: u32 = 6;
 const _: () = assert!(std::mem::size_of::<TlbEntry>() == 1 << TLB_ENTRY_SHIFT);
 
 impl TlbEntry {
+    /// The linear page the entry holds (the read tag is valid in every filled entry),
+    /// or a value no page has.
+    #[inline(always)]
+    pub fn page(&self) -> u64 {
+        if self.read & TLB_INVALID != 0 {
+            u64::MAX
+        } else {
+            self.read & !PAGE_MASK
+        }
+    }
+
     /// An entry that matches nothing.
     pub const EMPTY: TlbEntry = TlbEntry {
         read: TLB_INVALID,
@@ -206,6 +225,8 @@ const _: () = assert!(TLB_ENTRIES <= 1 << 16);
 pub struct Tlb {
     /// Data accesses.
     pub tables: [Table<TlbEntry>; 2],
+    /// The second way of each data table: the entries `tables` last replaced.
+    pub victims: [Table<TlbEntry>; 2],
     /// Instruction fetches.
     pub code: [Table<CodeEntry>; 2],
     /// Misses (slow-path fills), for statistics.
@@ -227,12 +248,30 @@ impl Default for Tlb {
     fn default() -> Self {
         Tlb {
             tables: [Table::new(), Table::new()],
+            victims: [Table::new(), Table::new()],
             code: [Table::new(), Table::new()],
             misses: 0,
             flushes: 0,
         }
     }
 }
+
+/// Moves the entry at index `k` of a second way into its empty first way, so that the
+/// second way holds an entry only where the first does: compiled code swaps the two
+/// ways' entries when the second hits (see `ox86_jit`), which keeps the first way's
+/// list of filled entries true only if both are filled.
+fn promote(main: &mut Table<TlbEntry>, second: &mut [TlbEntry; TLB_ENTRIES], k: usize) {
+    let e = second[k];
+    if main.entries[k].is_empty() && !e.is_empty() {
+        main.fill(k, e);
+        second[k] = TlbEntry::EMPTY;
+    }
+}
+
+/// Bytes from an entry of a data table to the entry of the same index in its second
+/// way (compiled code looks there on a miss).
+pub const VICTIM_OFFSET: usize =
+    std::mem::offset_of!(Tlb, victims) - std::mem::offset_of!(Tlb, tables);
 
 /// Index of the entry for linear address `lin`.
 #[inline(always)]
@@ -241,10 +280,15 @@ pub fn tlb_index(lin: u64) -> usize {
 }
 
 impl Tlb {
-    /// The entry `lin` maps to in data table `user`.
+    /// The entry of data table `user` (either way) that holds the page of `lin` for a
+    /// write (`write`) or read, also for the slow path only.
     #[inline(always)]
-    pub fn entry(&self, user: bool, lin: u64) -> &TlbEntry {
-        &self.tables[user as usize].entries[tlb_index(lin)]
+    pub fn entry(&self, user: bool, lin: u64, write: bool) -> Option<&TlbEntry> {
+        let (u, k, page) = (user as usize, tlb_index(lin), lin & !PAGE_MASK);
+        let holds = |e: &TlbEntry| (if write { e.write } else { e.read }) & !TLB_SLOW == page;
+        [&self.tables[u].entries[k], &self.victims[u].entries[k]]
+            .into_iter()
+            .find(|e| holds(e))
     }
 
     /// The entry `lin` maps to in code table `user`.
@@ -253,10 +297,19 @@ impl Tlb {
         &self.code[user as usize].entries[tlb_index(lin)]
     }
 
-    /// Caches `e` as the data entry `lin` maps to in table `user`.
+    /// Caches `e` as the data entry `lin` maps to in table `user`; the entry it
+    /// replaces, if for another page, moves to the second way.
     #[inline]
     pub fn fill(&mut self, user: bool, lin: u64, e: TlbEntry) {
-        self.tables[user as usize].fill(tlb_index(lin), e);
+        let (u, k, page) = (user as usize, tlb_index(lin), lin & !PAGE_MASK);
+        let old = self.tables[u].entries[k];
+        if !old.is_empty() && old.page() != page {
+            self.victims[u].fill(k, old);
+        } else if self.victims[u].entries[k].page() == page {
+            // One entry per page.
+            self.victims[u].entries[k] = TlbEntry::EMPTY;
+        }
+        self.tables[u].fill(k, e);
     }
 
     /// Caches `e` as the code entry `lin` maps to in table `user`.
@@ -267,11 +320,18 @@ impl Tlb {
 
     /// Empties every table, but for global entries when `global`.
     fn flush_tables(&mut self, global: bool) {
-        for t in &mut self.tables {
+        for t in self.tables.iter_mut().chain(&mut self.victims) {
             t.flush(|e| global && e.is_global());
         }
         for t in &mut self.code {
             t.flush(|e| global && e.is_global());
+        }
+        for (main, second) in self.tables.iter_mut().zip(&mut self.victims) {
+            let Table { entries, filled } = second;
+            match filled {
+                Some(list) => list.iter().for_each(|&k| promote(main, entries, k.into())),
+                None => (0..TLB_ENTRIES).for_each(|k| promote(main, entries, k)),
+            }
         }
     }
 
@@ -279,17 +339,28 @@ impl Tlb {
     /// (miss, MMIO, or an access crossing the page).
     #[inline(always)]
     pub fn lookup_read(&self, user: bool, lin: u64, size: u64) -> Option<u64> {
-        let e = self.entry(user, lin);
-        let ok = e.read == lin & !PAGE_MASK && (lin & PAGE_MASK) + size <= PAGE_MASK + 1;
-        ok.then(|| lin.wrapping_add(e.addend))
+        self.lookup_data(user, lin, size, false)
     }
 
     /// Host address for a write, as [`Tlb::lookup_read`].
     #[inline(always)]
     pub fn lookup_write(&self, user: bool, lin: u64, size: u64) -> Option<u64> {
-        let e = self.entry(user, lin);
-        let ok = e.write == lin & !PAGE_MASK && (lin & PAGE_MASK) + size <= PAGE_MASK + 1;
-        ok.then(|| lin.wrapping_add(e.addend))
+        self.lookup_data(user, lin, size, true)
+    }
+
+    #[inline(always)]
+    fn lookup_data(&self, user: bool, lin: u64, size: u64, write: bool) -> Option<u64> {
+        if (lin & PAGE_MASK) + size > PAGE_MASK + 1 {
+            return None;
+        }
+        let (u, k, page) = (user as usize, tlb_index(lin), lin & !PAGE_MASK);
+        let tag = |e: &TlbEntry| if write { e.write } else { e.read };
+        let e = &self.tables[u].entries[k];
+        if tag(e) == page {
+            return Some(lin.wrapping_add(e.addend));
+        }
+        let e = &self.victims[u].entries[k];
+        (tag(e) == page).then(|| lin.wrapping_add(e.addend))
     }
 
     /// Physical frame for an instruction fetch at `lin`, or None on a miss.
@@ -319,11 +390,14 @@ impl Tlb {
             return;
         }
         let (k, page) = (tlb_index(lin), lin & !PAGE_MASK);
-        for t in &mut self.tables {
+        for t in self.tables.iter_mut().chain(&mut self.victims) {
             let e = &mut t.entries[k];
             if [e.read, e.write].iter().any(|&t| t & !PAGE_MASK == page) {
                 *e = TlbEntry::EMPTY;
             }
+        }
+        for (main, second) in self.tables.iter_mut().zip(&mut self.victims) {
+            promote(main, &mut second.entries, k);
         }
         for t in &mut self.code {
             let e = &mut t.entries[k];
@@ -335,7 +409,7 @@ impl Tlb {
 
     /// Forces writes to physical frame `frame` through the slow path (it now holds code).
     pub fn protect_frame(&mut self, frame: u64) {
-        for t in &mut self.tables {
+        for t in self.tables.iter_mut().chain(&mut self.victims) {
             t.each_filled(|e| {
                 if e.frame == frame && e.write & TLB_INVALID == 0 {
                     e.write |= TLB_SLOW;
@@ -387,21 +461,93 @@ mod tests {
         assert_eq!(t.lookup_exec(true, 0x1234_5000), None);
     }
 
-    /// A page of code and a page of data at the same index are both kept.
+    /// A page of code and pages of data at the same index: the code's entry stays
+    /// however many data pages come and go.
     #[test]
     fn code_and_data_do_not_evict_each_other() {
         let code = 0xc14a_f000;
         let data = code + (TLB_ENTRIES as u64) * 6 * 0x1000;
+        let data2 = data + (TLB_ENTRIES as u64) * 0x1000;
         assert_eq!(tlb_index(code), tlb_index(data));
+        assert_eq!(tlb_index(code), tlb_index(data2));
         let mut t = filled(code, 0x7000_0000);
         t.fill(false, data, entry(data, 0x8000_0000, 0x6000, false));
+        t.fill(false, data2, entry(data2, 0x9000_0000, 0x7000, false));
         assert_eq!(t.lookup_exec(false, code), Some(0x5000));
         assert_eq!(t.lookup_read(false, data + 8, 4), Some(0x8000_0008));
+        assert_eq!(t.lookup_read(false, data2 + 8, 4), Some(0x9000_0008));
         assert_eq!(
             t.lookup_read(false, code, 4),
             None,
-            "evicted by the data page"
+            "evicted by the data pages"
         );
+    }
+
+    /// Two pages of data at the same index are both kept (the second way); a third
+    /// evicts the older; one page never has two entries.
+    #[test]
+    fn data_pages_at_one_index_share_two_ways() {
+        let (a, b, c) = (0x0100_6000, 0x0140_6000, 0x0180_6000);
+        assert!(tlb_index(a) == tlb_index(b) && tlb_index(b) == tlb_index(c));
+        let mut t = Tlb::default();
+        t.fill(false, a, entry(a, 0x10_0000, 0xa000, false));
+        t.fill(false, b, entry(b, 0x20_0000, 0xb000, false));
+        assert_eq!(t.lookup_read(false, a + 4, 4), Some(0x10_0004));
+        assert_eq!(t.lookup_write(false, b + 8, 4), Some(0x20_0008));
+        assert_eq!(t.entry(false, a, true).map(|e| e.frame), Some(0xa000));
+        // Filled again (new rights, say): still one entry for the page.
+        t.fill(false, a, entry(a, 0x30_0000, 0xa000, false));
+        assert_eq!(t.lookup_read(false, a, 4), Some(0x30_0000));
+        assert_eq!(t.lookup_read(false, b, 4), Some(0x20_0000));
+        t.fill(false, c, entry(c, 0x40_0000, 0xc000, false));
+        assert_eq!(t.lookup_read(false, c, 4), Some(0x40_0000));
+        assert_eq!(t.lookup_read(false, a, 4), Some(0x30_0000));
+        assert_eq!(t.lookup_read(false, b, 4), None, "the oldest was evicted");
+        t.flush_page(a, false);
+        assert_eq!(t.lookup_read(false, a, 4), None);
+        assert_eq!(t.lookup_read(false, c, 4), Some(0x40_0000));
+    }
+
+    /// The second way holds an entry only where the first does (compiled code swaps
+    /// the two, which keeps the lists of filled entries true only then): flushes
+    /// that empty the first way move the second's entry there.
+    #[test]
+    fn second_way_is_filled_only_where_the_first_is() {
+        let (a, b) = (0x0100_6000, 0x0140_6000);
+        let invariant = |t: &Tlb| {
+            for (main, second) in t.tables.iter().zip(&t.victims) {
+                for k in 0..TLB_ENTRIES {
+                    assert!(second.entries[k].is_empty() || !main.entries[k].is_empty());
+                }
+            }
+        };
+        let mut t = Tlb::default();
+        // A global page in the second way, a non-global one in the first.
+        t.fill(false, a, entry(a, 0x10_0000, 0xa000, true));
+        t.fill(false, b, entry(b, 0x20_0000, 0xb000, false));
+        t.flush_nonglobal();
+        invariant(&t);
+        assert_eq!(t.tables[0].entries[tlb_index(a)].page(), a);
+        assert_eq!(t.lookup_read(false, b, 4), None);
+        // INVLPG of the first way's page.
+        t.fill(false, b, entry(b, 0x20_0000, 0xb000, false));
+        assert_eq!(t.tables[0].entries[tlb_index(b)].page(), b);
+        t.flush_page(b, false);
+        invariant(&t);
+        assert_eq!(t.lookup_read(false, a, 4), Some(0x10_0000));
+        assert!(t.victims[0].entries[tlb_index(a)].is_empty());
+        // Every fill, flush and INVLPG keeps it, listed or not.
+        for k in 0..3 * FILLED_MAX as u64 {
+            let lin = ((k * 7919) % 4096) << 12;
+            t.fill(k % 2 == 0, lin, entry(lin, 0, lin, k % 3 == 0));
+            match k % 97 {
+                0 => t.flush_nonglobal(),
+                1 => t.flush_page(lin, false),
+                2 => t.flush_all(),
+                _ => {}
+            }
+            invariant(&t);
+        }
     }
 
     #[test]
@@ -438,6 +584,7 @@ mod tests {
             }
             let lists = |t: &Tlb| {
                 t.tables.iter().all(|x| x.filled.is_some())
+                    && t.victims.iter().all(|x| x.filled.is_some())
                     && t.code.iter().all(|x| x.filled.is_some())
             };
             assert_eq!(lists(&t), listed);
@@ -446,6 +593,7 @@ mod tests {
                 let data = t
                     .tables
                     .iter()
+                    .chain(&t.victims)
                     .flat_map(|x| x.entries.iter())
                     .filter(|e| !e.is_empty() && (!global || e.is_global()))
                     .count();
