@@ -5,12 +5,16 @@
 //!
 //! Two tiers: a region is first compiled quickly (no optimisation), so that new code
 //! leaves the interpreter soon; one that then runs many instructions is compiled again
-//! with optimisations, which take about 1.4 times as long. Both use the backtracking
-//! register allocator: the single-pass one compiles in two thirds of the time, but its
-//! code is 2.6 times as large (240 bytes of host code per guest instruction against
-//! 94), and most of a shell session's kernel time is spent in such code, whose size
-//! costs more than its compilation saved (a second run's session took 1.56-1.65 s with
-//! it, 1.27-1.32 s without).
+//! with optimisations, which take about 1.4 times as long.
+//!
+//! The quick tier's register allocator depends on the cores the process may use. With
+//! two or more, the compiler thread has a core of its own and the quick tier uses the
+//! backtracking allocator: the single-pass one compiles in two thirds of the time, but
+//! its code is 2.6 times as large (240 bytes of host code per guest instruction
+//! against 94), and a shell session spends most of its kernel time in such code (a
+//! second run's session took 1.56-1.65 s with it, 1.27-1.32 s without). On one core
+//! every compilation delays the guest, and the single-pass allocator is kept: with the
+//! backtracking one a first run on one core took 9.0 s to boot instead of 7.6 s.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -123,13 +127,23 @@ pub struct CompileError {
     pub not_cached: bool,
 }
 
+/// Whether the quick tier uses the single-pass register allocator: when this process
+/// may run on one core only (see the module's documentation).
+fn one_core() -> bool {
+    std::thread::available_parallelism().map_or(true, |n| n.get() < 2)
+}
+
 /// The code generator of `tier` (0: fast compilation, 1: fast code).
 pub fn new_isa(tier: u8) -> Result<OwnedTargetIsa, String> {
     let mut flags = settings::builder();
-    let opt = if tier == 0 { "none" } else { "speed" };
+    let (opt, regalloc) = match tier {
+        0 if one_core() => ("none", "single_pass"),
+        0 => ("none", "backtracking"),
+        _ => ("speed", "backtracking"),
+    };
     for (k, v) in [
         ("opt_level", opt),
-        ("regalloc_algorithm", "backtracking"),
+        ("regalloc_algorithm", regalloc),
         ("is_pic", "false"),
         ("use_colocated_libcalls", "false"),
         // Cranelift's tail calls (region chaining) need frame pointers.
