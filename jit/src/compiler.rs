@@ -7,14 +7,21 @@
 //! leaves the interpreter soon; one that then runs many instructions is compiled again
 //! with optimisations, which take about 1.4 times as long.
 //!
-//! The quick tier's register allocator depends on the cores the process may use. With
-//! two or more, the compiler thread has a core of its own and the quick tier uses the
-//! backtracking allocator: the single-pass one compiles in two thirds of the time, but
-//! its code is 2.6 times as large (240 bytes of host code per guest instruction
-//! against 94), and a shell session spends most of its kernel time in such code (a
-//! second run's session took 1.56-1.65 s with it, 1.27-1.32 s without). On one core
-//! every compilation delays the guest, and the single-pass allocator is kept: with the
-//! backtracking one a first run on one core took 9.0 s to boot instead of 7.6 s.
+//! The quick tier's register allocator depends on the code and on the cores the
+//! process may use. The single-pass allocator compiles in two thirds of the time of the
+//! backtracking one, but its code is 2.6 times as large (240 bytes of host code per
+//! guest instruction against 94).
+//! - Supervisor code, with two or more cores: the backtracking allocator. The compiler
+//!   thread has a core of its own, and a shell session spends most of its time in the
+//!   kernel's quick-tier code (with the backtracking allocator for all code, a second
+//!   run's session took 1.27-1.32 s against 1.56-1.65 s).
+//! - User code: the single-pass allocator. Short-lived programs keep the compiler
+//!   busy; compiled more slowly, 367 requests were still queued when a first run
+//!   ended, and its second run compiled 9.8% of the regions the first did (1.5-1.8%
+//!   so).
+//! - Everything on one core, where each compilation delays the guest: with the
+//!   backtracking allocator a first run on one core took 9.0 s to boot instead of
+//!   7.6 s.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -88,7 +95,11 @@ struct Gen {
 
 /// The code generator of each tier.
 struct Isas {
+    /// The quick tier for supervisor code.
     fast: OwnedTargetIsa,
+    /// The quick tier for user code (the single-pass allocator, see the module's
+    /// documentation).
+    fast_user: OwnedTargetIsa,
     optimized: OwnedTargetIsa,
 }
 
@@ -127,17 +138,18 @@ pub struct CompileError {
     pub not_cached: bool,
 }
 
-/// Whether the quick tier uses the single-pass register allocator: when this process
-/// may run on one core only (see the module's documentation).
+/// Whether this process may run on one core only (the quick tier then uses the
+/// single-pass register allocator for all code, see the module's documentation).
 fn one_core() -> bool {
     std::thread::available_parallelism().map_or(true, |n| n.get() < 2)
 }
 
-/// The code generator of `tier` (0: fast compilation, 1: fast code).
-pub fn new_isa(tier: u8) -> Result<OwnedTargetIsa, String> {
+/// The code generator of `tier` (0: fast compilation, 1: fast code); the quick tier's
+/// uses the single-pass register allocator if `single_pass`.
+pub fn new_isa(tier: u8, single_pass: bool) -> Result<OwnedTargetIsa, String> {
     let mut flags = settings::builder();
     let (opt, regalloc) = match tier {
-        0 if one_core() => ("none", "single_pass"),
+        0 if single_pass => ("none", "single_pass"),
         0 => ("none", "backtracking"),
         _ => ("speed", "backtracking"),
     };
@@ -167,7 +179,7 @@ pub fn new_isa(tier: u8) -> Result<OwnedTargetIsa, String> {
 
 /// A module for a generation of about `gen_limit` bytes of code.
 fn new_module(gen_limit: usize) -> Result<JITModule, String> {
-    let mut b = JITBuilder::with_isa(new_isa(1)?, default_libcall_names());
+    let mut b = JITBuilder::with_isa(new_isa(1, false)?, default_libcall_names());
     // Room for the function that crosses the limit (a region's code is far smaller).
     if let Some(arena) = CodeArena::new(gen_limit + (8 << 20)) {
         b.memory_provider(Box::new(arena));
@@ -179,7 +191,7 @@ fn new_module(gen_limit: usize) -> Result<JITModule, String> {
 /// cache's version.
 fn describe(isas: &Isas) -> String {
     let mut s = String::new();
-    for isa in [&isas.fast, &isas.optimized] {
+    for isa in [&isas.fast, &isas.fast_user, &isas.optimized] {
         s += &format!("{} {}", isa.triple(), isa.flags());
         for v in isa.isa_flags() {
             s += &format!(" {v}");
@@ -193,10 +205,11 @@ impl Compiler {
     /// A compiler whose generations hold about `gen_limit` bytes of code each, with
     /// the translation cache under `cache` (its directory and most bytes), if any.
     pub fn new(gen_limit: usize, max_blocks: usize, cache: Option<(&Path, u64)>) -> Compiler {
-        let isas = new_isa(0).and_then(|fast| {
+        let isas = new_isa(0, one_core()).and_then(|fast| {
             Ok(Isas {
                 fast,
-                optimized: new_isa(1)?,
+                fast_user: new_isa(0, true)?,
+                optimized: new_isa(1, false)?,
             })
         });
         let opened = match (cache, &isas) {
@@ -382,10 +395,10 @@ impl Compiler {
             );
         }
         let isas = self.isas.as_ref().map_err(|e| e.clone())?;
-        let isa = if req.tier == 0 {
-            &isas.fast
-        } else {
-            &isas.optimized
+        let isa = match req.tier {
+            0 if req.entry.mode.user() => &isas.fast_user,
+            0 => &isas.fast,
+            _ => &isas.optimized,
         };
         ctx.compile(&**isa, &mut ControlPlane::default())
             .map_err(|e| format!("{:?}", e.inner))?;

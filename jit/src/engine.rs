@@ -250,7 +250,7 @@ impl Jit {
             }
         };
         let chain = ChainTable::new();
-        let enter = match new_isa(1).and_then(Trampoline::new) {
+        let enter = match new_isa(1, false).and_then(Trampoline::new) {
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::warn!(target: "ox86::jit", "no trampoline: {e}");

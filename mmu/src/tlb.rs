@@ -1,17 +1,17 @@
-//! The software TLB: per privilege class, a direct-mapped table of linear pages with
-//! separate read and write tags and a host addend, in the style of QEMU's softmmu, and
-//! a direct-mapped table of its own for instruction fetches. A tag equals the page's
+//! The software TLB: per privilege class, a table of linear pages with separate read
+//! and write tags and a host addend, in the style of QEMU's softmmu (but with two
+//! ways), and a direct-mapped table of its own for instruction fetches. A tag equals the page's
 //! linear address when the access may take the fast path; any low bit set forces the
 //! slow path. The TLB lists the entries it fills, so that flushes (a CR3 write each)
 //! cost what was filled, not the size of the tables.
 //!
-//! Each data table has a second way: a filled entry moves the entry it replaces there,
-//! look-ups try both, and compiled code swaps the two when the second hits (so that a
-//! page in use moves to the first way), so that two pages of data
-//! at the same index (a copy between buffers a multiple of 4 MiB apart, the kernel
-//! decompressor's input and output) do not evict each other on every access either;
-//! each such miss left compiled code, and a loop alternating between two such pages
-//! ran five times slower than under QEMU.
+//! Each data table has a second way. A filled entry moves the entry it replaces there,
+//! look-ups try both, and compiled code swaps the two when the second hits, so that
+//! the page in use is found in the first way next time. Two pages of data at the same
+//! index (buffers a multiple of 4 MiB apart; the kernel decompressor's input, output
+//! and heap) no longer evict each other on every access: with one way each such miss
+//! left compiled code, and a loop alternating between two such pages ran five times
+//! slower than under QEMU.
 //!
 //! Code has its own table because compiled code checks the mapping of a region's page
 //! each time it chains to it: with one table, a page of code and a page of data at the
@@ -139,7 +139,8 @@ impl Slot for CodeEntry {
 /// too many to list.
 #[repr(C)]
 pub struct Table<E> {
-    /// The entries, written only through [`Tlb`]'s fills and flushes.
+    /// The entries, written only through [`Tlb`]'s fills and flushes, and by compiled
+    /// code, which swaps the entries of a data table's two ways (both filled).
     pub entries: [E; TLB_ENTRIES],
     filled: Option<Vec<u16>>,
 }
