@@ -13,7 +13,10 @@ use common::{engine_name, engines, guests_dir, run_ox86, text};
 /// Runs a self-checking guest on both engines and asserts it printed PASS and exited
 /// with status 33 on each; returns the output (the same on both).
 fn run_checked(name: &str) -> String {
-    let outs: Vec<String> = engines().iter().map(|e| run_checked_on(name, e)).collect();
+    let outs: Vec<String> = engines()
+        .iter()
+        .map(|e| run_checked_on(name, e).0)
+        .collect();
     assert!(
         outs.iter().all(|o| *o == outs[0]),
         "{name}: the JIT and the interpreter print differently"
@@ -21,7 +24,9 @@ fn run_checked(name: &str) -> String {
     outs[0].clone()
 }
 
-fn run_checked_on(name: &str, engine: &[&str]) -> String {
+/// Runs a self-checking guest with `engine`'s arguments and asserts it passed:
+/// (stdout, stderr).
+fn run_checked_on(name: &str, engine: &[&str]) -> (String, String) {
     let k = guests_dir().join(format!("{name}.elf"));
     let mut args = vec!["run", "--kernel", k.to_str().unwrap(), "-m", "32M"];
     args.extend_from_slice(engine);
@@ -45,7 +50,7 @@ fn run_checked_on(name: &str, engine: &[&str]) -> String {
         Some(33),
         "{name}: exit status\n{so}\n--- stderr:\n{se}"
     );
-    so
+    (so, se)
 }
 
 #[test]
@@ -82,19 +87,9 @@ fn align_check_and_x87_irq13() {
 #[test]
 fn tlb_ways() {
     run_checked("tlbways");
-    let k = guests_dir().join("tlbways.elf");
     for engine in engines() {
-        let mut args = vec![
-            "run",
-            "--kernel",
-            k.to_str().unwrap(),
-            "-m",
-            "32M",
-            "--stats",
-        ];
-        args.extend_from_slice(engine);
-        let out = run_ox86(&args, Duration::from_secs(120));
-        let se = text(&out.stderr);
+        let with_stats = [engine, &["--stats"]].concat();
+        let (_, se) = run_checked_on("tlbways", &with_stats);
         let misses: u64 = se
             .split("TLB misses ")
             .nth(1)

@@ -150,9 +150,11 @@ pub fn engines() -> Vec<&'static [&'static str]> {
 
 /// The engine's name for messages.
 pub fn engine_name(engine: &[&str]) -> &'static str {
-    match engine.first() {
-        None => "jit",
-        Some(&"--interp") => "interp",
-        Some(_) => "lockstep",
+    if engine.contains(&"--interp") {
+        "interp"
+    } else if engine.contains(&"--lockstep") {
+        "lockstep"
+    } else {
+        "jit"
     }
 }
