@@ -144,8 +144,8 @@ fn one_core() -> bool {
     std::thread::available_parallelism().map_or(true, |n| n.get() < 2)
 }
 
-/// The code generator of `tier` (0: fast compilation, 1: fast code); the quick tier's
-/// uses the single-pass register allocator if `single_pass`.
+/// The code generator of `tier` (0: fast compilation, 1: fast code); the quick tier
+/// uses the single-pass register allocator if `single_pass`, else the backtracking one.
 pub fn new_isa(tier: u8, single_pass: bool) -> Result<OwnedTargetIsa, String> {
     let mut flags = settings::builder();
     let (opt, regalloc) = match tier {
