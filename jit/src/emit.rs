@@ -329,6 +329,48 @@ pub fn emit(t: &mut Tx<'_, '_>, i: &Instruction, live_after: u32) -> bool {
                 _ => return false,
             }
         }
+        Kind::Xadd => {
+            let size = op_size(i, 0);
+            let p = t.place0(i);
+            let d = t.read_place(&p, size);
+            let src = t.get(i.op1_register());
+            let sum = t.b.ins().iadd(d, src);
+            // The source register gets the old value first, then the destination the
+            // sum (XADD r, r leaves the sum).
+            match p {
+                Place::Reg(r0) => {
+                    t.set(i.op1_register(), d);
+                    t.set(r0, sum);
+                }
+                Place::Mem(..) => {
+                    t.write_place(&p, size, sum);
+                    t.set(i.op1_register(), d);
+                }
+            }
+            t.set_flags(Lazy::Add, size, d, src, sum);
+        }
+        Kind::Cmpxchg => {
+            let size = op_size(i, 0);
+            let acc_reg = match size {
+                1 => Register::AL,
+                2 => Register::AX,
+                _ => Register::EAX,
+            };
+            let p = t.place0(i);
+            let d = t.read_place(&p, size);
+            let acc = t.get(acc_reg);
+            let src = t.get(i.op1_register());
+            let eq = t.b.ins().icmp(IntCC::Equal, d, acc);
+            let new = t.b.ins().select(eq, src, d);
+            t.write_place(&p, size, new);
+            // The accumulator gets the destination when they differ; read again, as
+            // it may have been the destination.
+            let cur = t.get(acc_reg);
+            let a = t.b.ins().select(eq, cur, d);
+            t.set(acc_reg, a);
+            let res = t.b.ins().isub(acc, d);
+            t.set_flags(Lazy::Sub, size, acc, d, res);
+        }
         Kind::Push => {
             let size = stack_size(i);
             let v = match i.op0_kind() {

@@ -49,6 +49,11 @@ pub enum Kind {
     Cmovcc,
     /// XCHG.
     Xchg,
+    /// XADD.
+    Xadd,
+    /// CMPXCHG (the destination is written whether or not it matched, as the
+    /// interpreter and the hardware do).
+    Cmpxchg,
     /// PUSH of a register, immediate or memory operand.
     Push,
     /// POP to a register.
@@ -113,7 +118,9 @@ fn simple_operands(i: &Instruction) -> bool {
 
 /// The lowering of an instruction.
 pub fn kind(i: &Instruction) -> Kind {
-    if i.is_invalid() || i.has_lock_prefix() {
+    // A LOCK prefix changes nothing on one CPU, where it is allowed (elsewhere it
+    // raises #UD, in the interpreter).
+    if i.is_invalid() || (i.has_lock_prefix() && !ox86_cpu::exec::lock_ok(i)) {
         return Kind::Helper;
     }
     if let Some(fpu) = crate::x87::lowerable(i) {
@@ -155,6 +162,8 @@ pub fn kind(i: &Instruction) -> Kind {
         }
         M::Cmovle | M::Cmovg => Kind::Cmovcc,
         M::Xchg => Kind::Xchg,
+        M::Xadd => Kind::Xadd,
+        M::Cmpxchg => Kind::Cmpxchg,
         M::Push if i.op_count() == 1 => Kind::Push,
         M::Pop if i.op_count() == 1 && i.op0_kind() == OpKind::Register => Kind::Pop,
         M::Leave => Kind::Leave,

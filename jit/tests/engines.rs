@@ -131,7 +131,27 @@ fn emit_one(a: &mut CodeAssembler, r: (u8, u8, u8, u32)) -> Result<(), IcedError
         },
         38 => a.mul(s),
         39 => a.div(s),
-        40 => a.xadd(m, s),
+        40 => match y % 10 {
+            0 => a.xadd(m, s),
+            1 => a.lock().xadd(m, s),
+            // XADD r, r leaves the sum.
+            2 if x % 2 == 0 => a.xadd(d, s),
+            2 => a.xadd(s, s),
+            3 => a.cmpxchg(m, s),
+            // Equal: the accumulator holds the destination.
+            4 => {
+                a.mov(eax, m)?;
+                a.lock().cmpxchg(m, s)
+            }
+            5 => a.cmpxchg(d, s),
+            6 => a.lock().add(m, s),
+            7 => a.lock().inc(m),
+            8 => a.cmpxchg(byte_ptr(ebx + disp), s8),
+            _ => {
+                a.mov(d16, word_ptr(ebx + disp))?;
+                a.cmpxchg(word_ptr(ebx + disp), s16)
+            }
+        },
         41 => a.rol(d, imm & 31),
         42 => a.bt(d, s),
         43 => a.adc(m, imm32 & 0x7f),

@@ -81,7 +81,7 @@ fn code_opsize(i: &Instruction) -> u32 {
 
 /// Whether a LOCK prefix is allowed on this instruction (a memory destination of one
 /// of the lockable instructions); otherwise LOCK raises #UD.
-fn lock_ok(i: &Instruction) -> bool {
+pub fn lock_ok(i: &Instruction) -> bool {
     i.op_count() > 0
         && i.op0_kind() == OpKind::Memory
         && matches!(
