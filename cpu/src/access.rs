@@ -207,6 +207,7 @@ impl Exec<'_> {
                 addend: host.wrapping_sub(page),
                 frame,
                 global: t.global as u64,
+                stamp: 0,
             },
         );
         Ok(frame | (lin & PAGE_MASK))

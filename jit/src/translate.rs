@@ -897,6 +897,7 @@ impl<'a, 'b> Tx<'a, 'b> {
             offset_of!(TlbEntry, addend),
             offset_of!(TlbEntry, frame),
             offset_of!(TlbEntry, global),
+            offset_of!(TlbEntry, stamp),
         ] {
             let a = self.b.ins().load(I64, MF, entry, off as i32);
             let b = self.b.ins().load(I64, MF, entry2, off as i32);

@@ -5,9 +5,10 @@
 //! slow path. The TLB lists the entries it fills, so that flushes (a CR3 write each)
 //! cost what was filled, not the size of the tables.
 //!
-//! Each data table has a second way. A filled entry moves the entry it replaces there,
-//! look-ups try both, and compiled code swaps the two when the second hits, so that
-//! the page in use is found in the first way next time. Two pages of data at the same
+//! Each data table has a second way. A fill goes to the first way and the second keeps
+//! the more recently filled of the two entries there before; look-ups try both, and
+//! compiled code swaps the two when the second hits, so that the page in use is found
+//! in the first way next time. Two pages of data at the same
 //! index (buffers a multiple of 4 MiB apart; the kernel decompressor's input, output
 //! and heap) no longer evict each other on every access: with one way each such miss
 //! left compiled code, and a loop alternating between two such pages ran five times
@@ -43,6 +44,10 @@ pub struct TlbEntry {
     pub frame: u64,
     /// Kept across CR3 writes (a global page under CR4.PGE).
     pub global: u64,
+    /// The TLB's count of data fills when this entry was filled (set by
+    /// [`Tlb::fill`]): which of a table's two ways to keep is decided by it, not by
+    /// where the entries are.
+    pub stamp: u64,
 }
 
 /// log2 of the size of a [`TlbEntry`].
@@ -68,6 +73,7 @@ impl TlbEntry {
         addend: 0,
         frame: 0,
         global: 0,
+        stamp: 0,
     };
 }
 
@@ -230,6 +236,8 @@ pub struct Tlb {
     pub victims: [Table<TlbEntry>; 2],
     /// Instruction fetches.
     pub code: [Table<CodeEntry>; 2],
+    /// Data fills so far (the stamp of the last).
+    fills: u64,
     /// Misses (slow-path fills), for statistics.
     pub misses: u64,
     /// Flushes of the whole TLB, for statistics.
@@ -251,6 +259,7 @@ impl Default for Tlb {
             tables: [Table::new(), Table::new()],
             victims: [Table::new(), Table::new()],
             code: [Table::new(), Table::new()],
+            fills: 0,
             misses: 0,
             flushes: 0,
         }
@@ -298,17 +307,30 @@ impl Tlb {
         &self.code[user as usize].entries[tlb_index(lin)]
     }
 
-    /// Caches `e` as the data entry `lin` maps to in table `user`; the entry it
-    /// replaces, if for another page, moves to the second way.
+    /// Caches `e` as the data entry `lin` maps to in table `user`, in the first way.
+    /// The second way keeps the more recently filled of the two entries there before
+    /// (the other one, if one was for the same page). Compiled code swaps the two ways'
+    /// entries and the interpreter does not, so the choice goes by the entries' fill
+    /// stamps, not by their ways: the pages the TLB holds, which a guest that changes
+    /// its page tables without invalidating can see, are the same with the JIT on or
+    /// off.
     #[inline]
-    pub fn fill(&mut self, user: bool, lin: u64, e: TlbEntry) {
+    pub fn fill(&mut self, user: bool, lin: u64, mut e: TlbEntry) {
         let (u, k, page) = (user as usize, tlb_index(lin), lin & !PAGE_MASK);
-        let old = self.tables[u].entries[k];
-        if !old.is_empty() && old.page() != page {
-            self.victims[u].fill(k, old);
-        } else if self.victims[u].entries[k].page() == page {
-            // One entry per page.
+        self.fills += 1;
+        e.stamp = self.fills;
+        let (w0, w1) = (self.tables[u].entries[k], self.victims[u].entries[k]);
+        let keep = if w0.page() == page {
+            w1
+        } else if w1.page() == page || w0.stamp > w1.stamp {
+            w0
+        } else {
+            w1
+        };
+        if keep.is_empty() {
             self.victims[u].entries[k] = TlbEntry::EMPTY;
+        } else {
+            self.victims[u].fill(k, keep);
         }
         self.tables[u].fill(k, e);
     }
@@ -439,6 +461,7 @@ mod tests {
             addend: host.wrapping_sub(page),
             frame,
             global: global as u64,
+            stamp: 0,
         }
     }
 
@@ -507,6 +530,28 @@ mod tests {
         t.flush_page(a, false);
         assert_eq!(t.lookup_read(false, a, 4), None);
         assert_eq!(t.lookup_read(false, c, 4), Some(0x40_0000));
+    }
+
+    /// Which entries a fill keeps does not depend on which way they are in (compiled
+    /// code swaps them, the interpreter does not).
+    #[test]
+    fn what_a_fill_keeps_does_not_depend_on_swaps() {
+        let (a, b, c) = (0x0100_6000, 0x0140_6000, 0x0180_6000);
+        let k = tlb_index(a);
+        for swap in [false, true] {
+            let mut t = Tlb::default();
+            t.fill(false, a, entry(a, 0x10_0000, 0xa000, false));
+            t.fill(false, b, entry(b, 0x20_0000, 0xb000, false));
+            if swap {
+                let (w0, w1) = (t.tables[0].entries[k], t.victims[0].entries[k]);
+                t.tables[0].entries[k] = w1;
+                t.victims[0].entries[k] = w0;
+            }
+            t.fill(false, c, entry(c, 0x30_0000, 0xc000, false));
+            assert_eq!(t.lookup_read(false, a, 4), None, "swap {swap}: A was older");
+            assert_eq!(t.lookup_read(false, b, 4), Some(0x20_0000), "swap {swap}");
+            assert_eq!(t.lookup_read(false, c, 4), Some(0x30_0000), "swap {swap}");
+        }
     }
 
     /// The second way holds an entry only where the first does (compiled code swaps
