@@ -17,7 +17,8 @@ use ox86_cpu::exec::operand::{addr_mask, seg_index};
 use ox86_cpu::state::{DS, ES, SS};
 use ox86_cpu::{CpuState, DecodedInsn, Segment};
 use ox86_mmu::tlb::{
-    tlb_index, CodeEntry, TlbEntry, CODE_ENTRY_SHIFT, TLB_ENTRIES, TLB_ENTRY_SHIFT, VICTIM_OFFSET,
+    tlb_index, CodeEntry, TlbEntry, CODE_ENTRY_SHIFT, TLB_ENTRIES, TLB_ENTRY_FIELDS,
+    TLB_ENTRY_SHIFT, VICTIM_OFFSET,
 };
 
 use crate::chain::{self, ChainSlot};
@@ -891,11 +892,12 @@ impl<'a, 'b> Tx<'a, 'b> {
         let miss = self.b.ins().icmp(IntCC::NotEqual, tag, page);
         self.b.ins().brif(miss, bail, &[], swap, &[]);
         self.b.switch_to_block(swap);
-        // In 16-byte pieces: half the instructions to compile of 8-byte ones, and
-        // no call (a second-way hit is common where two pages alternate).
-        const _: () = assert!(size_of::<TlbEntry>().is_multiple_of(16));
+        // The fields (the rest of the 64 bytes is padding), in 16-byte pieces: half
+        // the instructions to compile of 8-byte ones, and no call (a second-way hit
+        // is common where two pages alternate).
+        const _: () = assert!(TLB_ENTRY_FIELDS.is_multiple_of(16));
         let unaligned = MemFlagsData::new().with_notrap();
-        for off in (0..size_of::<TlbEntry>() as i32).step_by(16) {
+        for off in (0..TLB_ENTRY_FIELDS as i32).step_by(16) {
             let a = self.b.ins().load(I64X2, unaligned, entry, off);
             let b = self.b.ins().load(I64X2, unaligned, entry2, off);
             self.b.ins().store(unaligned, b, entry, off);

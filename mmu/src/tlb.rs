@@ -46,9 +46,14 @@ pub struct TlbEntry {
     pub global: u64,
     /// The TLB's count of data fills when this entry was filled (set by
     /// [`Tlb::fill`]): which of a table's two ways to keep is decided by it, not by
-    /// where the entries are.
+    /// where the entries are. The last field (see [`TLB_ENTRY_FIELDS`]).
     pub stamp: u64,
 }
+
+/// Bytes of a [`TlbEntry`] its fields take (the rest is padding): what compiled code
+/// swaps between a table's two ways. A field added after `stamp` must move this.
+pub const TLB_ENTRY_FIELDS: usize = std::mem::offset_of!(TlbEntry, stamp) + 8;
+const _: () = assert!(TLB_ENTRY_FIELDS == 6 * 8);
 
 /// log2 of the size of a [`TlbEntry`].
 pub const TLB_ENTRY_SHIFT: u32 = 6;
