@@ -113,8 +113,8 @@ pub struct Compiler {
     /// The code generators (an error when Cranelift cannot generate code here: every
     /// compilation then fails, and the interpreter runs everything).
     isas: Result<Isas, String>,
-    /// `OX86_JIT_DUMP`: print the IR of every region (`1`), or of the regions entered
-    /// at one EIP (a hex address).
+    /// `OX86_JIT_DUMP`: print the IR and the host code of every region (`1`), or of
+    /// the regions entered at one EIP (a hex address).
     dump: Option<Option<u64>>,
     /// Functions compiled so far (makes their names unique).
     serial: u64,
@@ -383,10 +383,11 @@ impl Compiler {
             tx.translate();
             b.finalize(module.target_config());
         }
-        if self
+        let dump = self
             .dump
-            .is_some_and(|only| only.is_none_or(|eip| eip == req.entry.eip))
-        {
+            .is_some_and(|only| only.is_none_or(|eip| eip == req.entry.eip));
+        if dump {
+            ctx.set_disasm(true);
             eprintln!(
                 "region {:#x} ({} blocks):\n{}",
                 req.phys,
@@ -403,6 +404,12 @@ impl Compiler {
         ctx.compile(&**isa, &mut ControlPlane::default())
             .map_err(|e| format!("{:?}", e.inner))?;
         let code = ctx.compiled_code().ok_or("no code")?;
+        if let Some(text) = code.vcode.as_ref().filter(|_| dump) {
+            eprintln!(
+                "host code of region {:#x} (tier {}):\n{text}",
+                req.phys, req.tier
+            );
+        }
         let image = Image {
             code: code.code_buffer().to_vec(),
             align: code.buffer.alignment,
