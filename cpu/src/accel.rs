@@ -52,6 +52,24 @@ pub trait Accel {
     fn stats(&self) -> AccelStats;
 }
 
+/// Returns from compiled code to the dispatcher, by why.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExitCounts {
+    /// A fault, to deliver.
+    pub fault: u64,
+    /// An instruction that needs the interpreter loop (I/O, interrupt flag, system
+    /// instructions).
+    pub leave: u64,
+    /// A branch that did not chain.
+    pub jump: u64,
+    /// ... to code the dispatcher then found compiled (the chain table missed it).
+    pub jump_compiled: u64,
+    /// The budget, or an instruction that changes what the dispatcher checks.
+    pub check: u64,
+    /// Access groups' checks and heat counters.
+    pub other: u64,
+}
+
 /// What an accelerator did, for `--stats`.
 #[derive(Debug, Clone, Default)]
 pub struct AccelStats {
@@ -61,6 +79,10 @@ pub struct AccelStats {
     pub entries: u64,
     /// Entries into compiled code by chaining from other compiled code.
     pub chained: u64,
+    /// Returns from compiled code to the dispatcher: by a fault, by leaving for the
+    /// interpreter loop (an instruction that needs it), by a branch the code did not
+    /// chain, by a check (budget, flags, mode), and by heat counters.
+    pub exits: ExitCounts,
     /// Regions compiled (both tiers).
     pub regions_compiled: u64,
     /// Regions compiled again, optimised, because they ran many instructions.

@@ -18,7 +18,7 @@ pub mod testkit;
 use ox86_mmu::tlb::Tlb;
 use ox86_mmu::{IoBus, Memory};
 
-pub use accel::{Accel, AccelRun, AccelStats};
+pub use accel::{Accel, AccelRun, AccelStats, ExitCounts};
 pub use block::{AccelHint, BlockCache, DecodedInsn, Handler};
 pub use exception::{Exception, Fault};
 pub use interp::{CpuExit, RunLimits};

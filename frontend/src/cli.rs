@@ -254,6 +254,11 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
                 j.live_regions,
                 j.code_bytes / 1024
             );
+            let x = &j.exits;
+            eprintln!(
+                "ox86 jit exits to the dispatcher: {} faults, {} for the interpreter loop, {} branches not chained ({} of them to compiled code), {} checks, {} other",
+                x.fault, x.leave, x.jump, x.jump_compiled, x.check, x.other
+            );
         }
     }
     m.end_with_process();

@@ -20,7 +20,7 @@ use crate::chain::{ChainTable, Trampoline};
 use crate::compiler::{new_isa, CompileError, Compiled, Compiler, Request};
 use crate::diskcache::{self, Index};
 use crate::heat::HeatCounters;
-use crate::helpers::{JitCtx, CHECK, FAULT, HOT, JUMP, SPLIT};
+use crate::helpers::{JitCtx, CHECK, FAULT, HOT, JUMP, LEAVE, SPLIT};
 use crate::mode::Mode;
 use crate::queue::CompileQueue;
 use crate::region::{Entry, Region, PAGE};
@@ -947,6 +947,8 @@ impl Accel for Jit {
             return AccelRun::NotRun;
         };
         let mut ran = false;
+        // The last region left by a branch that did not chain (for the statistics).
+        let mut after_jump = false;
         // The first region through the interpreter's block, the next ones through the
         // jump cache.
         let mut block = Some(block);
@@ -963,6 +965,9 @@ impl Accel for Jit {
             };
             if id == NONE {
                 break;
+            }
+            if std::mem::take(&mut after_jump) {
+                self.stats.exits.jump_compiled += 1;
             }
             let r = self.regions[id as usize].as_ref().expect("live region");
             if r.cs_hi != ex.s.seg[CS].hi as u64 || ex.s.icount + r.first_len > end {
@@ -1048,6 +1053,17 @@ impl Accel for Jit {
                         r.optimizing = true;
                     }
                 }
+            }
+            let exits = &mut self.stats.exits;
+            match status {
+                FAULT => exits.fault += 1,
+                LEAVE => exits.leave += 1,
+                JUMP => {
+                    exits.jump += 1;
+                    after_jump = true;
+                }
+                CHECK => exits.check += 1,
+                _ => exits.other += 1,
             }
             match status {
                 FAULT => {
