@@ -1106,6 +1106,70 @@ fn string_ops() {
     });
 }
 
+#[test]
+fn long_rep_moves_and_stores() {
+    // REP MOVS and REP STOS over thousands of bytes: across page ends, with the source
+    // and destination overlapping in either order (or not), in both directions, and
+    // past the 4096 iterations one execution runs (ox86 copies a page at a time where
+    // it can; the result must be that of the iterations one by one).
+    const LEN: u32 = 0x3000;
+    run_test("long_rep_moves_and_stores", 16, |k, rng| {
+        for _ in 0..CASES / 8 {
+            let mut c = base_case(rng, ALL);
+            c.data = (0..LEN).map(|_| rng.u32() as u8).collect();
+            let size = rng.pick(&[1u32, 2, 4]);
+            let movs = rng.bool();
+            let down = rng.below(4) == 0;
+            if down {
+                c.regs.eflags |= DF;
+            } else {
+                c.regs.eflags &= !DF;
+            }
+            let span = match rng.below(3) {
+                0 => rng.below(64),
+                1 => rng.below(0x1000),
+                _ => rng.below(LEN - 0x400),
+            };
+            let count = span / size;
+            let bytes = count * size;
+            // An address whose `count` elements stay in the data area going up (from
+            // it) or down (to it).
+            let pick = |rng: &mut Rng| {
+                let room = LEN - bytes - size;
+                let off = match rng.below(3) {
+                    // Near a page end.
+                    0 => (0x1000 * (1 + rng.below(2)) - rng.below(8)).min(room),
+                    _ => rng.below(room + 1),
+                };
+                let off = if down { off + bytes } else { off };
+                DATA_ADDR + off
+            };
+            let src = pick(rng);
+            let dst = if movs && rng.bool() {
+                // Overlapping: the destination a few bytes either side of the source.
+                let d = i64::from(src) + i64::from(rng.below(17)) - 8;
+                let lo = i64::from(DATA_ADDR) + if down { i64::from(bytes) } else { 0 };
+                let hi =
+                    i64::from(DATA_ADDR + LEN - size) - if down { 0 } else { i64::from(bytes) };
+                d.clamp(lo, hi) as u32
+            } else {
+                pick(rng)
+            };
+            c.regs.gpr[ECX] = count;
+            c.regs.gpr[ESI] = src;
+            c.regs.gpr[EDI] = dst;
+            c.regs.gpr[ESP] = DATA_ADDR + 0x3f0;
+            let mut code = vec![0xf3];
+            if size == 2 {
+                code.push(0x66);
+            }
+            code.push(if movs { 0xa4 } else { 0xaa } + u8::from(size != 1));
+            c.code = code;
+            k.check(&c);
+        }
+    });
+}
+
 // ---------------------------------------------------------------- harness integrity
 
 #[test]

@@ -10,6 +10,7 @@ use crate::exception::Fault;
 use crate::flags::{size_mask, Lazy};
 use crate::state::{DF, ES, RAX, RCX, RDI, RDX, RSI};
 use crate::Exec;
+use ox86_mmu::PAGE_MASK;
 
 use super::operand::seg_index;
 
@@ -74,12 +75,33 @@ pub fn exec_string<W: Word>(e: &mut Exec<'_>, i: &Instruction) -> Fault {
         e.check_io(port, W::SIZE)?;
     }
     let mut n = 0u64;
+    // REP MOVS and REP STOS upwards go a page at a time where they can (see `bulk`).
+    let fast = rep && step == W::SIZE as u64 && matches!(op, Op::Movs | Op::Stos);
     loop {
         if rep && e.s.regs[RCX] & am == 0 {
             return Ok(());
         }
         let si = e.s.regs[RSI] & am;
         let di = e.s.regs[RDI] & am;
+        if fast {
+            let left = (e.s.regs[RCX] & am).min(CHUNK - n);
+            let k = bulk::<W>(e, op == Op::Movs, src_seg, si, di, left, am);
+            if k > 0 {
+                adv(e, RSI, if op == Op::Movs { k * step } else { 0 }, am);
+                adv(e, RDI, k * step, am);
+                let c = (e.s.regs[RCX] & am) - k;
+                e.s.regs[RCX] = (e.s.regs[RCX] & !am) | c;
+                n += k;
+                if c == 0 {
+                    return Ok(());
+                }
+                if n >= CHUNK {
+                    e.s.rip = i.ip();
+                    return Ok(());
+                }
+                continue;
+            }
+        }
         let mut done = false;
         match op {
             Op::Movs => {
@@ -147,6 +169,83 @@ pub fn exec_string<W: Word>(e: &mut Exec<'_>, i: &Instruction) -> Fault {
             return Ok(());
         }
     }
+}
+
+/// Runs up to `max` iterations of REP MOVS (`movs`) or REP STOS upwards at once, as
+/// many as lie on one page of the destination (and of the source) and in the
+/// segments, when the TLB maps those pages to RAM for the access (no code, no
+/// watchpoint, no MMIO): what the iterations one by one would do, without a TLB
+/// look-up each. Returns the iterations run; 0 when the next one must go the usual way
+/// (a TLB miss, a fault to raise, a segment limit, an alignment check, or too few).
+fn bulk<W: Word>(
+    e: &mut Exec<'_>,
+    movs: bool,
+    src_seg: usize,
+    si: u64,
+    di: u64,
+    max: u64,
+    am: u64,
+) -> u64 {
+    let size = W::SIZE as u64;
+    // Whole elements before the page end at a linear address, and before the address
+    // size wraps at an offset.
+    let on_page = |lin: u64| ((PAGE_MASK + 1) - (lin & PAGE_MASK)) / size;
+    let no_wrap = |off: u64| (am - off) / size + 1;
+    let user = e.user();
+    let Ok(ld) = e.seg_linear(ES, di, W::SIZE, true) else {
+        return 0;
+    };
+    let mut k = max.min(on_page(ld)).min(no_wrap(di));
+    let mut ls = 0;
+    if movs {
+        let Ok(l) = e.seg_linear(src_seg, si, W::SIZE, false) else {
+            return 0;
+        };
+        ls = l;
+        k = k.min(on_page(ls)).min(no_wrap(si));
+    }
+    if k < 2 {
+        return 0;
+    }
+    // The last element's checks cover those between (the offsets only grow).
+    let last = (k - 1) * size;
+    if e.seg_linear(ES, di + last, W::SIZE, true).is_err()
+        || (movs && e.seg_linear(src_seg, si + last, W::SIZE, false).is_err())
+    {
+        return 0;
+    }
+    let Some(d) = e.tlb.lookup_write(user, ld, size) else {
+        return 0;
+    };
+    let len = (k * size) as usize;
+    if movs {
+        let Some(s) = e.tlb.lookup_read(user, ls, size) else {
+            return 0;
+        };
+        let (d, s) = (d as *mut u8, s as *const u8);
+        if (d as usize) + len <= s as usize || (s as usize) + len <= d as usize {
+            // SAFETY: both ranges lie on pages the TLB maps to RAM for these accesses
+            // (checked for the first element; all `k` are on the same page), and they
+            // do not overlap.
+            unsafe { std::ptr::copy_nonoverlapping(s, d, len) };
+        } else {
+            for j in 0..k as usize {
+                let o = j * size as usize;
+                // SAFETY: as above; element by element, as the iterations would copy
+                // overlapping ranges.
+                unsafe { W::store(d.add(o), W::load(s.add(o))) };
+            }
+        }
+    } else {
+        let v = W::from_u64(e.s.regs[RAX]);
+        let d = d as *mut u8;
+        for j in 0..k as usize {
+            // SAFETY: the range lies on a page the TLB maps to RAM for writes (checked
+            // for the first element; all `k` are on the same page).
+            unsafe { W::store(d.add(j * size as usize), v) };
+        }
+    }
+    k
 }
 
 #[inline(always)]
