@@ -1,5 +1,6 @@
 //! Access groups: the memory operands of a region that address `[reg + disp]` in a
-//! flat segment, where `reg` is a register no instruction of the region writes.
+//! flat segment, where `reg` holds the value it had at the region's entry (no path
+//! from the entry to the access may have written it).
 //!
 //! Loops read and write stack frames and structures this way many times per
 //! iteration (`[esp+0Ch]`, `[edi+4]`, `[ebp-10h]`). The translation checks each group
@@ -44,6 +45,10 @@ pub struct Plan {
     pub of_insn: Vec<Vec<Option<usize>>>,
     /// The groups.
     pub groups: Vec<Group>,
+    /// For each instruction of each block, the registers some path from the entry may
+    /// have written by its end: after it, the groups of those registers have no
+    /// accesses left (and are not checked again).
+    pub written_after: Vec<Vec<u8>>,
 }
 
 /// The base register and displacement of the memory operand of `i` if it is
@@ -59,31 +64,103 @@ fn simple_access(i: &iced_x86::Instruction) -> Option<(usize, i64)> {
     ok.then(|| (reg, i64::from(i.memory_displacement32() as i32)))
 }
 
-/// Groups the memory operands of `region` (compiled with flat DS, ES and SS).
-pub fn plan(region: &Region) -> Plan {
-    let mut f = InstructionInfoFactory::new();
-    let mut written = 0u8;
-    for d in region.blocks.iter().flat_map(|b| b.insns.iter()) {
-        for u in f.info(&d.insn).used_registers() {
-            if matches!(u.access(), OpAccess::Read | OpAccess::CondRead) {
-                continue;
-            }
-            if let Some((idx, ..)) = gpr(u.register().full_register32()) {
-                written |= 1 << idx;
-            }
+/// The general registers (a bit each, EAX..EDI) instruction `i` writes or may write.
+fn writes(f: &mut InstructionInfoFactory, i: &iced_x86::Instruction) -> u8 {
+    let mut w = 0u8;
+    for u in f.info(i).used_registers() {
+        if matches!(u.access(), OpAccess::Read | OpAccess::CondRead) {
+            continue;
+        }
+        if let Some((idx, ..)) = gpr(u.register().full_register32()) {
+            w |= 1 << idx;
         }
     }
+    w
+}
+
+/// For each block of `region`, the registers that some path from the region's entry
+/// may have written before the block starts (the entry's own: what its predecessors
+/// inside the region write, as the entry can be reached again by a backward edge).
+pub fn written_before(region: &Region, f: &mut InstructionInfoFactory) -> Vec<u8> {
+    let n = region.blocks.len();
+    let out_own: Vec<u8> = region
+        .blocks
+        .iter()
+        .map(|b| b.insns.iter().fold(0, |w, d| w | writes(f, &d.insn)))
+        .collect();
+    let succs: Vec<Vec<usize>> = region.blocks.iter().map(|b| region.successors(b)).collect();
+    let mut inp = vec![0u8; n];
+    loop {
+        let mut changed = false;
+        for (b, ss) in succs.iter().enumerate() {
+            let out = inp[b] | out_own[b];
+            for &s in ss {
+                if inp[s] | out != inp[s] {
+                    inp[s] |= out;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return inp;
+        }
+    }
+}
+
+/// For each block of `region`, whether it lies on a cycle of the region's blocks.
+fn on_cycles(region: &Region) -> Vec<bool> {
+    let succs: Vec<Vec<usize>> = region.blocks.iter().map(|b| region.successors(b)).collect();
+    (0..succs.len()).map(|h| reach(h, &succs)[h]).collect()
+}
+
+/// The blocks reachable from block `h` along `edges` (`h` itself only if on a cycle).
+fn reach(h: usize, edges: &[Vec<usize>]) -> Vec<bool> {
+    let mut seen = vec![false; edges.len()];
+    let mut work = edges[h].clone();
+    while let Some(b) = work.pop() {
+        if !std::mem::replace(&mut seen[b], true) {
+            work.extend_from_slice(&edges[b]);
+        }
+    }
+    seen
+}
+
+/// Groups the memory operands of `region` (compiled with flat DS, ES and SS): an
+/// access is in its base register's group if no path from the region's entry to it
+/// may have written that register, so that the register holds there what it held at
+/// the entry, where the group is checked.
+pub fn plan(region: &Region) -> Plan {
+    let mut f = InstructionInfoFactory::new();
+    let before = written_before(region, &mut f);
+    // Registers some instruction of the region writes, and the blocks on a cycle.
+    let all_written = region
+        .blocks
+        .iter()
+        .flat_map(|b| b.insns.iter())
+        .fold(0u8, |w, d| w | writes(&mut f, &d.insn));
+    let cyclic = on_cycles(region);
     let mut groups: Vec<Group> = Vec::new();
     let mut of_insn = Vec::new();
-    for b in &region.blocks {
+    let mut written_after = Vec::new();
+    for (bi, b) in region.blocks.iter().enumerate() {
         let mut v = vec![None; b.insns.len()];
+        let mut after = vec![0u8; b.insns.len()];
+        let mut written = before[bi];
         for (k, d) in b.insns.iter().enumerate() {
             let i = &d.insn;
+            let was = written;
+            written |= writes(&mut f, i);
+            after[k] = written;
             let has_mem = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory);
             if !has_mem || matches!(kind(i), Kind::Lea | Kind::Nop) {
                 continue;
             }
-            let Some((reg, disp)) = simple_access(i).filter(|a| written & (1 << a.0) == 0) else {
+            // A register the region writes somewhere groups only accesses in loops,
+            // which run many times per check (checks cost about what the look-ups they
+            // replace do: grouping straight-line code made bench.elf 3-5% slower).
+            let member =
+                |r: usize| was & (1 << r) == 0 && (all_written & (1 << r) == 0 || cyclic[bi]);
+            let Some((reg, disp)) = simple_access(i).filter(|a| member(a.0)) else {
                 continue;
             };
             let size = i.memory_size().size() as i64;
@@ -112,6 +189,7 @@ pub fn plan(region: &Region) -> Plan {
             v[k] = Some(g);
         }
         of_insn.push(v);
+        written_after.push(after);
     }
     // One access has nothing to share; a span of a page or more is never on one page.
     let useless: Vec<bool> = groups
@@ -123,7 +201,59 @@ pub fn plan(region: &Region) -> Plan {
             *x = None;
         }
     }
-    Plan { of_insn, groups }
+    Plan {
+        of_insn,
+        groups,
+        written_after,
+    }
+}
+
+/// The head of a loop of `region` to leave out of it, if any: a loop (the blocks on
+/// a cycle through a block other than the entry) with two or more accesses
+/// `[reg + disp]` whose base register no block of the loop writes, but that the code
+/// before the loop may have written. Entered at its head, a region of its own groups
+/// those accesses, checked once per entry into the loop instead of a TLB look-up per
+/// access and iteration.
+pub fn loop_to_split(region: &Region) -> Option<u64> {
+    let n = region.blocks.len();
+    let mut f = InstructionInfoFactory::new();
+    let before = written_before(region, &mut f);
+    let succs: Vec<Vec<usize>> = region.blocks.iter().map(|b| region.successors(b)).collect();
+    let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (b, ss) in succs.iter().enumerate() {
+        for &s in ss {
+            preds[s].push(b);
+        }
+    }
+    for h in 1..n {
+        let (fwd, bwd) = (reach(h, &succs), reach(h, &preds));
+        if !fwd[h] || (fwd[0] && bwd[0]) {
+            continue; // Not on a cycle, or the entry is on it.
+        }
+        let body: Vec<usize> = (0..n).filter(|&b| fwd[b] && bwd[b]).collect();
+        let mut written = 0u8;
+        let mut count = [0u32; 8];
+        for &b in &body {
+            for d in &region.blocks[b].insns {
+                written |= writes(&mut f, &d.insn);
+                let i = &d.insn;
+                let has_mem = (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory);
+                if has_mem && !matches!(kind(i), Kind::Lea | Kind::Nop) {
+                    if let Some((reg, _)) = simple_access(i) {
+                        count[reg] += 1;
+                    }
+                }
+            }
+        }
+        let split = (0..8).any(|r| {
+            let bit = 1u8 << r;
+            count[r] >= 2 && written & bit == 0 && before[h] & bit != 0
+        });
+        if split {
+            return Some(region.blocks[h].eip);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -132,16 +262,70 @@ mod tests {
     use crate::mode::Mode;
     use crate::region::{Entry, PAGE};
 
-    fn region(code: &[u8]) -> Region {
+    fn region_at(code: &[u8], off: usize) -> Region {
         let mut page = vec![0xf4u8; PAGE];
         page[..code.len()].copy_from_slice(code);
         let e = Entry {
-            eip: 0x1000,
-            page_off: 0,
+            eip: 0x1000 + off as u64,
+            page_off: off,
             cs_hi: u32::MAX as u64,
             mode: Mode::FLAT32,
         };
         Region::decode(&page, None, &e, 8)
+    }
+
+    fn region(code: &[u8]) -> Region {
+        region_at(code, 0)
+    }
+
+    /// push ebp; mov ebp,esp; sub esp,8;
+    /// l: mov eax,[ebp-4]; add eax,[ebp-8]; mov [ebp-4],eax; (extra); dec ecx; jnz l;
+    /// mov esp,ebp; pop ebp; ret
+    fn function(extra: &[u8]) -> Vec<u8> {
+        let mut c = vec![0x55, 0x89, 0xe5, 0x83, 0xec, 0x08];
+        c.extend_from_slice(&[0x8b, 0x45, 0xfc, 0x03, 0x45, 0xf8, 0x89, 0x45, 0xfc]);
+        c.extend_from_slice(extra);
+        let back = 6i64 - (c.len() as i64 + 3);
+        c.extend_from_slice(&[0x49, 0x75, back as u8, 0x89, 0xec, 0x5d, 0xc3]);
+        c
+    }
+
+    #[test]
+    fn a_loop_after_a_prologue_is_a_region_of_its_own() {
+        // Entered at the function, the prologue writes EBP: the loop is left out (the
+        // first block runs on into the first iteration, then leaves or returns).
+        let r = region(&function(&[]));
+        assert_eq!(r.blocks.len(), 2, "the first block and the epilogue");
+        assert!(!r.index.contains_key(&0x1006));
+        assert_eq!(loop_to_split(&r), None);
+        // Entered at the loop, its three [ebp-n] accesses form a group, though the
+        // epilogue after the loop writes EBP.
+        let r = region_at(&function(&[]), 6);
+        assert_eq!(r.blocks.len(), 2);
+        let p = plan(&r);
+        assert_eq!(
+            p.groups,
+            [Group {
+                reg: 5,
+                lo: -8,
+                end: 0,
+                write: true,
+                count: 3
+            }]
+        );
+        assert_eq!(p.of_insn[0], [Some(0), Some(0), Some(0), None, None]);
+        // After the epilogue's POP EBP, EBP's group is not checked again.
+        assert_eq!(p.written_after[1][1] & (1 << 5), 1 << 5);
+        assert_eq!(p.written_after[0][4] & (1 << 5), 0);
+    }
+
+    #[test]
+    fn a_loop_that_writes_its_base_stays_in_the_region() {
+        // inc ebp; dec ebp inside the loop: no group to gain.
+        let r = region(&function(&[0x45, 0x4d]));
+        assert_eq!(r.blocks.len(), 3, "prologue, loop and epilogue");
+        assert_eq!(loop_to_split(&r), None);
+        assert!(plan(&r).groups.is_empty());
     }
 
     #[test]

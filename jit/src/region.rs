@@ -238,7 +238,35 @@ pub fn is_loop(i: &Instruction) -> bool {
 impl Region {
     /// Decodes the region entered at `e.eip` from `page`, with at most `max_blocks`
     /// blocks.
+    ///
+    /// A loop whose accesses would form access groups if the region were entered at
+    /// its head, but do not because the code before it writes their base register (a
+    /// function's prologue setting EBP up before the loop), is left out: the region
+    /// leaves to the loop's head, which becomes the entry of a region of its own (see
+    /// `group::loop_to_split`).
     pub fn decode(page: &[u8], next: Option<&[u8]>, e: &Entry, max_blocks: usize) -> Region {
+        let mut stops = Vec::new();
+        let mut r = Region::decode_stopping(page, next, e, max_blocks, &stops);
+        // A few times at most: each split leaves out a loop.
+        while stops.len() < 4 && e.mode.flat {
+            let Some(head) = crate::group::loop_to_split(&r) else {
+                break;
+            };
+            stops.push(head);
+            r = Region::decode_stopping(page, next, e, max_blocks, &stops);
+        }
+        r
+    }
+
+    /// Decodes the region entered at `e.eip`, leaving out the blocks at `stops`
+    /// (branches to them leave the region).
+    fn decode_stopping(
+        page: &[u8],
+        next: Option<&[u8]>,
+        e: &Entry,
+        max_blocks: usize,
+        stops: &[u64],
+    ) -> Region {
         let mut blocks: Vec<GuestBlock> = Vec::new();
         let mut index = HashMap::new();
         let mut work = vec![e.eip];
@@ -263,7 +291,7 @@ impl Region {
             index.insert(eip, blocks.len());
             blocks.push(b);
             for s in succ {
-                if e.offset(s).is_some() && !index.contains_key(&s) {
+                if e.offset(s).is_some() && !index.contains_key(&s) && !stops.contains(&s) {
                     work.push(s);
                 }
             }
@@ -283,6 +311,22 @@ impl Region {
         r.ranges = r.byte_ranges(e);
         r.liveness();
         r
+    }
+
+    /// The blocks of the region that block `b` may go on to (by a branch or by
+    /// falling through).
+    pub fn successors(&self, b: &GuestBlock) -> Vec<usize> {
+        let targets = match b.end {
+            End::Next(n) => [Some(n), None],
+            End::Cond(t, n) => [Some(n), Some(t)],
+            End::Jump(t) => [Some(t), None],
+            End::Dynamic | End::Stop(_) => [None, None],
+        };
+        targets
+            .into_iter()
+            .flatten()
+            .filter_map(|t| self.index.get(&t).copied())
+            .collect()
     }
 
     /// Flag liveness: a flag is live after an instruction if some path reads it before

@@ -189,18 +189,23 @@ fn region_registers(region: &Region) -> (u8, u8) {
     (used, written)
 }
 
-/// Checks every access group of `plan` with the registers' current values, setting
-/// their addends; when a check fails, returns `status` (the state must be complete).
+/// Checks the access groups of `plan` with the registers' current values, setting
+/// their addends, except the groups of the registers in `written` (which have no
+/// accesses left); when a check fails, returns `status` (the state must be complete).
 fn check_groups(
     b: &mut FunctionBuilder<'_>,
     tlb: Value,
     regs: &[Variable; 8],
     plan: &Plan,
     addends: &[Variable],
+    written: u8,
     status: u32,
 ) {
     let mut all = None;
     for (g, &var) in plan.groups.iter().zip(addends) {
+        if written & (1 << g.reg) != 0 {
+            continue;
+        }
         let base = b.use_var(regs[g.reg]);
         let (ok, addend) = check_group(b, tlb, base, g);
         b.def_var(var, addend);
@@ -359,7 +364,7 @@ impl<'a, 'b> Tx<'a, 'b> {
         };
         // Every group's check must pass, else the region splits (see `group`).
         let addends: Vec<Variable> = plan.groups.iter().map(|_| b.declare_var(I64)).collect();
-        check_groups(b, tlb, &regs, &plan, &addends, SPLIT);
+        check_groups(b, tlb, &regs, &plan, &addends, 0, SPLIT);
         let exit = b.create_block();
         b.append_block_param(exit, I64);
         b.append_block_param(exit, I64);
@@ -1155,12 +1160,19 @@ impl<'a, 'b> Tx<'a, 'b> {
         self.reload_regs();
         // The helper may have changed the TLB: the groups are checked again, and the
         // region is left (its state is complete) if one fails.
+        let written = self
+            .plan
+            .written_after
+            .get(self.bi)
+            .and_then(|w| w.get(self.k).copied())
+            .unwrap_or(0);
         check_groups(
             self.b,
             self.tlb,
             &self.regs,
             &self.plan,
             &self.addends,
+            written,
             CHECK,
         );
         self.b.ins().jump(cont, &[]);
