@@ -389,9 +389,10 @@ impl Compiler {
         if dump {
             ctx.set_disasm(true);
             eprintln!(
-                "region {:#x} ({} blocks):\n{}",
+                "region {:#x} ({} blocks):\n{}{}",
                 req.phys,
                 region.blocks.len(),
+                guest_listing(region),
                 ctx.func.display()
             );
         }
@@ -464,6 +465,22 @@ impl Compiler {
             loaded,
         })
     }
+}
+
+/// The guest instructions of `region`, block by block (for `OX86_JIT_DUMP`).
+fn guest_listing(region: &Region) -> String {
+    use iced_x86::Formatter;
+    let mut f = iced_x86::IntelFormatter::new();
+    let mut s = String::new();
+    for (k, b) in region.blocks.iter().enumerate() {
+        s += &format!("guest block {k} ({:?}):\n", b.end);
+        for d in &b.insns {
+            let mut text = String::new();
+            f.format(&d.insn, &mut text);
+            s += &format!("    {:08x}  {text}\n", d.insn.ip());
+        }
+    }
+    s
 }
 
 /// The shape of `region`, as the translation cache checks it.
