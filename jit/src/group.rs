@@ -156,8 +156,9 @@ pub fn plan(region: &Region) -> Plan {
                 continue;
             }
             // A register the region writes somewhere groups only accesses in loops,
-            // which run many times per check (checks cost about what the look-ups they
-            // replace do: grouping straight-line code made bench.elf 3-5% slower).
+            // which run many times per check: a check costs about what two TLB look-ups
+            // do, so straight-line code gains little (in one set of runs, grouping it
+            // too made bench.elf 3-5% slower; in others, no difference).
             let member =
                 |r: usize| was & (1 << r) == 0 && (all_written & (1 << r) == 0 || cyclic[bi]);
             let Some((reg, disp)) = simple_access(i).filter(|a| member(a.0)) else {
