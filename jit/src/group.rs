@@ -64,8 +64,68 @@ fn simple_access(i: &iced_x86::Instruction) -> Option<(usize, i64)> {
     ok.then(|| (reg, i64::from(i.memory_displacement32() as i32)))
 }
 
-/// The general registers (a bit each, EAX..EDI) instruction `i` writes or may write.
-fn writes(f: &mut InstructionInfoFactory, i: &iced_x86::Instruction) -> u8 {
+/// The memory operand of `i` an access group can hold (see [`simple_access`]), if
+/// `i` accesses memory through it (LEA and hinting NOPs do not).
+fn groupable(i: &iced_x86::Instruction) -> Option<(usize, i64)> {
+    let has_mem = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory);
+    if !has_mem || matches!(kind(i), Kind::Lea | Kind::Nop) {
+        return None;
+    }
+    simple_access(i)
+}
+
+/// What the data-flow passes over a region need, computed once: the general
+/// registers (a bit each, EAX..EDI) each instruction writes or may write, and each
+/// block's successors in the region.
+struct Flow {
+    writes: Vec<Vec<u8>>,
+    succs: Vec<Vec<usize>>,
+}
+
+impl Flow {
+    fn of(region: &Region, f: &mut InstructionInfoFactory) -> Flow {
+        let writes = region
+            .blocks
+            .iter()
+            .map(|b| b.insns.iter().map(|d| insn_writes(f, &d.insn)).collect())
+            .collect();
+        let succs = region.blocks.iter().map(|b| region.successors(b)).collect();
+        Flow { writes, succs }
+    }
+
+    /// The registers block `b` writes.
+    fn block_writes(&self, b: usize) -> u8 {
+        self.writes[b].iter().fold(0, |w, x| w | x)
+    }
+
+    /// For each block, the registers that some path from the region's entry may have
+    /// written before the block starts (the entry's own: what its predecessors inside
+    /// the region write, as the entry can be reached again by a backward edge).
+    fn written_before(&self) -> Vec<u8> {
+        let own: Vec<u8> = (0..self.succs.len())
+            .map(|b| self.block_writes(b))
+            .collect();
+        let mut inp = vec![0u8; self.succs.len()];
+        loop {
+            let mut changed = false;
+            for (b, ss) in self.succs.iter().enumerate() {
+                let out = inp[b] | own[b];
+                for &s in ss {
+                    if inp[s] | out != inp[s] {
+                        inp[s] |= out;
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                return inp;
+            }
+        }
+    }
+}
+
+/// The general registers instruction `i` writes or may write.
+fn insn_writes(f: &mut InstructionInfoFactory, i: &iced_x86::Instruction) -> u8 {
     let mut w = 0u8;
     for u in f.info(i).used_registers() {
         if matches!(u.access(), OpAccess::Read | OpAccess::CondRead) {
@@ -76,41 +136,6 @@ fn writes(f: &mut InstructionInfoFactory, i: &iced_x86::Instruction) -> u8 {
         }
     }
     w
-}
-
-/// For each block of `region`, the registers that some path from the region's entry
-/// may have written before the block starts (the entry's own: what its predecessors
-/// inside the region write, as the entry can be reached again by a backward edge).
-pub fn written_before(region: &Region, f: &mut InstructionInfoFactory) -> Vec<u8> {
-    let n = region.blocks.len();
-    let out_own: Vec<u8> = region
-        .blocks
-        .iter()
-        .map(|b| b.insns.iter().fold(0, |w, d| w | writes(f, &d.insn)))
-        .collect();
-    let succs: Vec<Vec<usize>> = region.blocks.iter().map(|b| region.successors(b)).collect();
-    let mut inp = vec![0u8; n];
-    loop {
-        let mut changed = false;
-        for (b, ss) in succs.iter().enumerate() {
-            let out = inp[b] | out_own[b];
-            for &s in ss {
-                if inp[s] | out != inp[s] {
-                    inp[s] |= out;
-                    changed = true;
-                }
-            }
-        }
-        if !changed {
-            return inp;
-        }
-    }
-}
-
-/// For each block of `region`, whether it lies on a cycle of the region's blocks.
-fn on_cycles(region: &Region) -> Vec<bool> {
-    let succs: Vec<Vec<usize>> = region.blocks.iter().map(|b| region.successors(b)).collect();
-    (0..succs.len()).map(|h| reach(h, &succs)[h]).collect()
 }
 
 /// The blocks reachable from block `h` along `edges` (`h` itself only if on a cycle).
@@ -131,14 +156,13 @@ fn reach(h: usize, edges: &[Vec<usize>]) -> Vec<bool> {
 /// the entry, where the group is checked.
 pub fn plan(region: &Region) -> Plan {
     let mut f = InstructionInfoFactory::new();
-    let before = written_before(region, &mut f);
+    let flow = Flow::of(region, &mut f);
+    let before = flow.written_before();
     // Registers some instruction of the region writes, and the blocks on a cycle.
-    let all_written = region
-        .blocks
-        .iter()
-        .flat_map(|b| b.insns.iter())
-        .fold(0u8, |w, d| w | writes(&mut f, &d.insn));
-    let cyclic = on_cycles(region);
+    let all_written = (0..region.blocks.len()).fold(0u8, |w, b| w | flow.block_writes(b));
+    let cyclic: Vec<bool> = (0..region.blocks.len())
+        .map(|h| reach(h, &flow.succs)[h])
+        .collect();
     let mut groups: Vec<Group> = Vec::new();
     let mut of_insn = Vec::new();
     let mut written_after = Vec::new();
@@ -149,19 +173,15 @@ pub fn plan(region: &Region) -> Plan {
         for (k, d) in b.insns.iter().enumerate() {
             let i = &d.insn;
             let was = written;
-            written |= writes(&mut f, i);
+            written |= flow.writes[bi][k];
             after[k] = written;
-            let has_mem = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory);
-            if !has_mem || matches!(kind(i), Kind::Lea | Kind::Nop) {
-                continue;
-            }
             // A register the region writes somewhere groups only accesses in loops,
             // which run many times per check: a check costs about what two TLB look-ups
             // do, so straight-line code gains little (in one set of runs, grouping it
             // too made bench.elf 3-5% slower; in others, no difference).
             let member =
                 |r: usize| was & (1 << r) == 0 && (all_written & (1 << r) == 0 || cyclic[bi]);
-            let Some((reg, disp)) = simple_access(i).filter(|a| member(a.0)) else {
+            let Some((reg, disp)) = groupable(i).filter(|a| member(a.0)) else {
                 continue;
             };
             let size = i.memory_size().size() as i64;
@@ -217,9 +237,9 @@ pub fn plan(region: &Region) -> Plan {
 /// access and iteration.
 pub fn loop_to_split(region: &Region) -> Option<u64> {
     let n = region.blocks.len();
-    let mut f = InstructionInfoFactory::new();
-    let before = written_before(region, &mut f);
-    let succs: Vec<Vec<usize>> = region.blocks.iter().map(|b| region.successors(b)).collect();
+    let flow = Flow::of(region, &mut InstructionInfoFactory::new());
+    let before = flow.written_before();
+    let succs = &flow.succs;
     let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (b, ss) in succs.iter().enumerate() {
         for &s in ss {
@@ -227,7 +247,7 @@ pub fn loop_to_split(region: &Region) -> Option<u64> {
         }
     }
     for h in 1..n {
-        let (fwd, bwd) = (reach(h, &succs), reach(h, &preds));
+        let (fwd, bwd) = (reach(h, succs), reach(h, &preds));
         if !fwd[h] || (fwd[0] && bwd[0]) {
             continue; // Not on a cycle, or the entry is on it.
         }
@@ -235,14 +255,10 @@ pub fn loop_to_split(region: &Region) -> Option<u64> {
         let mut written = 0u8;
         let mut count = [0u32; 8];
         for &b in &body {
+            written |= flow.block_writes(b);
             for d in &region.blocks[b].insns {
-                written |= writes(&mut f, &d.insn);
-                let i = &d.insn;
-                let has_mem = (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory);
-                if has_mem && !matches!(kind(i), Kind::Lea | Kind::Nop) {
-                    if let Some((reg, _)) = simple_access(i) {
-                        count[reg] += 1;
-                    }
+                if let Some((reg, _)) = groupable(&d.insn) {
+                    count[reg] += 1;
                 }
             }
         }

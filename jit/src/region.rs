@@ -314,13 +314,13 @@ impl Region {
     }
 
     /// The blocks of the region that block `b` may go on to (by a branch or by
-    /// falling through).
+    /// falling through; a block that stops goes on to its end's block if the region
+    /// has one, as the translation does).
     pub fn successors(&self, b: &GuestBlock) -> Vec<usize> {
         let targets = match b.end {
-            End::Next(n) => [Some(n), None],
+            End::Next(n) | End::Stop(n) | End::Jump(n) => [Some(n), None],
             End::Cond(t, n) => [Some(n), Some(t)],
-            End::Jump(t) => [Some(t), None],
-            End::Dynamic | End::Stop(_) => [None, None],
+            End::Dynamic => [None, None],
         };
         targets
             .into_iter()

@@ -150,15 +150,8 @@ fn region_preds(region: &Region) -> Vec<u32> {
     let mut n = vec![0u32; region.blocks.len()];
     n[0] = 1;
     for b in &region.blocks {
-        let succ: &[u64] = match &b.end {
-            End::Next(t) | End::Stop(t) | End::Jump(t) => &[*t][..],
-            End::Cond(t, f) => &[*t, *f][..],
-            End::Dynamic => &[][..],
-        };
-        for t in succ {
-            if let Some(&k) = region.index.get(t) {
-                n[k] += 1;
-            }
+        for k in region.successors(b) {
+            n[k] += 1;
         }
     }
     n
