@@ -87,6 +87,8 @@ pub struct AccelStats {
     pub regions_compiled: u64,
     /// Regions compiled again, optimised, because they ran many instructions.
     pub regions_optimized: u64,
+    /// ... of which were optimised by an idle compiler (see the JIT's `background`).
+    pub regions_background: u64,
     /// Regions whose code came from the translation cache on disk.
     pub regions_loaded: u64,
     /// Total time of loading regions from the translation cache, in nanoseconds.

@@ -236,12 +236,14 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
         );
         if let Some(j) = &s.jit {
             eprintln!(
-                "ox86 jit: {:.1}% of instructions in compiled code ({} entries from the dispatcher, {} by chaining); {} regions compiled ({} of them again, optimised; {} failed, {} stale), compile time {:.3} s, median {} us per region; {} loaded from the translation cache in {:.3} s ({} bad entries dropped); {} invalidations, {} generations freed, {} regions live ({} KiB of code)",
+                "ox86 jit: {:.1}% of instructions in compiled code ({} interpreted; {} entries from the dispatcher, {} by chaining); {} regions compiled ({} of them again, optimised, {} of those by the idle compiler; {} failed, {} stale), compile time {:.3} s, median {} us per region; {} loaded from the translation cache in {:.3} s ({} bad entries dropped); {} invalidations, {} generations freed, {} regions live ({} KiB of code)",
                 100.0 * j.compiled_insns as f64 / (s.instructions.max(1)) as f64,
+                s.instructions.saturating_sub(j.compiled_insns),
                 j.entries,
                 j.chained,
                 j.regions_compiled,
                 j.regions_optimized,
+                j.regions_background,
                 j.compile_failures,
                 j.stale,
                 j.compile_ns as f64 / 1e9,

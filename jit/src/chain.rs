@@ -33,6 +33,9 @@ pub const CHAIN_SLOTS: usize = 4096;
 const MAX_CONTEXTS: usize = 1 << 16;
 /// Tag of an empty slot: no (context, EIP) pair has it.
 const EMPTY_TAG: u64 = u64::MAX;
+/// Tag of a slot emptied by `remove`, still in `filled` (no pair has it either:
+/// contexts are below `MAX_CONTEXTS`).
+const REMOVED_TAG: u64 = u64::MAX - 1;
 
 /// One slot: compiled code compares `tag`, checks that the TLB maps the target's page
 /// to `frame`, and tail-calls `func`. `#[repr(C)]`: compiled code reads the fields at
@@ -129,6 +132,15 @@ impl ChainTable {
             frame,
             _pad: 0,
         };
+    }
+
+    /// Makes entry `eip` in context `id` chain nowhere (its region is gone).
+    pub fn remove(&mut self, id: u32, eip: u64) {
+        let slot = &mut self.slots[slot_index(eip)];
+        if slot.tag == tag(id, eip) {
+            // Still in `filled`, so not EMPTY_TAG (which `insert` would add again).
+            slot.tag = REMOVED_TAG;
+        }
     }
 
     /// Empties the table.
@@ -228,6 +240,11 @@ mod tests {
         t.insert(b, 0x1234, 2, 0x5000); // same slot, other context: replaces
         t.insert(a, 0xc000_0000, 3, 0x6000);
         assert_eq!(t.slots[slot_index(0x1234)].tag, tag(b, 0x1234));
+        t.remove(a, 0x1234); // not there: the slot holds b's entry
+        assert_eq!(t.slots[slot_index(0x1234)].tag, tag(b, 0x1234));
+        t.remove(b, 0x1234);
+        assert_eq!(t.slots[slot_index(0x1234)].tag, REMOVED_TAG);
+        t.insert(b, 0x1234, 2, 0x5000);
         assert_eq!(t.filled.len(), 2);
         t.flush();
         assert!(t.slots.iter().all(|s| s.tag == EMPTY_TAG));

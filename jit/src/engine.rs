@@ -16,6 +16,7 @@ use ox86_cpu::{Accel, AccelHint, AccelRun, AccelStats, CpuState, Exec};
 use ox86_mmu::paging::Access;
 use ox86_mmu::{PhysAddr, Region as MemRegion, PAGE_MASK};
 
+use crate::background::Background;
 use crate::chain::{ChainTable, Trampoline};
 use crate::compiler::{new_isa, CompileError, Compiled, Compiler, Request};
 use crate::diskcache::{self, Index};
@@ -149,6 +150,8 @@ struct Pending {
     cache_only: bool,
     /// The CS limit of the request (to ask again).
     cs_hi: u64,
+    /// An optimisation asked for by an idle compiler (see `background`).
+    background: bool,
 }
 
 /// The JIT of one CPU.
@@ -182,6 +185,9 @@ pub struct Jit {
     /// The way into compiled code (None: Cranelift cannot generate code here).
     enter: Option<Trampoline>,
     ctx: Box<JitCtx>,
+    /// Optimisation while the compiler is idle: with a compiler thread, a translation
+    /// cache, and a core for each thread.
+    background: Option<Background>,
 }
 
 impl std::fmt::Debug for Jit {
@@ -221,6 +227,7 @@ impl Jit {
             }
         };
         let mut cache_index = Index::new();
+        let mut background = None;
         let worker = if config.inline_compile {
             let c = new_compiler();
             cache_index = c.cache_index();
@@ -241,6 +248,14 @@ impl Jit {
                 .ok();
             if handle.is_some() {
                 cache_index = index_rx.recv().unwrap_or_default();
+            }
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if handle.is_some()
+                && config.cache.is_some()
+                && cores >= 2
+                && config.optimize_after != u64::MAX
+            {
+                background = Some(Background::default());
             }
             Worker::Thread {
                 tx: Some(tx),
@@ -289,6 +304,7 @@ impl Jit {
             }),
             chain,
             enter,
+            background,
             compile_times: Vec::new(),
         }
     }
@@ -340,9 +356,21 @@ impl Jit {
             Ok(c) => {
                 // Code the compiler thread wrote: fetch nothing prefetched before.
                 crate::codemem::sync_fetch();
-                self.install(ex, key, c)
+                let compiled = !c.loaded;
+                let id = self.install(ex, key, c);
+                if p.background && compiled && id.is_some() {
+                    self.stats.regions_background += 1;
+                }
+                id
             }
             Err(e) if e.not_cached => {
+                if p.cache_only && tier > 0 && self.cached_tiers(&key) & 1 != 0 {
+                    // The optimised code of another region at this entry (another
+                    // program's code at the same address): the quick code, if this
+                    // region's is there.
+                    self.ask(ex, key, p.cs_hi, 0, CACHED_HEAT, true);
+                    return;
+                }
                 if !p.cache_only {
                     // Wanted compiled meanwhile (see `ask`).
                     if let Some(c) = p.cell {
@@ -477,11 +505,8 @@ impl Jit {
             if !c.loaded {
                 self.stats.regions_optimized += 1;
             }
-            if !same.is_empty() {
-                for id in same {
-                    self.remove(id);
-                }
-                self.flush_jump();
+            for id in same {
+                self.replace_out(id);
             }
         }
         let first_len = c.region.blocks[0].insns.len() as u64;
@@ -621,6 +646,7 @@ impl Jit {
                 cell,
                 cache_only,
                 cs_hi,
+                background: false,
             },
         );
         if cache_only {
@@ -687,6 +713,65 @@ impl Jit {
         }
     }
 
+    /// While the compiler has nothing to do: asks for the optimised compilation of the
+    /// quick region that has run most (see `background`).
+    fn optimize_idle(&mut self, ex: &mut Exec<'_>) {
+        let Some(mut bg) = self.background.take() else {
+            return;
+        };
+        let start = self.config.optimize_after.min(i64::MAX as u64) as i64;
+        while let Some(id) = bg.next(ex.s.icount, || self.candidates(start)) {
+            let Some(r) = self.regions[id as usize].as_ref() else {
+                continue;
+            };
+            if r.tier != 0 || r.optimizing {
+                continue;
+            }
+            let (key, cs_hi) = (r.key, r.cs_hi);
+            if self.request(ex, key, cs_hi, 1, 0) {
+                if let Some(r) = self.regions[id as usize].as_mut() {
+                    r.optimizing = true;
+                }
+                if let Some(p) = self.pending.get_mut(&(key, 1)) {
+                    p.background = true;
+                }
+            }
+            break;
+        }
+        self.background = Some(bg);
+    }
+
+    /// The quick regions not yet asked for optimised, with the instructions each has
+    /// run (counted by its heat counter, or by the dispatcher for one without).
+    fn candidates(&self, start: i64) -> Vec<(u64, u32)> {
+        self.regions
+            .iter()
+            .enumerate()
+            .filter_map(|(id, r)| {
+                let r = r.as_ref()?;
+                if r.tier != 0 || r.optimizing {
+                    return None;
+                }
+                let ran = match r.heat {
+                    Some(c) => start.saturating_sub(self.heat.get(c)).max(0) as u64,
+                    None => r.insns,
+                };
+                Some((ran, id as u32))
+            })
+            .collect()
+    }
+
+    /// The tiers the translation cache had for region `key`'s entry when the JIT
+    /// started (bit `t` for tier `t`).
+    fn cached_tiers(&self, key: &Key) -> u8 {
+        let entry = diskcache::Entry {
+            eip: key.eip as u32,
+            cs_base: key.cs_base as u32,
+            mode: key.mode.bits(),
+        };
+        self.cache_index.get(&entry).copied().unwrap_or(0)
+    }
+
     /// Adds `heat` to the queued request of region `key` at `tier`, if there is one.
     fn warm(&self, key: Key, tier: u8, heat: u64) {
         if let Worker::Thread { queue, .. } = &self.worker {
@@ -720,6 +805,23 @@ impl Jit {
         }
         self.free.push(id);
         self.live -= 1;
+    }
+
+    /// Removes region `id`, which a region for the same entry replaces. Only the chain
+    /// table's slot and the jump cache's slot of that entry can lead to it (they are
+    /// filled for the entry's EIP and linear address): they are emptied, and nothing
+    /// else needs to be flushed.
+    fn replace_out(&mut self, id: u32) {
+        if let Some(r) = self.regions[id as usize].as_ref() {
+            if let Some(c) = r.chain {
+                self.chain.remove(c, r.key.eip);
+            }
+            let j = jump_index(r.key.cs_base.wrapping_add(r.key.eip) & 0xffff_ffff);
+            if self.jump[j].region == id {
+                self.jump[j] = EMPTY;
+            }
+        }
+        self.remove(id);
     }
 
     fn retire_below(&mut self, gen: u32) {
@@ -937,6 +1039,9 @@ impl Accel for Jit {
         if !self.pending.is_empty() {
             self.poll(ex);
         }
+        if self.pending.is_empty() && self.background.is_some() {
+            self.optimize_idle(ex);
+        }
         if self.live == 0 {
             return AccelRun::NotRun;
         }
@@ -1108,11 +1213,18 @@ impl Accel for Jit {
             cs_base: b.cs_base as u32,
             mode: mode.bits(),
         };
-        if !self.cache_index.contains_key(&entry) {
+        let Some(&tiers) = self.cache_index.get(&entry) else {
             return;
-        }
+        };
+        // The optimised code if the cache has it for this entry (without access groups
+        // if it was compiled so: see `SPLIT_LIMIT`), else the quick code.
+        let tier = match tiers {
+            t if t & 4 != 0 => 2,
+            t if t & 2 != 0 => 1,
+            _ => 0,
+        };
         if let Some((key, cs_hi)) = self.wanted(ex, id) {
-            self.ask(ex, key, cs_hi, 0, CACHED_HEAT, true);
+            self.ask(ex, key, cs_hi, tier, CACHED_HEAT, true);
         }
     }
 
@@ -1121,6 +1233,11 @@ impl Accel for Jit {
             return;
         };
         let tier = u8::from(self.config.optimize_after == 0);
+        if tier == 0 && self.pending.get(&(key, 1)).is_some_and(|p| p.cache_only) {
+            // Its optimised code is on its way from the translation cache (see `seen`;
+            // those requests go first).
+            return;
+        }
         // The instructions run in the interpreter since the last call.
         let heat = ex.blocks.get(id).insns.len() as u64 * self.hot_threshold();
         self.request(ex, key, cs_hi, tier, heat);

@@ -61,6 +61,11 @@ impl HeatCounters {
             .filter(|&id| id != u32::MAX)
     }
 
+    /// The value of cell `c`.
+    pub fn get(&self, c: u32) -> i64 {
+        self.cells[c as usize]
+    }
+
     /// Sets cell `c` to `value`.
     pub fn set(&mut self, c: u32, value: i64) {
         self.cells[c as usize] = value;

@@ -17,6 +17,7 @@
 //!   own runs (`heat`), so that they too are entered by chaining.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod background;
 mod chain;
 mod codemem;
 mod compiler;

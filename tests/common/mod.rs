@@ -102,26 +102,42 @@ pub fn run_ox86_input(args: &[&str], input: Option<&[u8]>, timeout: Duration) ->
         w.flush().expect("flush stdin");
         w
     });
+    // Read as the child writes, so that it never blocks on a full pipe.
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as Box<_>));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as Box<_>));
     let timeout = timeout * time_scale();
     let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            break;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
+            let _ = child.wait();
             panic!(
                 "ox86 {:?} timed out after {:?}\nstdout:\n{}\nstderr:\n{}",
                 args,
                 timeout,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&out.join().unwrap_or_default()),
+                String::from_utf8_lossy(&err.join().unwrap_or_default())
             );
         }
         std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
-    child.wait_with_output().expect("output")
 }
 
 /// Serial text with carriage returns removed.
