@@ -727,6 +727,15 @@ impl Jit {
             if r.tier != 0 || r.optimizing {
                 continue;
             }
+            // A region with instructions across its page end is compiled with the
+            // next page as it is mapped now, maybe in another process: only where that
+            // is the page it was compiled with (else the optimised code could not run
+            // where the quick code did, and would keep it from being compiled again).
+            if r.next
+                .is_some_and(|(f, _)| next_page(ex, &r.key) != Some(f))
+            {
+                continue;
+            }
             let (key, cs_hi) = (r.key, r.cs_hi);
             if self.request(ex, key, cs_hi, 1, 0) {
                 if let Some(r) = self.regions[id as usize].as_mut() {
