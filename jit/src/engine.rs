@@ -364,7 +364,10 @@ impl Jit {
                 id
             }
             Err(e) if e.not_cached => {
-                if p.cache_only && tier > 0 && self.cached_tiers(&key) & 1 != 0 {
+                if p.cache_only
+                    && tier > 0
+                    && self.cached_tiers(key.eip, key.cs_base, key.mode) & 1 != 0
+                {
                     // The optimised code of another region at this entry (another
                     // program's code at the same address): the quick code, if this
                     // region's is there.
@@ -770,13 +773,13 @@ impl Jit {
             .collect()
     }
 
-    /// The tiers the translation cache had for region `key`'s entry when the JIT
-    /// started (bit `t` for tier `t`).
-    fn cached_tiers(&self, key: &Key) -> u8 {
+    /// The tiers the translation cache had for the entry at `eip`, CS base `cs_base`
+    /// and `mode` when the JIT started (bit `t` for tier `t`; 0: none).
+    fn cached_tiers(&self, eip: u64, cs_base: u64, mode: Mode) -> u8 {
         let entry = diskcache::Entry {
-            eip: key.eip as u32,
-            cs_base: key.cs_base as u32,
-            mode: key.mode.bits(),
+            eip: eip as u32,
+            cs_base: cs_base as u32,
+            mode: mode.bits(),
         };
         self.cache_index.get(&entry).copied().unwrap_or(0)
     }
@@ -1217,17 +1220,10 @@ impl Accel for Jit {
         let Some(mode) = Mode::of(ex.s) else {
             return;
         };
-        let entry = diskcache::Entry {
-            eip: b.eip as u32,
-            cs_base: b.cs_base as u32,
-            mode: mode.bits(),
-        };
-        let Some(&tiers) = self.cache_index.get(&entry) else {
-            return;
-        };
         // The optimised code if the cache has it for this entry (without access groups
         // if it was compiled so: see `SPLIT_LIMIT`), else the quick code.
-        let tier = match tiers {
+        let tier = match self.cached_tiers(b.eip, b.cs_base, mode) {
+            0 => return,
             t if t & 4 != 0 => 2,
             t if t & 2 != 0 => 1,
             _ => 0,
@@ -1242,7 +1238,8 @@ impl Accel for Jit {
             return;
         };
         let tier = u8::from(self.config.optimize_after == 0);
-        if tier == 0 && self.pending.get(&(key, 1)).is_some_and(|p| p.cache_only) {
+        let loading = |t: u8| self.pending.get(&(key, t)).is_some_and(|p| p.cache_only);
+        if tier == 0 && (loading(1) || loading(2)) {
             // Its optimised code is on its way from the translation cache (see `seen`;
             // those requests go first).
             return;
