@@ -1,8 +1,10 @@
 //! Building a [`Machine`] in small steps.
 
 use crate::clock::ClockMode;
+use crate::digest::{Digest, PeriodicDigest};
 use crate::error::MachineError;
 use crate::machine::{Guest, Machine, SerialOut};
+use crate::rtc::{RtcBase, ICOUNT_RTC_BASE};
 use ox86_jit::JitConfig;
 
 /// Builds a [`Machine`].
@@ -16,6 +18,8 @@ pub struct MachineBuilder {
     clock: ClockMode,
     jit: Option<JitConfig>,
     lockstep: bool,
+    rtc: Option<RtcBase>,
+    hash_every: Option<PeriodicDigest>,
 }
 
 impl Default for MachineBuilder {
@@ -36,6 +40,8 @@ impl MachineBuilder {
             clock: ClockMode::Realtime,
             jit: Some(JitConfig::default()),
             lockstep: false,
+            rtc: None,
+            hash_every: None,
         }
     }
 
@@ -96,6 +102,24 @@ impl MachineBuilder {
         self
     }
 
+    /// Where the RTC's time starts. The default is the host's time in UTC, or under
+    /// icount (and lockstep) a fixed date ([`ICOUNT_RTC_BASE`]), so that runs repeat.
+    pub fn rtc(mut self, base: RtcBase) -> Self {
+        self.rtc = Some(base);
+        self
+    }
+
+    /// Hands `out` the machine's digests at every multiple of `n` instructions (runs
+    /// then stop at each, which costs a little speed; the digest of RAM costs about a
+    /// millisecond per 64 MiB). `n` must be at least 1.
+    pub fn hash_every(mut self, n: u64, out: impl FnMut(&Digest) + Send + 'static) -> Self {
+        self.hash_every = Some(PeriodicDigest {
+            every: n.max(1),
+            out: Box::new(out),
+        });
+        self
+    }
+
     /// Boot the built-in demo guest.
     pub fn demo(mut self) -> Self {
         self.guest = Some(Guest::Demo);
@@ -105,14 +129,19 @@ impl MachineBuilder {
     /// Creates the machine and loads its guest.
     pub fn build(self) -> Result<Machine, MachineError> {
         let guest = self.guest.ok_or(MachineError::NoGuest)?;
-        let rtc_start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         let clock = match (self.lockstep, self.clock) {
             (true, ClockMode::Realtime) => ClockMode::Icount { shift: 0 },
             (_, c) => c,
         };
+        let rtc = self.rtc.unwrap_or(match clock {
+            ClockMode::Realtime => RtcBase::Utc,
+            ClockMode::Icount { .. } => RtcBase::At(ICOUNT_RTC_BASE),
+        });
+        let host_utc = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let rtc_start = rtc.start_secs(host_utc);
         let shadow = if self.lockstep {
             Some(Box::new(Machine::new(
                 self.ram,
@@ -143,6 +172,7 @@ impl MachineBuilder {
             rtc_start,
         )?;
         m.shadow = shadow;
+        m.hash_every = self.hash_every;
         Ok(m)
     }
 }

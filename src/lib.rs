@@ -5,13 +5,17 @@
 mod builder;
 mod bus;
 pub mod clock;
+pub mod digest;
 mod error;
 mod lockstep;
 mod machine;
+pub mod rtc;
 
 pub use builder::MachineBuilder;
+pub use digest::Digest;
 pub use error::MachineError;
 pub use machine::{ExitReason, Guest, Machine, MachineStats, SerialOut};
+pub use rtc::RtcBase;
 
 pub use ox86_bios as bios;
 pub use ox86_cpu as cpu;

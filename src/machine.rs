@@ -18,6 +18,7 @@ use ox86_mmu::{Memory, PhysAddr};
 
 use crate::bus::MachineBus;
 use crate::clock::{Clock, ClockMode};
+use crate::digest::{Digest, PeriodicDigest};
 use crate::error::MachineError;
 
 /// Where the guest's COM1 output goes.
@@ -104,6 +105,10 @@ pub struct Machine {
     pub(crate) quit: Arc<AtomicBool>,
     pub(crate) no_reboot: bool,
     pub(crate) max_insns: Option<u64>,
+    /// Digests every this many instructions (`--hash-every`), and where they go.
+    pub(crate) hash_every: Option<PeriodicDigest>,
+    /// The instruction count of the last periodic digest.
+    pub(crate) hashed_at: u64,
     /// The interpreter-only twin of a lockstep run.
     pub(crate) shadow: Option<Box<Machine>>,
 }
@@ -155,6 +160,8 @@ impl Machine {
             quit,
             no_reboot,
             max_insns,
+            hash_every: None,
+            hashed_at: 0,
             shadow: None,
         };
         m.load_guest()?;
@@ -213,6 +220,12 @@ impl Machine {
             drop(shadow.cpu.accel.take());
         }
         std::mem::forget(self);
+    }
+
+    /// The digests of the machine's state now (CPU and FPU, devices, RAM): equal for
+    /// two runs that reached the same state.
+    pub fn digest(&self) -> Digest {
+        Digest::of(&self.cpu.state, &self.bus.platform.state_bytes(), &self.mem)
     }
 
     /// The CPU (for inspection).
@@ -281,6 +294,17 @@ impl Machine {
             ClockMode::Icount { .. } => self.bus.platform.next_event_ns(),
         };
         let mut budget = self.bus.clock.slice_budget(icount, next);
+        if let Some(every) = self.hash_every.as_ref().map(|h| h.every) {
+            // Slices end at each multiple, where the digest is taken.
+            if icount.is_multiple_of(every) && icount > 0 && self.hashed_at != icount {
+                self.hashed_at = icount;
+                let d = self.digest();
+                if let Some(h) = self.hash_every.as_mut() {
+                    (h.out)(&d);
+                }
+            }
+            budget = budget.min(every - icount % every);
+        }
         if let Some(max) = self.max_insns {
             let left = max.saturating_sub(icount);
             if left == 0 {

@@ -75,7 +75,68 @@ fn bad_input_gets_one_clear_line() {
     assert_one_line_error(&["run", "--initrd", &p(&junk)], "--initrd needs --kernel");
     assert_one_line_error(&["run", "--jit-cache", &p(&junk)], "not a directory");
     assert_one_line_error(&["run", "--jit-cache-size", "lots"], "--jit-cache-size");
+    assert_one_line_error(&["run", "--rtc", "base=yesterday"], "bad RTC base");
+    assert_one_line_error(&["run", "--rtc", "base=2023-02-29"], "bad RTC base");
+    assert_one_line_error(&["run", "--rtc", "clock=host"], "bad --rtc");
+    assert_one_line_error(&["run", "--hash-every", "0"], "--hash-every");
+    assert_one_line_error(&["run", "--hash-every", "often"], "invalid value");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The digest lines of a run's standard error.
+fn digests(err: &str) -> Vec<&str> {
+    err.lines()
+        .filter(|l| l.starts_with("ox86 digest: "))
+        .collect()
+}
+
+#[test]
+fn icount_digests_repeat_and_follow_the_state() {
+    let args = [
+        "run",
+        "--serial",
+        "none",
+        "--icount",
+        "--stats",
+        "--hash-every",
+        "5000",
+    ];
+    let run = |extra: &[&str]| {
+        let all: Vec<&str> = args.iter().chain(extra).copied().collect();
+        let out = run_ox86(&all, Duration::from_secs(60));
+        // 1: the demo ends so (isa-debug-exit); 3: the instruction limit.
+        assert!(
+            matches!(out.status.code(), Some(1 | 3)),
+            "{}",
+            text(&out.stderr)
+        );
+        text(&out.stderr)
+    };
+    let (a, b, c) = (run(&[]), run(&["--interp"]), run(&["--max-insns", "20000"]));
+    let (da, db, dc) = (digests(&a), digests(&b), digests(&c));
+    // Every 5000 instructions of the demo's 33,504, then --stats's at the end.
+    assert_eq!(da.len(), 7, "{a}");
+    assert!(da[0].ends_with("at instruction 5000"), "{a}");
+    assert_eq!(
+        da, db,
+        "the JIT and the interpreter went through other states"
+    );
+    // Stopped at 20,000: the same four digests, then a final one of its own.
+    assert_eq!(dc.len(), 5, "{c}");
+    assert_eq!(dc[..4], da[..4]);
+    assert!(
+        dc[4].ends_with("at instruction 20000") && dc[4] == dc[3],
+        "{c}"
+    );
+    // The instruction count is in every digest; the demo also writes memory.
+    let whole: std::collections::HashSet<&str> = da.iter().map(|d| &d[13..45]).collect();
+    assert_eq!(whole.len(), da.len(), "{a}");
+    let ram: std::collections::HashSet<&str> = da
+        .iter()
+        .filter_map(|d| d.split("ram ").nth(1))
+        .map(|r| &r[..16])
+        .collect();
+    assert!(ram.len() > 1, "RAM never changed? {a}");
 }
 
 #[test]

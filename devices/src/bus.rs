@@ -30,6 +30,11 @@ pub trait BusDevice: Send {
     fn next_event_ns(&self) -> Option<u64> {
         None
     }
+    /// The device's state as bytes, for the machine's digest (none by default: such a
+    /// device is left out of it).
+    fn state(&self) -> Vec<u8> {
+        Vec::new()
+    }
 }
 
 /// Index of a device in a device table.

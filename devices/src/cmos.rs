@@ -102,7 +102,7 @@ pub struct MemoryLayout {
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -172,9 +172,10 @@ impl Fields {
 }
 
 /// The RTC and CMOS RAM.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct Cmos {
     /// CMOS RAM; the time registers hold the guest's bytes only while SET is 1.
+    #[serde(with = "crate::bytes")]
     ram: [u8; 128],
     index: u8,
     nmi_masked: bool,
@@ -189,6 +190,8 @@ pub struct Cmos {
     periods_seen: i64,
     /// PF, AF, UF.
     flags: u8,
+
+    #[serde(skip)]
     irq: IrqLine,
 }
 

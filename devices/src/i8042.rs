@@ -184,7 +184,7 @@ pub fn translate_set2_to_set1(code: u8) -> u8 {
 
 /// Set-2 to set-1 translation of a byte stream: a 0xF0 break prefix is swallowed and sets
 /// bit 7 of the next translated code.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 struct Translator {
     brk: bool,
 }
@@ -209,7 +209,7 @@ impl Translator {
 pub type KeyboardInput = HostInput;
 
 /// The PS/2 keyboard behind the controller's first port.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 struct Keyboard {
     /// Bytes waiting to be clocked to the controller.
     out: VecDeque<u8>,
@@ -358,7 +358,7 @@ impl Keyboard {
 }
 
 /// A byte on its way to the output buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 struct OutByte {
     value: u8,
     /// From the auxiliary port (AUXB, IRQ 12).
@@ -386,7 +386,7 @@ impl OutByte {
 }
 
 /// The 8042 keyboard controller with its keyboard and an empty auxiliary port.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct I8042 {
     /// Controller RAM; byte 0 is the command byte.
     ram: [u8; 32],
@@ -403,10 +403,20 @@ pub struct I8042 {
     ctrl_queue: VecDeque<OutByte>,
     xlate: Translator,
     keyboard: Keyboard,
+
+    #[serde(skip)]
     input: KeyboardInput,
+
+    #[serde(skip)]
     lost_keys: u64,
+
+    #[serde(skip)]
     kbd_irq: IrqLine,
+
+    #[serde(skip)]
     aux_irq: IrqLine,
+
+    #[serde(skip)]
     requests: Requests,
 }
 

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod bus;
+pub mod bytes;
 pub mod cmos;
 pub mod debug_exit;
 pub mod host_input;

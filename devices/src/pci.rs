@@ -131,6 +131,8 @@ pub trait PciFunction: Send {
     fn config_write(&mut self, offset: u8, data: &[u8]);
     /// Returns to the power-on state.
     fn reset(&mut self);
+    /// The function's state as bytes (its registers), for the machine's digest.
+    fn state(&self) -> Vec<u8>;
 }
 
 /// 256 bytes of configuration registers with write masks; a plain [`PciFunction`] for
@@ -239,6 +241,9 @@ impl PciFunction for ConfigSpace {
     fn reset(&mut self) {
         self.regs = self.initial;
     }
+    fn state(&self) -> Vec<u8> {
+        self.regs.to_vec()
+    }
 }
 
 /// The i440FX PMC (bus 0, device 0): host bridge, class 0x060000, revision 2.
@@ -280,6 +285,17 @@ pub struct PciHost {
     /// Functions on bus 0 by `device << 3 | function`, sorted.
     functions: Vec<(u8, Box<dyn PciFunction>)>,
     reset_ctl: ResetControl,
+}
+
+impl serde::Serialize for PciHost {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let functions: Vec<(u8, Vec<u8>)> = self
+            .functions
+            .iter()
+            .map(|(k, f)| (*k, f.state()))
+            .collect();
+        (self.address, functions, &self.reset_ctl).serialize(s)
+    }
 }
 
 impl std::fmt::Debug for PciHost {

@@ -336,6 +336,28 @@ impl Platform {
         self.requests.clone()
     }
 
+    /// The state of every device as bytes (postcard): what the guest can observe of
+    /// them — registers, counters, timers, FIFOs, interrupt line levels and the
+    /// devices' time — without host-side handles, statistics and host input not yet
+    /// delivered. Two machines in the same state give the same bytes.
+    pub fn state_bytes(&self) -> Vec<u8> {
+        let ext: Vec<Vec<u8>> = self.ext.iter().map(|d| d.state()).collect();
+        let state = (
+            self.now_ns,
+            self.irqs.levels(),
+            &self.pic,
+            &self.pit,
+            &self.cmos,
+            &self.uarts,
+            &self.post,
+            &self.sysctl_a,
+            &self.i8042,
+            &self.pci,
+            ext,
+        );
+        postcard::to_stdvec(&state).expect("device state serialises to memory")
+    }
+
     /// Takes the exit status, reset request and A20 change posted since the last call.
     pub fn take_requests(&mut self) -> PendingRequests {
         self.requests.take()
@@ -632,6 +654,36 @@ mod tests {
     use crate::pit::ticks_to_ns;
     use crate::requests::ResetKind;
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn state_bytes_follow_what_the_guest_can_observe() {
+        let mut a = Platform::new(PlatformConfig::default()).unwrap();
+        let b = Platform::new(PlatformConfig::default()).unwrap();
+        assert_eq!(a.state_bytes(), b.state_bytes());
+        let fresh = a.state_bytes();
+        // Each device in turn: the PIC's mask, a CMOS RAM byte, the UART's scratch
+        // register, port 0x92, the PCI address register, the PIT's counter.
+        let writes: [(u16, u8, u32); 7] = [
+            (0x21, 1, 0xfe),
+            (0x70, 1, 0x40),
+            (0x71, 1, 0x5a),
+            (0x3ff, 1, 0x77),
+            (0x92, 1, 0x02),
+            (0xcf8, 4, 0x8000_0010),
+            (0x40, 1, 0x12),
+        ];
+        let mut seen = vec![fresh];
+        for (port, size, v) in writes {
+            a.port_write(Port(port), size, v);
+            let now = a.state_bytes();
+            assert!(!seen.contains(&now), "a write to {port:#x} changed nothing");
+            seen.push(now);
+        }
+        // Time alone moves the PIT and the RTC.
+        let before = a.state_bytes();
+        a.advance_to(1_500_000_000);
+        assert_ne!(a.state_bytes(), before);
+    }
 
     #[derive(Clone, Default)]
     struct SharedBuf(Arc<Mutex<Vec<u8>>>);

@@ -23,10 +23,12 @@ const RST_CPU: u8 = 1 << 2;
 const RST_FULL: u8 = 1 << 3;
 
 /// System Control Port A (0x92).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct SystemControlA {
     /// The last value written, except bit 1 which always reflects the A20 gate.
     value: u8,
+
+    #[serde(skip)]
     requests: Requests,
 }
 
@@ -75,10 +77,11 @@ impl BusDevice for SystemControlA {
 }
 
 /// The Reset Control Register (0xcf9).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct ResetControl {
     /// SYS_RST and FULL_RST as last written; RST_CPU reads as 0.
     value: u8,
+    #[serde(skip)]
     requests: Requests,
 }
 

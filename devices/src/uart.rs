@@ -74,6 +74,29 @@ impl std::fmt::Debug for Uart {
     }
 }
 
+impl serde::Serialize for Uart {
+    /// The 16550's registers and its receive FIFO (not the host's input not yet
+    /// delivered, nor the host-side count of lost bytes).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let st = self.serial.state();
+        (
+            [
+                st.baud_divisor_low,
+                st.baud_divisor_high,
+                st.interrupt_enable,
+                st.interrupt_identification,
+                st.line_control,
+                st.line_status,
+                st.modem_control,
+                st.modem_status,
+                st.scratch,
+            ],
+            st.in_buffer,
+        )
+            .serialize(s)
+    }
+}
+
 impl Uart {
     /// A UART writing the guest's output to `out` and pulsing `irq` on interrupts.
     pub fn new(out: Box<dyn Write + Send>, irq: IrqLine) -> Self {

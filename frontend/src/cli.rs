@@ -44,9 +44,15 @@ struct RunArgs {
     /// End the run when the guest resets instead of rebooting it (exit status 0).
     #[arg(long)]
     no_reboot: bool,
-    /// Print statistics at exit: instructions, wall time, guest MIPS, counters.
+    /// Print statistics at exit: instructions, wall time, guest MIPS, counters, and
+    /// the digest of the final machine state.
     #[arg(long)]
     stats: bool,
+    /// Print a digest of the machine state (CPU and FPU, devices, RAM) every N
+    /// instructions, to standard error: under --icount, two runs that print the same
+    /// digests went through the same states.
+    #[arg(long, value_name = "N")]
+    hash_every: Option<u64>,
     /// Stop after this many guest instructions.
     #[arg(long)]
     max_insns: Option<u64>,
@@ -54,6 +60,11 @@ struct RunArgs {
     /// that runs are deterministic.
     #[arg(long, value_name = "SHIFT", num_args = 0..=1, default_missing_value = "0")]
     icount: Option<u32>,
+    /// Where the guest's real-time clock starts: base=utc, base=localtime or
+    /// base=YYYY-MM-DDTHH:MM:SS [default: utc; under --icount 2024-01-01T00:00:00, so
+    /// that runs repeat]
+    #[arg(long, value_name = "base=...")]
+    rtc: Option<String>,
     /// Run the interpreter alone, without the JIT.
     #[arg(long)]
     interp: bool,
@@ -65,6 +76,14 @@ struct RunArgs {
     /// Executions of a block before the JIT compiles its region.
     #[arg(long, value_name = "N")]
     jit_threshold: Option<u64>,
+    /// Testing aid: each compilation waits this many microseconds first (compiled code
+    /// arriving later must change speed only).
+    #[arg(long, value_name = "MICROSECONDS", hide = true)]
+    jit_compile_delay: Option<u64>,
+    /// Testing aid: bytes of code memory (two generations, each freed whole when
+    /// full; the default is 128M).
+    #[arg(long, value_name = "SIZE", hide = true)]
+    jit_code_memory: Option<String>,
     /// The translation cache on disk, which keeps compiled code for the next run:
     /// a directory, or `off` [default: $XDG_CACHE_HOME/ox86/jit, else
     /// ~/.cache/ox86/jit]. Several ox86 processes may share one.
@@ -165,6 +184,14 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
             }
             config.hot_threshold = n;
         }
+        if let Some(us) = a.jit_compile_delay {
+            config.compile_delay = std::time::Duration::from_micros(us);
+        }
+        if let Some(s) = &a.jit_code_memory {
+            let n = parse_size(s)
+                .map_err(|_| anyhow::anyhow!("bad --jit-code-memory '{s}' (use e.g. 4M)"))?;
+            config.arena_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
         let max = parse_size(&a.jit_cache_size).map_err(|_| {
             anyhow::anyhow!(
                 "bad --jit-cache-size '{}' (use e.g. 256M, 1G)",
@@ -188,6 +215,15 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
             bail!("--icount shift {shift} is too large (0-10)");
         }
         b = b.icount(shift);
+    }
+    if let Some(n) = a.hash_every {
+        if n == 0 {
+            bail!("--hash-every must be at least 1");
+        }
+        b = b.hash_every(n, |d| eprintln!("ox86 digest: {d}"));
+    }
+    if let Some(spec) = &a.rtc {
+        b = b.rtc(crate::rtc::parse_rtc(spec)?);
     }
     b = match &a.kernel {
         Some(k) => {
@@ -234,6 +270,7 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
             s.invalidations,
             s.interrupts
         );
+        eprintln!("ox86 digest: {}", m.digest());
         if let Some(j) = &s.jit {
             eprintln!(
                 "ox86 jit: {:.1}% of instructions in compiled code ({} interpreted; {} entries from the dispatcher, {} by chaining); {} regions compiled ({} of them again, optimised, {} of those by the idle compiler; {} failed, {} stale), compile time {:.3} s, median {} us per region; {} loaded from the translation cache in {:.3} s ({} bad entries dropped); {} invalidations, {} generations freed, {} regions live ({} KiB of code)",

@@ -2,6 +2,7 @@
 
 mod cli;
 mod console;
+mod rtc;
 mod size;
 
 use std::process::ExitCode;

@@ -123,6 +123,8 @@ pub struct Compiler {
     writer: Option<Writer>,
     /// Bad entries found in the cache (counted for the dispatcher's statistics).
     pub cache_rejected: Arc<AtomicU64>,
+    /// Each compilation waits this long first (see `JitConfig::compile_delay`).
+    pub delay: std::time::Duration,
 }
 
 /// Compilation failed (an internal error: the region runs in the interpreter), or a
@@ -227,6 +229,7 @@ impl Compiler {
             cache,
             writer,
             cache_rejected: Arc::default(),
+            delay: std::time::Duration::ZERO,
             isas,
             gens: VecDeque::new(),
             gen_limit: gen_limit.max(1 << 16),
@@ -280,6 +283,9 @@ impl Compiler {
 
     /// Compiles a region, or loads its code from the translation cache.
     pub fn compile(&mut self, mut req: Request) -> Result<Compiled, CompileError> {
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
         let t0 = Instant::now();
         let phys = req.phys;
         let err = |msg: String| CompileError {

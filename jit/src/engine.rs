@@ -215,6 +215,7 @@ impl Jit {
         let rejected = Arc::new(AtomicU64::new(0));
         let new_compiler = {
             let (cache, max_blocks) = (config.cache.clone(), config.max_region_blocks);
+            let delay = config.compile_delay;
             let rejected = Arc::clone(&rejected);
             move || {
                 let mut c = Compiler::new(
@@ -223,6 +224,7 @@ impl Jit {
                     cache.as_ref().map(|(d, n)| (d.as_path(), *n)),
                 );
                 c.cache_rejected = rejected;
+                c.delay = delay;
                 c
             }
         };

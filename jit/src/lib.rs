@@ -59,6 +59,9 @@ pub struct JitConfig {
     /// The translation cache on disk: its directory (None: no cache) and the most
     /// bytes it may hold.
     pub cache: Option<(std::path::PathBuf, u64)>,
+    /// Each compilation waits this long first (a testing aid: compiled code arrives
+    /// later, which must change speed only).
+    pub compile_delay: std::time::Duration,
 }
 
 impl Default for JitConfig {
@@ -70,6 +73,7 @@ impl Default for JitConfig {
             optimize_after: 1_000_000,
             inline_compile: false,
             cache: None,
+            compile_delay: std::time::Duration::ZERO,
         }
     }
 }
