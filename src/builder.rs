@@ -20,6 +20,7 @@ pub struct MachineBuilder {
     lockstep: bool,
     rtc: Option<RtcBase>,
     hash_every: Option<PeriodicDigest>,
+    snapshot_at: Option<(u64, std::path::PathBuf)>,
 }
 
 impl Default for MachineBuilder {
@@ -42,6 +43,7 @@ impl MachineBuilder {
             lockstep: false,
             rtc: None,
             hash_every: None,
+            snapshot_at: None,
         }
     }
 
@@ -120,6 +122,13 @@ impl MachineBuilder {
         self
     }
 
+    /// Saves a snapshot of the machine to `path` when the instruction count reaches
+    /// `n` (if it does; a count already past, as after a restore, saves nothing).
+    pub fn snapshot_at(mut self, n: u64, path: std::path::PathBuf) -> Self {
+        self.snapshot_at = Some((n, path));
+        self
+    }
+
     /// Boot the built-in demo guest.
     pub fn demo(mut self) -> Self {
         self.guest = Some(Guest::Demo);
@@ -173,6 +182,7 @@ impl MachineBuilder {
         )?;
         m.shadow = shadow;
         m.hash_every = self.hash_every;
+        m.snapshot_at = self.snapshot_at;
         Ok(m)
     }
 }

@@ -87,6 +87,32 @@ impl Clock {
         self.mode
     }
 
+    /// What a snapshot keeps of the clock: the idle time skipped (icount mode) and the
+    /// latest guest time handed out.
+    pub fn save(&self) -> (u64, u64) {
+        (self.idle_ns, self.last)
+    }
+
+    /// Goes on from a saved clock: in icount mode guest time is again a function of
+    /// the instruction count; in real time it continues from the saved time.
+    pub fn restore(&mut self, (idle_ns, last): (u64, u64)) {
+        self.idle_ns = idle_ns;
+        self.last = last;
+        if self.mode == ClockMode::Realtime {
+            // Host time from now on counts from the saved guest time.
+            let host = self.host_elapsed();
+            if host >= last {
+                self.lag = host - last;
+            } else {
+                self.lag = 0;
+                if let Some(s) = self.start.checked_sub(Duration::from_nanos(last - host)) {
+                    self.start = s;
+                }
+            }
+            self.deadline = None;
+        }
+    }
+
     /// Guest time at instruction count `icount`.
     #[inline]
     pub fn now(&mut self, icount: u64) -> u64 {

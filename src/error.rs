@@ -17,6 +17,14 @@ pub enum MachineError {
     /// No guest was given.
     #[error("no guest image given")]
     NoGuest,
+    /// A snapshot could not be written.
+    #[error("cannot write the snapshot {path}: {msg}")]
+    SnapshotWrite {
+        /// Where it was to go.
+        path: String,
+        /// Why not.
+        msg: String,
+    },
     /// In lockstep mode, the JIT and the interpreter diverged.
     #[error("lockstep: the JIT and the interpreter diverged: {0}")]
     Lockstep(String),

@@ -10,12 +10,14 @@ mod error;
 mod lockstep;
 mod machine;
 pub mod rtc;
+pub mod snapshot;
 
 pub use builder::MachineBuilder;
 pub use digest::Digest;
 pub use error::MachineError;
 pub use machine::{ExitReason, Guest, Machine, MachineStats, SerialOut};
 pub use rtc::RtcBase;
+pub use snapshot::SnapshotError;
 
 pub use ox86_bios as bios;
 pub use ox86_cpu as cpu;

@@ -20,6 +20,7 @@ use crate::bus::MachineBus;
 use crate::clock::{Clock, ClockMode};
 use crate::digest::{Digest, PeriodicDigest};
 use crate::error::MachineError;
+use crate::snapshot::{self, SnapshotError};
 
 /// Where the guest's COM1 output goes.
 pub enum SerialOut {
@@ -75,7 +76,7 @@ pub enum ExitReason {
 /// Counters for `--stats`.
 #[derive(Debug, Clone, Default)]
 pub struct MachineStats {
-    /// Guest instructions retired.
+    /// Guest instructions retired in this run (since the snapshot it resumed, if any).
     pub instructions: u64,
     /// Decoded blocks created.
     pub blocks_decoded: u64,
@@ -109,6 +110,10 @@ pub struct Machine {
     pub(crate) hash_every: Option<PeriodicDigest>,
     /// The instruction count of the last periodic digest.
     pub(crate) hashed_at: u64,
+    /// The instruction count this run started from (not 0 after a restore).
+    pub(crate) start_icount: u64,
+    /// Save a snapshot here when the instruction count reaches this (`--snapshot-at`).
+    pub(crate) snapshot_at: Option<(u64, std::path::PathBuf)>,
     /// The interpreter-only twin of a lockstep run.
     pub(crate) shadow: Option<Box<Machine>>,
 }
@@ -162,6 +167,8 @@ impl Machine {
             max_insns,
             hash_every: None,
             hashed_at: 0,
+            snapshot_at: None,
+            start_icount: 0,
             shadow: None,
         };
         m.load_guest()?;
@@ -197,7 +204,7 @@ impl Machine {
     /// Statistics so far.
     pub fn stats(&self) -> MachineStats {
         MachineStats {
-            instructions: self.cpu.state.icount,
+            instructions: self.cpu.state.icount - self.start_icount,
             blocks_decoded: self.cpu.blocks.decoded,
             tlb_misses: self.cpu.tlb.misses,
             tlb_flushes: self.cpu.tlb.flushes,
@@ -226,6 +233,74 @@ impl Machine {
     /// two runs that reached the same state.
     pub fn digest(&self) -> Digest {
         Digest::of(&self.cpu.state, &self.bus.platform.state_bytes(), &self.mem)
+    }
+
+    /// What snapshots name this machine by: a hash of its guest (kernel image, initrd,
+    /// command line, or the demo) and its RAM size.
+    fn identity(&self) -> u128 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let mut part = |b: &[u8]| {
+            h.update(&(b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        match &self.guest {
+            Guest::Kernel {
+                image,
+                cmdline,
+                initrd,
+            } => {
+                part(b"kernel");
+                part(image);
+                part(cmdline.as_bytes());
+                part(initrd.as_deref().unwrap_or(b"no initrd"));
+            }
+            Guest::Demo => part(b"demo"),
+        }
+        part(&self.mem.ram_size().to_le_bytes());
+        h.digest128()
+    }
+
+    /// A snapshot of the whole machine, as the bytes of a snapshot file (see
+    /// [`crate::snapshot`]): CPU and FPU, devices, the clock, RAM.
+    pub fn snapshot(&self) -> Vec<u8> {
+        snapshot::encode(&snapshot::Body {
+            machine: self.identity(),
+            ram_size: self.mem.ram_size(),
+            cpu: self.cpu.state.clone(),
+            a20: self.mem.a20_enabled(),
+            clock: self.bus.clock.save(),
+            devices: self.bus.platform.state_bytes(),
+            chunks: snapshot::save_ram(&self.mem),
+        })
+    }
+
+    /// Puts the machine in the state of snapshot file bytes `bytes`, taken of the same
+    /// machine (the same guest and RAM size). Everything is checked before anything
+    /// changes, except the devices' own state, which is checked as it is taken back:
+    /// after an error there the machine is not to be run. Decoded blocks and compiled
+    /// code over RAM that changed are dropped as after any write to code.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let body = snapshot::decode(bytes)?;
+        if body.machine != self.identity() || body.ram_size != self.mem.ram_size() {
+            return Err(SnapshotError::OtherMachine);
+        }
+        let ram = snapshot::load_ram(&body.chunks, body.ram_size)?;
+        self.bus
+            .platform
+            .restore(&body.devices)
+            .map_err(SnapshotError::Corrupt)?;
+        self.mem.set_a20(true);
+        snapshot::write_ram(&mut self.mem, &ram);
+        self.mem.set_a20(body.a20);
+        self.cpu.state = body.cpu;
+        self.cpu.flush_tlb();
+        self.bus.clock.restore(body.clock);
+        self.hashed_at = self.cpu.state.icount;
+        self.start_icount = self.cpu.state.icount;
+        if let Some(shadow) = self.shadow.as_deref_mut() {
+            shadow.restore(bytes)?;
+        }
+        Ok(())
     }
 
     /// The CPU (for inspection).
@@ -304,6 +379,17 @@ impl Machine {
                 }
             }
             budget = budget.min(every - icount % every);
+        }
+        if let Some((at, path)) = &self.snapshot_at {
+            if icount == *at {
+                std::fs::write(path, self.snapshot()).map_err(|e| MachineError::SnapshotWrite {
+                    path: path.display().to_string(),
+                    msg: e.to_string(),
+                })?;
+                self.snapshot_at = None;
+            } else if icount < *at {
+                budget = budget.min(at - icount);
+            }
         }
         if let Some(max) = self.max_insns {
             let left = max.saturating_sub(icount);

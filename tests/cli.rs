@@ -140,6 +140,78 @@ fn icount_digests_repeat_and_follow_the_state() {
 }
 
 #[test]
+fn a_snapshot_resumes_to_the_same_state_and_bad_ones_are_refused() {
+    let dir = std::env::temp_dir().join(format!("ox86-snap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let snap = dir.join("demo.snap");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--icount", "--stats"];
+        args.extend_from_slice(extra);
+        let out = run_ox86(&args, Duration::from_secs(60));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        let d = digests(&err)
+            .last()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        (text(&out.stdout), d, err)
+    };
+    let (out_full, d_full, _) = run(&[]);
+    let at = format!("20000:{}", p(&snap));
+    let (out_snap, d_snap, _) = run(&["--snapshot-at", &at]);
+    assert_eq!(d_snap, d_full, "taking the snapshot changed the run");
+    assert_eq!(out_snap, out_full);
+    for engine in [&[][..], &["--interp"][..]] {
+        let mut args = vec!["--loadvm", snap.to_str().unwrap()];
+        args.extend_from_slice(engine);
+        let (out, d, err) = run(&args);
+        assert_eq!(d, d_full, "{engine:?}: resumed elsewhere\n{err}");
+        assert!(err.contains("ox86 stats: 13504 instructions"), "{err}");
+        assert!(
+            out_full.ends_with(&out),
+            "{engine:?}: not the rest of the output:\n{out}"
+        );
+    }
+    let good = std::fs::read(&snap).unwrap();
+    let bad = |name: &str, bytes: &[u8]| {
+        let f = dir.join(name);
+        std::fs::write(&f, bytes).unwrap();
+        p(&f)
+    };
+    let mut flipped = good.clone();
+    let k = flipped.len() / 2;
+    flipped[k] ^= 0x40;
+    let mut version = good.clone();
+    version[8] += 1;
+    let loadvm = |f: &str, needle: &str, extra: &[&str]| {
+        let mut args = vec!["run", "--loadvm", f];
+        args.extend_from_slice(extra);
+        assert_one_line_error(&args, needle);
+    };
+    loadvm(
+        &bad("cut", &good[..good.len() / 2]),
+        "truncated or corrupt",
+        &[],
+    );
+    loadvm(&bad("short", &good[..10]), "truncated or corrupt", &[]);
+    loadvm(&bad("flipped", &flipped), "truncated or corrupt", &[]);
+    loadvm(&bad("junk", b"not a snapshot"), "not an ox86 snapshot", &[]);
+    loadvm(&bad("empty", b""), "not an ox86 snapshot", &[]);
+    loadvm(&bad("version", &version), "format version 2", &[]);
+    loadvm(&p(&snap), "another machine", &["-m", "64M"]);
+    loadvm("/nonexistent/demo.snap", "cannot read snapshot", &[]);
+    for spec in ["5000", "x:f", "5:", ":f"] {
+        assert_one_line_error(&["run", "--snapshot-at", spec], "--snapshot-at");
+    }
+    assert_one_line_error(
+        &["run", "--snapshot-at", "100:/nonexistent/dir/s.snap"],
+        "cannot write the snapshot",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn stats_report_instructions_and_mips() {
     let out = run_ox86(
         &["run", "--stats", "--serial", "none"],

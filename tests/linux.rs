@@ -301,14 +301,17 @@ fn digest_lines(err: &str) -> Vec<&str> {
 /// the JIT does: compiling everything at once (--jit-threshold 1), its code coming
 /// late (each compilation delayed 3 ms, with a fresh translation cache), or its code
 /// memory freed over and over (1 MiB of it: about 90 generations freed), on a host
-/// busy with other tests. No RTC base is given: the guest's clock starts at the fixed
+/// busy with other tests; a snapshot the first run takes on the way resumes to the
+/// same end. No RTC base is given: the guest's clock starts at the fixed
 /// date of icount runs.
 #[test]
 fn linux_icount_boots_repeat_whatever_the_jit_does() {
     let cache = std::env::temp_dir().join(format!("ox86-icount-cache-{}", std::process::id()));
     let cache_arg = cache.to_str().unwrap().to_string();
+    let snap = cache.with_extension("snap");
+    let snap_at = format!("3000000000:{}", snap.to_str().unwrap());
     let runs: [&[&str]; 4] = [
-        &["--jit-cache", "off"],
+        &["--jit-cache", "off", "--snapshot-at", &snap_at],
         &["--jit-cache", "off", "--jit-threshold", "1"],
         &["--jit-cache", &cache_arg, "--jit-compile-delay", "3000"],
         &["--jit-cache", "off", "--jit-code-memory", "1M"],
@@ -348,7 +351,22 @@ fn linux_icount_boots_repeat_whatever_the_jit_does() {
             }
         }
     }
+    // The snapshot the first run took mid-boot (in the kernel's initcalls) resumes to
+    // the same end: the rest of the output, the same final state.
+    let (so1, d1) = first.expect("runs");
+    let out = run_linux(
+        "console=ttyS0 ox86test=procs",
+        &["--icount", "--stats", "--loadvm", snap.to_str().unwrap()],
+    );
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "resumed: {se}");
+    assert!(
+        so.len() > 1000 && so1.ends_with(&so),
+        "resumed: not the rest of the output\n{so}"
+    );
+    assert_eq!(digest_lines(&se), d1, "resumed: another final state");
     std::fs::remove_dir_all(&cache).ok();
+    std::fs::remove_file(&snap).ok();
 }
 
 /// The interpreter alone goes through the JIT's states, digest for digest, from the

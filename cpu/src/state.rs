@@ -123,7 +123,7 @@ pub mod attr {
 
 /// A segment register with its hidden descriptor cache.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Segment {
     /// The visible selector.
     pub selector: u16,
@@ -203,7 +203,7 @@ impl Segment {
 
 /// GDTR or IDTR.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct TableReg {
     /// Linear base.
     pub base: u64,
@@ -213,7 +213,7 @@ pub struct TableReg {
 
 /// Model-specific registers that ox86 implements.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Msrs {
     /// IA32_TSC_ADJUST: TSC = the machine clock's value + this.
     pub tsc_offset: u64,
@@ -240,7 +240,7 @@ pub struct Msrs {
 
 /// The state of one x86 CPU.
 #[repr(C)]
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CpuState {
     /// RAX..R15, in encoding order.
     pub regs: [u64; 16],

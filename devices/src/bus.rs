@@ -35,6 +35,15 @@ pub trait BusDevice: Send {
     fn state(&self) -> Vec<u8> {
         Vec::new()
     }
+    /// Puts the device back in a state [`BusDevice::state`] gave (by default only the
+    /// empty state of a device without one).
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err("a device cannot take back its saved state".into())
+        }
+    }
 }
 
 /// Index of a device in a device table.

@@ -172,7 +172,7 @@ impl Fields {
 }
 
 /// The RTC and CMOS RAM.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Cmos {
     /// CMOS RAM; the time registers hold the guest's bytes only while SET is 1.
     #[serde(with = "crate::bytes")]
@@ -192,10 +192,16 @@ pub struct Cmos {
     flags: u8,
 
     #[serde(skip)]
-    irq: IrqLine,
+    pub(crate) irq: IrqLine,
 }
 
 impl Cmos {
+    /// Takes the state of `saved` (a snapshot's), keeping this RTC's interrupt line.
+    pub fn restore(&mut self, mut saved: Cmos) {
+        saved.irq = std::mem::take(&mut self.irq);
+        *self = saved;
+    }
+
     /// A clock reading `start_unix_secs` (seconds since 1970-01-01 UTC; the RTC keeps
     /// local time, which here is UTC) at virtual time 0, with the memory-size bytes set for
     /// `memory` and its interrupt output on `irq`.

@@ -184,7 +184,7 @@ pub fn translate_set2_to_set1(code: u8) -> u8 {
 
 /// Set-2 to set-1 translation of a byte stream: a 0xF0 break prefix is swallowed and sets
 /// bit 7 of the next translated code.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Translator {
     brk: bool,
 }
@@ -209,7 +209,7 @@ impl Translator {
 pub type KeyboardInput = HostInput;
 
 /// The PS/2 keyboard behind the controller's first port.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Keyboard {
     /// Bytes waiting to be clocked to the controller.
     out: VecDeque<u8>,
@@ -358,7 +358,7 @@ impl Keyboard {
 }
 
 /// A byte on its way to the output buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct OutByte {
     value: u8,
     /// From the auxiliary port (AUXB, IRQ 12).
@@ -386,7 +386,7 @@ impl OutByte {
 }
 
 /// The 8042 keyboard controller with its keyboard and an empty auxiliary port.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct I8042 {
     /// Controller RAM; byte 0 is the command byte.
     ram: [u8; 32],
@@ -411,16 +411,27 @@ pub struct I8042 {
     lost_keys: u64,
 
     #[serde(skip)]
-    kbd_irq: IrqLine,
+    pub(crate) kbd_irq: IrqLine,
 
     #[serde(skip)]
-    aux_irq: IrqLine,
+    pub(crate) aux_irq: IrqLine,
 
     #[serde(skip)]
     requests: Requests,
 }
 
 impl I8042 {
+    /// Takes the state of `saved` (a snapshot's), keeping this controller's
+    /// interrupt lines, request handle and host input.
+    pub fn restore(&mut self, mut saved: I8042) {
+        saved.kbd_irq = std::mem::take(&mut self.kbd_irq);
+        saved.aux_irq = std::mem::take(&mut self.aux_irq);
+        saved.requests = std::mem::take(&mut self.requests);
+        saved.input = std::mem::take(&mut self.input);
+        saved.lost_keys = self.lost_keys;
+        *self = saved;
+    }
+
     /// A controller in the state a BIOS leaves it ([`DEFAULT_CTR`], keyboard scanning),
     /// raising `kbd_irq` (IRQ 1) and `aux_irq` (IRQ 12) and driving A20 and CPU reset
     /// through `requests`.

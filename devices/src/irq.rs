@@ -101,6 +101,14 @@ pub struct IrqLine {
     asserted: AtomicBool,
 }
 
+impl Default for IrqLine {
+    /// A line connected to nothing (what a device restored from a snapshot holds until
+    /// the platform moves its wired line back in).
+    fn default() -> Self {
+        IrqLine::disconnected()
+    }
+}
+
 impl IrqLine {
     /// A line connected to nothing (for devices used alone, e.g. in tests).
     pub fn disconnected() -> Self {

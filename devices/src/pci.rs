@@ -131,8 +131,10 @@ pub trait PciFunction: Send {
     fn config_write(&mut self, offset: u8, data: &[u8]);
     /// Returns to the power-on state.
     fn reset(&mut self);
-    /// The function's state as bytes (its registers), for the machine's digest.
+    /// The function's state as bytes (its registers), for digests and snapshots.
     fn state(&self) -> Vec<u8>;
+    /// Puts the function back in a state [`PciFunction::state`] gave.
+    fn restore(&mut self, state: &[u8]) -> Result<(), String>;
 }
 
 /// 256 bytes of configuration registers with write masks; a plain [`PciFunction`] for
@@ -244,6 +246,12 @@ impl PciFunction for ConfigSpace {
     fn state(&self) -> Vec<u8> {
         self.regs.to_vec()
     }
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        self.regs = state
+            .try_into()
+            .map_err(|_| format!("PCI function state of {} bytes", state.len()))?;
+        Ok(())
+    }
 }
 
 /// The i440FX PMC (bus 0, device 0): host bridge, class 0x060000, revision 2.
@@ -295,6 +303,32 @@ impl serde::Serialize for PciHost {
             .map(|(k, f)| (*k, f.state()))
             .collect();
         (self.address, functions, &self.reset_ctl).serialize(s)
+    }
+}
+
+impl PciHost {
+    /// Puts the host bridge and its functions back in the state its serialisation
+    /// gave: the address register, each function's registers, the reset control.
+    pub fn restore(
+        &mut self,
+        (address, functions, reset_ctl): (u32, Vec<(u8, Vec<u8>)>, ResetControl),
+    ) -> Result<(), String> {
+        if functions.len() != self.functions.len() {
+            return Err(format!(
+                "{} PCI functions saved, {} here",
+                functions.len(),
+                self.functions.len()
+            ));
+        }
+        for ((k, state), (here, f)) in functions.iter().zip(&mut self.functions) {
+            if k != here {
+                return Err(format!("PCI function {k:#x} saved, {here:#x} here"));
+            }
+            f.restore(state)?;
+        }
+        self.address = address;
+        self.reset_ctl.restore(reset_ctl);
+        Ok(())
     }
 }
 

@@ -35,7 +35,7 @@ const CASCADE_IRQ: u8 = 2;
 /// ELCR bits that exist: IRQ 0, 1, 2 (master) and 8, 13 (slave) are always edge.
 const ELCR_MASK: [u8; 2] = [0xf8, 0xde];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 enum Init {
     /// Not initializing: writes to A0=1 are OCW1.
     #[default]
@@ -49,7 +49,7 @@ enum Init {
 }
 
 /// One 8259A.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Chip {
     irr: u8,
     isr: u8,
@@ -313,7 +313,7 @@ impl Chip {
 }
 
 /// The master/slave 8259A pair with its ELCR.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Pic {
     chips: [Chip; 2],
     /// Cached INT output of the master.

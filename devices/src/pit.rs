@@ -49,14 +49,14 @@ pub fn ticks_to_ns(ticks: u64) -> u64 {
     u64::try_from(ns).unwrap_or(u64::MAX)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Access {
     Lsb,
     Msb,
     Word,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Run {
     /// No count loaded since the control word (or counting disabled by the first byte of
     /// a two-byte count in mode 0). OUT is `out`.
@@ -70,7 +70,7 @@ enum Run {
 }
 
 /// A count written but not loaded yet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Pending {
     n: u32,
     /// Tick of the load (modes 2 and 3: end of the current period); `None` in modes 1 and
@@ -78,7 +78,7 @@ struct Pending {
     at: Option<u64>,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Channel {
     /// Bits 5-0 of the last control word (RW1 RW0 M2 M1 M0 BCD), for the status byte.
     ctrl: u8,
@@ -473,7 +473,7 @@ fn bin_to_bcd(v: u32) -> u16 {
 }
 
 /// The 8254 with its three channels and port 0x61.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Pit {
     channels: [Channel; 3],
     now_ns: u64,
@@ -482,10 +482,16 @@ pub struct Pit {
     port61: u8,
 
     #[serde(skip)]
-    irq: IrqLine,
+    pub(crate) irq: IrqLine,
 }
 
 impl Pit {
+    /// Takes the state of `saved` (a snapshot's), keeping this PIT's interrupt line.
+    pub fn restore(&mut self, mut saved: Pit) {
+        saved.irq = std::mem::take(&mut self.irq);
+        *self = saved;
+    }
+
     /// A PIT in the power-on state (no channel programmed), driving `irq0` from OUT0.
     pub fn new(irq0: IrqLine) -> Self {
         irq0.set_level(true);

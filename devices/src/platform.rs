@@ -41,8 +41,8 @@ use crate::pic::{Pic, OFFSET_ELCR, OFFSET_MASTER, OFFSET_SLAVE, PIC_ELCR, PIC_MA
 use crate::pit::{Pit, OFFSET_PORT_61, PIT_BASE, PIT_IRQ, PIT_PORTS_LEN, PORT_61};
 use crate::post::{PostCode, POST_PORT};
 use crate::requests::{PendingRequests, Requests};
-use crate::sysctl::{SystemControlA, SYSCTL_PORT_A};
-use crate::uart::{SerialInput, Uart, COM_IRQS, COM_PORTS, UART_PORTS_LEN};
+use crate::sysctl::{ResetControl, SystemControlA, SYSCTL_PORT_A};
+use crate::uart::{SerialInput, Uart, UartState, COM_IRQS, COM_PORTS, UART_PORTS_LEN};
 
 /// Default start of the PCI hole: RAM above it is remapped above 4 GiB.
 pub const DEFAULT_PCI_HOLE_START: u64 = 0xe000_0000;
@@ -337,14 +337,17 @@ impl Platform {
     }
 
     /// The state of every device as bytes (postcard): what the guest can observe of
-    /// them — registers, counters, timers, FIFOs, interrupt line levels and the
-    /// devices' time — without host-side handles, statistics and host input not yet
-    /// delivered. Two machines in the same state give the same bytes.
+    /// them — registers, counters, timers, FIFOs, interrupt line levels, the A20 gate
+    /// and the devices' time — without host-side handles, statistics and host input
+    /// not yet delivered. Two machines in the same state give the same bytes, and
+    /// [`Platform::restore`] takes them back.
     pub fn state_bytes(&self) -> Vec<u8> {
         let ext: Vec<Vec<u8>> = self.ext.iter().map(|d| d.state()).collect();
+        let lines: Vec<bool> = self.lines().iter().map(|l| l.is_asserted()).collect();
         let state = (
             self.now_ns,
-            self.irqs.levels(),
+            self.requests.a20(),
+            lines,
             &self.pic,
             &self.pit,
             &self.cmos,
@@ -356,6 +359,61 @@ impl Platform {
             ext,
         );
         postcard::to_stdvec(&state).expect("device state serialises to memory")
+    }
+
+    /// The devices' interrupt lines, in the order [`Platform::state_bytes`] saves them.
+    fn lines(&self) -> Vec<&IrqLine> {
+        let mut v = vec![&self.pit.irq, &self.cmos.irq];
+        v.extend(self.uarts.iter().map(|u| &u.irq));
+        v.extend([&self.i8042.kbd_irq, &self.i8042.aux_irq]);
+        v
+    }
+
+    /// Puts every device back in the state [`Platform::state_bytes`] gave (from a
+    /// platform built the same way); the outputs, host input and handles stay. On an
+    /// error nothing the guest can see may be trusted: the caller discards the machine.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        type Saved = (
+            u64,
+            bool,
+            Vec<bool>,
+            Pic,
+            Pit,
+            Cmos,
+            [UartState; 4],
+            PostCode,
+            SystemControlA,
+            I8042,
+            (u32, Vec<(u8, Vec<u8>)>, ResetControl),
+            Vec<Vec<u8>>,
+        );
+        let (now_ns, a20, lines, pic, pit, cmos, uarts, post, sysctl_a, i8042, pci, ext): Saved =
+            postcard::from_bytes(bytes).map_err(|e| format!("device state: {e}"))?;
+        if lines.len() != self.lines().len() || ext.len() != self.ext.len() {
+            return Err("device state: another set of devices".into());
+        }
+        for (u, saved) in self.uarts.iter_mut().zip(&uarts) {
+            u.restore(saved)?;
+        }
+        self.pci.restore(pci)?;
+        for (d, saved) in self.ext.iter_mut().zip(&ext) {
+            d.restore(saved)?;
+        }
+        self.pit.restore(pit);
+        self.cmos.restore(cmos);
+        self.i8042.restore(i8042);
+        self.sysctl_a.restore(sysctl_a);
+        self.post = post;
+        for (l, &level) in self.lines().iter().zip(&lines) {
+            l.set_level(level);
+        }
+        // The PIC's saved state already saw these levels.
+        let _ = self.irqs.take_changes();
+        self.pic = pic;
+        self.requests.reset_a20(a20);
+        let _ = self.requests.take();
+        self.now_ns = now_ns;
+        Ok(())
     }
 
     /// Takes the exit status, reset request and A20 change posted since the last call.
@@ -683,6 +741,22 @@ mod tests {
         let before = a.state_bytes();
         a.advance_to(1_500_000_000);
         assert_ne!(a.state_bytes(), before);
+        // Another platform takes the state back: the same bytes, the same registers.
+        let mut c = Platform::new(PlatformConfig::default()).unwrap();
+        c.restore(&a.state_bytes()).unwrap();
+        assert_eq!(c.state_bytes(), a.state_bytes());
+        for port in [0x21u16, 0x3ff, 0x92] {
+            assert_eq!(c.port_read(Port(port), 1), a.port_read(Port(port), 1));
+        }
+        a.port_write(Port(0x70), 1, 0x40);
+        c.port_write(Port(0x70), 1, 0x40);
+        assert_eq!(c.port_read(Port(0x71), 1), 0x5a, "CMOS RAM");
+        assert_eq!(c.next_event_ns(), a.next_event_ns(), "the PIT's next tick");
+        // Garbage, a truncated state and another set of devices are refused.
+        assert!(c.restore(b"junk").is_err());
+        let bytes = a.state_bytes();
+        assert!(c.restore(&bytes[..bytes.len() / 2]).is_err());
+        assert!(c.restore(&[]).is_err());
     }
 
     #[derive(Clone, Default)]

@@ -9,7 +9,7 @@ use crate::bus::{read_bytewise, BusDevice};
 pub const POST_PORT: Port = Port(0x80);
 
 /// The POST code latch.
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct PostCode {
     last: u8,
 }

@@ -55,6 +55,14 @@ pub struct Requests {
     state: Arc<State>,
 }
 
+impl Default for Requests {
+    /// A handle shared with nothing (what a device restored from a snapshot holds
+    /// until the platform moves the machine's handle back in).
+    fn default() -> Self {
+        Requests::new(true)
+    }
+}
+
 impl Requests {
     /// A handle with no pending requests and the A20 gate in state `a20_enabled`.
     pub fn new(a20_enabled: bool) -> Self {

@@ -23,7 +23,7 @@ const RST_CPU: u8 = 1 << 2;
 const RST_FULL: u8 = 1 << 3;
 
 /// System Control Port A (0x92).
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct SystemControlA {
     /// The last value written, except bit 1 which always reflects the A20 gate.
     value: u8,
@@ -33,6 +33,11 @@ pub struct SystemControlA {
 }
 
 impl SystemControlA {
+    /// Takes the register of `saved` (a snapshot's; the A20 state is the platform's).
+    pub fn restore(&mut self, saved: SystemControlA) {
+        self.value = saved.value;
+    }
+
     /// The port, sharing the A20 state and reset requests of `requests`.
     pub fn new(requests: Requests) -> Self {
         SystemControlA { value: 0, requests }
@@ -77,7 +82,7 @@ impl BusDevice for SystemControlA {
 }
 
 /// The Reset Control Register (0xcf9).
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ResetControl {
     /// SYS_RST and FULL_RST as last written; RST_CPU reads as 0.
     value: u8,
@@ -86,6 +91,11 @@ pub struct ResetControl {
 }
 
 impl ResetControl {
+    /// Takes the register of `saved` (a snapshot's).
+    pub fn restore(&mut self, saved: ResetControl) {
+        self.value = saved.value;
+    }
+
     /// The register, posting resets to `requests`.
     pub fn new(requests: Requests) -> Self {
         ResetControl { value: 0, requests }

@@ -14,7 +14,7 @@ use std::cell::Cell;
 use std::io::{self, Write};
 
 use ox86_mmu::Port;
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 
 use crate::bus::{read_bytewise, write_bytewise, BusDevice};
@@ -59,7 +59,7 @@ pub type SerialInput = HostInput;
 /// A 16550A UART.
 pub struct Uart {
     serial: Serial<EventFlag, NoEvents, Box<dyn Write + Send>>,
-    irq: IrqLine,
+    pub(crate) irq: IrqLine,
     input: SerialInput,
     lost_bytes: u64,
 }
@@ -74,26 +74,18 @@ impl std::fmt::Debug for Uart {
     }
 }
 
+/// What a snapshot keeps of a UART: the 16550's registers (divisor latch low and high,
+/// IER, IIR, LCR, LSR, MCR, MSR, scratch) and its receive FIFO; not the host's input
+/// not yet delivered, nor the host-side count of lost bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UartState {
+    regs: [u8; 9],
+    fifo: Vec<u8>,
+}
+
 impl serde::Serialize for Uart {
-    /// The 16550's registers and its receive FIFO (not the host's input not yet
-    /// delivered, nor the host-side count of lost bytes).
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let st = self.serial.state();
-        (
-            [
-                st.baud_divisor_low,
-                st.baud_divisor_high,
-                st.interrupt_enable,
-                st.interrupt_identification,
-                st.line_control,
-                st.line_status,
-                st.modem_control,
-                st.modem_status,
-                st.scratch,
-            ],
-            st.in_buffer,
-        )
-            .serialize(s)
+        self.save().serialize(s)
     }
 }
 
@@ -106,6 +98,50 @@ impl Uart {
             input: SerialInput::default(),
             lost_bytes: 0,
         }
+    }
+
+    /// The UART's state, for a snapshot.
+    pub fn save(&self) -> UartState {
+        let st = self.serial.state();
+        UartState {
+            regs: [
+                st.baud_divisor_low,
+                st.baud_divisor_high,
+                st.interrupt_enable,
+                st.interrupt_identification,
+                st.line_control,
+                st.line_status,
+                st.modem_control,
+                st.modem_status,
+                st.scratch,
+            ],
+            fifo: st.in_buffer,
+        }
+    }
+
+    /// Puts the UART back in state `saved` (its output and interrupt line stay).
+    pub fn restore(&mut self, saved: &UartState) -> Result<(), String> {
+        let [dll, dlh, ier, iir, lcr, lsr, mcr, msr, scr] = saved.regs;
+        let state = SerialState {
+            baud_divisor_low: dll,
+            baud_divisor_high: dlh,
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch: scr,
+            in_buffer: saved.fifo.clone(),
+        };
+        let old = std::mem::replace(
+            &mut self.serial,
+            Serial::new(EventFlag::default(), Box::new(io::sink())),
+        );
+        let out = old.into_writer();
+        self.serial = Serial::from_state(&state, EventFlag::default(), NoEvents, out)
+            .map_err(|e| format!("UART state: {e:?}"))?;
+        Ok(())
     }
 
     /// Puts bytes from the host into the receive FIFO now; returns how many fit (the FIFO

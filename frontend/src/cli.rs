@@ -48,6 +48,14 @@ struct RunArgs {
     /// the digest of the final machine state.
     #[arg(long)]
     stats: bool,
+    /// Resume the machine saved in snapshot FILE (taken of the same kernel, initrd,
+    /// command line and RAM size) instead of booting it.
+    #[arg(long, value_name = "FILE")]
+    loadvm: Option<PathBuf>,
+    /// Save a snapshot of the whole machine to FILE when the instruction count
+    /// reaches N.
+    #[arg(long, value_name = "N:FILE")]
+    snapshot_at: Option<String>,
     /// Print a digest of the machine state (CPU and FPU, devices, RAM) every N
     /// instructions, to standard error: under --icount, two runs that print the same
     /// digests went through the same states.
@@ -241,7 +249,21 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
             b.demo()
         }
     };
+    if let Some(spec) = &a.snapshot_at {
+        let bad = || anyhow::anyhow!("bad --snapshot-at '{spec}' (use N:FILE)");
+        let (n, file) = spec.split_once(':').ok_or_else(bad)?;
+        let n: u64 = n.parse().map_err(|_| bad())?;
+        if file.is_empty() {
+            return Err(bad());
+        }
+        b = b.snapshot_at(n, PathBuf::from(file));
+    }
     let mut m = b.build().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(path) = &a.loadvm {
+        let bytes = read_file(path, "snapshot")?;
+        m.restore(&bytes)
+            .map_err(|e| anyhow::anyhow!("snapshot {}: {e}", path.display()))?;
+    }
     // The terminal is the serial console when COM1 is on stdio; the guard restores it
     // on every way out of this function.
     let raw = if a.serial == "stdio" {

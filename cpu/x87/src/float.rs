@@ -8,7 +8,9 @@ pub const EXT_BIAS: i32 = 16383;
 /// `signif` holds the 64-bit significand with its explicit integer bit (bit 63);
 /// `sign_exp` holds the sign (bit 15) and the 15-bit biased exponent.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct F80 {
     /// Significand with the explicit integer bit in bit 63.
     pub signif: u64,

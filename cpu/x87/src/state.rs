@@ -15,7 +15,7 @@ pub const MXCSR_MASK_INIT: u32 = 0xFFFF;
 /// `Default` is the state after FNINIT: FCW=0x037F, FSW=0, all tags empty,
 /// FOP/FIP/FDP zero.
 #[repr(C)]
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct X87State {
     /// Physical registers R0-R7 (ST(i) is `regs[(top + i) & 7]`).
     pub regs: [F80; 8],
@@ -40,7 +40,24 @@ pub struct X87State {
     /// MXCSR_MASK written by FXSAVE.
     pub mxcsr_mask: u32,
     /// Bytes 160-415 of the FXSAVE image (XMM0-15), kept opaque.
+    #[serde(with = "blob")]
     pub xmm_blob: [u8; 256],
+}
+
+/// Serde for the opaque FXSAVE bytes (serde's arrays stop at 32 elements).
+mod blob {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &[u8; 256], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(a)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 256], D::Error> {
+        let v: Vec<u8> = Deserialize::deserialize(d)?;
+        v.try_into()
+            .map_err(|_| D::Error::custom("the FXSAVE image is not 256 bytes"))
+    }
 }
 
 impl Default for X87State {
