@@ -21,6 +21,9 @@ pub struct MachineBuilder {
     rtc: Option<RtcBase>,
     hash_every: Option<PeriodicDigest>,
     snapshot_at: Option<(u64, std::path::PathBuf)>,
+    record: Option<std::path::PathBuf>,
+    replay: Option<Vec<u8>>,
+    pace_idle: bool,
 }
 
 impl Default for MachineBuilder {
@@ -44,6 +47,9 @@ impl MachineBuilder {
             rtc: None,
             hash_every: None,
             snapshot_at: None,
+            record: None,
+            replay: None,
+            pace_idle: false,
         }
     }
 
@@ -129,6 +135,29 @@ impl MachineBuilder {
         self
     }
 
+    /// Record the run to a replay log at `path` (implies icount): every input from the
+    /// host, with the instruction count at which it entered, and checks of the state.
+    pub fn record(mut self, path: std::path::PathBuf) -> Self {
+        self.record = Some(path);
+        self
+    }
+
+    /// Replay the log `log` (the bytes of a `record` file): its clock, RTC and input,
+    /// and no input from the host; the run stops at the first check that differs.
+    pub fn replay(mut self, log: Vec<u8>) -> Self {
+        self.replay = Some(log);
+        self
+    }
+
+    /// Under icount, sleep through the time an idle guest skips (QEMU's `sleep=on`),
+    /// so that an idle guest costs no host CPU and its clock keeps pace with the
+    /// host's; what the guest sees is the same either way. Off by default (batch runs
+    /// go as fast as they can); never while replaying.
+    pub fn pace_idle(mut self, yes: bool) -> Self {
+        self.pace_idle = yes;
+        self
+    }
+
     /// Boot the built-in demo guest.
     pub fn demo(mut self) -> Self {
         self.guest = Some(Guest::Demo);
@@ -138,9 +167,15 @@ impl MachineBuilder {
     /// Creates the machine and loads its guest.
     pub fn build(self) -> Result<Machine, MachineError> {
         let guest = self.guest.ok_or(MachineError::NoGuest)?;
-        let clock = match (self.lockstep, self.clock) {
-            (true, ClockMode::Realtime) => ClockMode::Icount { shift: 0 },
-            (_, c) => c,
+        let log = match &self.replay {
+            Some(bytes) => Some(crate::replay::parse(bytes)?),
+            None => None,
+        };
+        let icount = self.lockstep || self.record.is_some();
+        let clock = match (&log, icount, self.clock) {
+            (Some((h, _)), _, _) => ClockMode::Icount { shift: h.shift },
+            (None, true, ClockMode::Realtime) => ClockMode::Icount { shift: 0 },
+            (None, _, c) => c,
         };
         let rtc = self.rtc.unwrap_or(match clock {
             ClockMode::Realtime => RtcBase::Utc,
@@ -150,7 +185,10 @@ impl MachineBuilder {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let rtc_start = rtc.start_secs(host_utc);
+        let rtc_start = match &log {
+            Some((h, _)) => h.rtc_start,
+            None => rtc.start_secs(host_utc),
+        };
         let shadow = if self.lockstep {
             Some(Box::new(Machine::new(
                 self.ram,
@@ -183,6 +221,31 @@ impl MachineBuilder {
         m.shadow = shadow;
         m.hash_every = self.hash_every;
         m.snapshot_at = self.snapshot_at;
+        m.pace_idle = self.pace_idle && self.replay.is_none();
+        if let Some((h, events)) = log {
+            if h.machine != m.identity() {
+                return Err(crate::replay::LogError::OtherMachine.into());
+            }
+            m.replayer = Some(crate::replay::Replayer::new(events));
+        }
+        if let Some(path) = self.record {
+            let shift = match clock {
+                ClockMode::Icount { shift } => shift,
+                ClockMode::Realtime => 0,
+            };
+            let header = crate::replay::Header {
+                machine: m.identity(),
+                rtc_start,
+                shift,
+            };
+            let rec = crate::replay::Recorder::create(&path, header).map_err(|msg| {
+                MachineError::RecordWrite {
+                    path: path.display().to_string(),
+                    msg,
+                }
+            })?;
+            m.recorder = Some((rec, ox86_devices::host_input::HostInput::default()));
+        }
         Ok(m)
     }
 }

@@ -52,6 +52,8 @@ pub struct Clock {
 /// The TSC runs at 1 GHz: one tick per nanosecond of guest time.
 pub const TSC_HZ: u64 = 1_000_000_000;
 
+/// Most guest time an idle guest skips at once in icount mode (10 ms).
+pub const ICOUNT_IDLE_STEP: u64 = 10_000_000;
 /// Most instructions between device checks in icount mode (events land exactly on
 /// their instruction anyway; this bounds the latency of host input and quit).
 const ICOUNT_SLICE: u64 = 100_000;
@@ -208,15 +210,18 @@ impl Clock {
     }
 
     /// The guest is idle until guest time `t` (or, in real time, at most `max_wait`
-    /// of host time): icount mode skips the time at once; real time sleeps, and guest
-    /// time then catches up with the host (up to `t`; an oversleep joins the lag).
-    pub fn idle_until(&mut self, icount: u64, t: Option<u64>, max_wait: Duration) {
+    /// of host time). Icount mode skips the time at once, at most [`ICOUNT_IDLE_STEP`]
+    /// at a time (a step that depends only on guest time, so that runs repeat), and
+    /// returns the time skipped, for a caller that paces guest time against the host
+    /// to sleep; real time sleeps, and guest time then catches up with the host (up to
+    /// `t`; an oversleep joins the lag), and returns zero.
+    pub fn idle_until(&mut self, icount: u64, t: Option<u64>, max_wait: Duration) -> Duration {
         let now = self.now(icount);
         match self.mode {
             ClockMode::Icount { .. } => {
-                if let Some(t) = t {
-                    self.idle_ns += t.saturating_sub(now);
-                }
+                let step = t.map_or(0, |t| t.saturating_sub(now).min(ICOUNT_IDLE_STEP));
+                self.idle_ns += step;
+                Duration::from_nanos(step)
             }
             ClockMode::Realtime => {
                 let wait = t.map_or(max_wait, |t| {
@@ -230,6 +235,7 @@ impl Clock {
                 self.lag += host - woke;
                 self.last = self.last.max(woke);
                 self.last_icount = icount;
+                Duration::ZERO
             }
         }
     }
@@ -245,11 +251,20 @@ mod tests {
         assert_eq!(c.now(0), 0);
         assert_eq!(c.now(10), 40);
         assert_eq!(c.insns_until(10, 100), Some(15));
-        c.idle_until(10, Some(1000), Duration::ZERO);
+        assert_eq!(c.idle_until(10, Some(1000), Duration::ZERO).as_nanos(), 960);
         assert_eq!(c.now(10), 1000);
         assert_eq!(c.now(11), 1004);
         // Never backwards.
         assert_eq!(c.now(5), 1004);
+        // Far events are reached in steps.
+        let far = c.now(11) + 3 * ICOUNT_IDLE_STEP + 5;
+        for step in [ICOUNT_IDLE_STEP, ICOUNT_IDLE_STEP, ICOUNT_IDLE_STEP, 5, 0] {
+            assert_eq!(
+                c.idle_until(11, Some(far), Duration::ZERO).as_nanos(),
+                u128::from(step)
+            );
+        }
+        assert_eq!(c.now(11), far);
     }
 
     #[test]

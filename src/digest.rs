@@ -51,10 +51,15 @@ impl Digest {
     pub fn of(s: &CpuState, devices: &[u8], mem: &Memory) -> Digest {
         Digest {
             icount: s.icount,
-            cpu: xxh3_128(&cpu_bytes(s)),
+            cpu: Digest::of_cpu(s),
             devices: xxh3_128(devices),
             ram: ram_digest(mem),
         }
+    }
+
+    /// The digest of CPU and FPU state `s` alone.
+    pub fn of_cpu(s: &CpuState) -> u128 {
+        xxh3_128(&cpu_bytes(s))
     }
 
     /// One hash of the whole state.

@@ -25,6 +25,25 @@ pub enum MachineError {
         /// Why not.
         msg: String,
     },
+    /// The replay log cannot be read.
+    #[error("replay log: {0}")]
+    Log(#[from] crate::replay::LogError),
+    /// The replay log cannot be written.
+    #[error("cannot write the replay log {path}: {msg}")]
+    RecordWrite {
+        /// Where it was to go.
+        path: String,
+        /// Why not.
+        msg: String,
+    },
+    /// A replay diverged from its recording.
+    #[error("replay diverged at instruction {icount}: {what}")]
+    Diverged {
+        /// The instruction count of the first check that failed.
+        icount: u64,
+        /// What differs.
+        what: String,
+    },
     /// In lockstep mode, the JIT and the interpreter diverged.
     #[error("lockstep: the JIT and the interpreter diverged: {0}")]
     Lockstep(String),

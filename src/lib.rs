@@ -9,6 +9,7 @@ pub mod digest;
 mod error;
 mod lockstep;
 mod machine;
+pub mod replay;
 pub mod rtc;
 pub mod snapshot;
 

@@ -20,6 +20,7 @@ use crate::bus::MachineBus;
 use crate::clock::{Clock, ClockMode};
 use crate::digest::{Digest, PeriodicDigest};
 use crate::error::MachineError;
+use crate::replay::{Check, Event, Recorder, Replayer};
 use crate::snapshot::{self, SnapshotError};
 
 /// Where the guest's COM1 output goes.
@@ -71,6 +72,8 @@ pub enum ExitReason {
     InstructionLimit,
     /// The host asked to quit (the console's Ctrl-A x).
     Quit,
+    /// A replay reached the end of its log.
+    ReplayEnd,
 }
 
 /// Counters for `--stats`.
@@ -110,6 +113,14 @@ pub struct Machine {
     pub(crate) hash_every: Option<PeriodicDigest>,
     /// The instruction count of the last periodic digest.
     pub(crate) hashed_at: u64,
+    /// Recording (`--record`): the log, and the queue the host's console input goes to
+    /// until the machine takes it at a slice boundary.
+    pub(crate) recorder: Option<(Recorder, SerialInput)>,
+    /// Replaying (`--replay`).
+    pub(crate) replayer: Option<Replayer>,
+    /// Icount mode: sleep through the guest time an idle guest skips, so that an idle
+    /// guest costs no host CPU and its clock keeps pace with the host's.
+    pub(crate) pace_idle: bool,
     /// The instruction count this run started from (not 0 after a restore).
     pub(crate) start_icount: u64,
     /// Save a snapshot here when the instruction count reaches this (`--snapshot-at`).
@@ -169,6 +180,9 @@ impl Machine {
             hashed_at: 0,
             snapshot_at: None,
             start_icount: 0,
+            recorder: None,
+            replayer: None,
+            pace_idle: false,
             shadow: None,
         };
         m.load_guest()?;
@@ -237,7 +251,7 @@ impl Machine {
 
     /// What snapshots name this machine by: a hash of its guest (kernel image, initrd,
     /// command line, or the demo) and its RAM size.
-    fn identity(&self) -> u128 {
+    pub(crate) fn identity(&self) -> u128 {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         let mut part = |b: &[u8]| {
             h.update(&(b.len() as u64).to_le_bytes());
@@ -315,7 +329,12 @@ impl Machine {
 
     /// A handle that feeds host input to COM1.
     pub fn serial_input(&self) -> Option<SerialInput> {
-        if self.shadow.is_some() {
+        if let Some((_, staging)) = &self.recorder {
+            // Taken into COM1 at slice boundaries, and logged.
+            return Some(staging.clone());
+        }
+        if self.shadow.is_some() || self.replayer.is_some() {
+            // Replay: the log is the only input.
             // Lockstep: host input would reach one run only; it goes nowhere.
             return Some(SerialInput::default());
         }
@@ -348,7 +367,120 @@ impl Machine {
                 self.shadow = Some(shadow);
             }
             if let Some(r) = r {
+                let icount = self.cpu.state.icount;
+                if self.recorder.is_some() {
+                    // A last check: the state the run ended in.
+                    let c = Check::of(&self.cpu.state, &self.bus.platform.state_bytes(), &self.mem);
+                    if let Some((rec, _)) = self.recorder.as_mut() {
+                        rec.write(&Event::Check(c))
+                            .and_then(|_| rec.finish(icount))
+                            .map_err(|msg| MachineError::RecordWrite {
+                                path: rec.path().to_string(),
+                                msg,
+                            })?;
+                    }
+                }
+                if r != ExitReason::ReplayEnd && self.replayer.is_some() {
+                    // The run ended by itself: where the recording did, in its state?
+                    if self.replay(icount)?.is_some() {
+                        return Err(MachineError::Diverged {
+                            icount,
+                            what: format!("the run ended ({r:?}) before the recording did"),
+                        });
+                    }
+                }
                 return Ok(r);
+            }
+        }
+    }
+
+    /// Recording, at a slice boundary: moves the host's console input into COM1 and
+    /// logs it, and logs a check of the state when one is due. Returns the instructions
+    /// to the next check.
+    fn record(&mut self, icount: u64) -> Result<u64, MachineError> {
+        let ns = self.bus.clock.now(icount);
+        let check = self
+            .recorder
+            .as_ref()
+            .is_some_and(|(r, _)| icount >= r.next_check)
+            .then(|| Check::of(&self.cpu.state, &self.bus.platform.state_bytes(), &self.mem));
+        let com1 = self.bus.platform.serial_input(0);
+        let Some((rec, staging)) = self.recorder.as_mut() else {
+            return Ok(u64::MAX);
+        };
+        let fail = |rec: &Recorder, msg: String| MachineError::RecordWrite {
+            path: rec.path().to_string(),
+            msg,
+        };
+        let typed = staging.take(usize::MAX);
+        if let (false, Some(com1)) = (typed.is_empty(), com1) {
+            // What the queue refuses is lost, as without recording.
+            let n = com1.push(&typed);
+            let e = Event::Console {
+                icount,
+                ns,
+                bytes: typed[..n].to_vec(),
+            };
+            rec.write(&e).map_err(|m| fail(rec, m))?;
+            rec.next_check = rec
+                .next_check
+                .min(icount + crate::replay::CHECK_AFTER_INPUT);
+        }
+        if let Some(c) = check {
+            rec.write(&Event::Check(c)).map_err(|m| fail(rec, m))?;
+            rec.next_check = (icount / crate::replay::CHECK_EVERY + 1) * crate::replay::CHECK_EVERY;
+        }
+        Ok(rec.next_check - icount)
+    }
+
+    /// Replaying, at a slice boundary: feeds the logged input due now and compares the
+    /// checks due now. Returns the instructions to the next event, or None at the end
+    /// of the log.
+    fn replay(&mut self, icount: u64) -> Result<Option<u64>, MachineError> {
+        let ns = self.bus.clock.now(icount);
+        loop {
+            let Some(rp) = self.replayer.as_mut() else {
+                return Ok(Some(u64::MAX));
+            };
+            match rp.next_icount() {
+                None => return Ok(None),
+                Some(n) if n > icount => return Ok(Some(n - icount)),
+                Some(n) if n < icount => {
+                    return Err(MachineError::Diverged {
+                        icount,
+                        what: format!("the run passed instruction {n}, where the log has an event"),
+                    })
+                }
+                Some(_) => {}
+            }
+            // Console input at this count but a later guest time: the guest is halted
+            // and its time has to move on first.
+            if let Some(Event::Console { ns: want, .. }) = rp.peek() {
+                if *want > ns {
+                    return Ok(Some(u64::MAX));
+                }
+                if *want < ns {
+                    return Err(MachineError::Diverged {
+                        icount,
+                        what: format!("guest time is {ns} ns, the logged input came at {want} ns"),
+                    });
+                }
+            }
+            match rp.take_due(icount) {
+                Some(Event::Console { bytes, .. }) => {
+                    if let Some(com1) = self.bus.platform.serial_input(0) {
+                        com1.push(&bytes);
+                    }
+                }
+                Some(Event::Check(want)) => {
+                    let now =
+                        Check::of(&self.cpu.state, &self.bus.platform.state_bytes(), &self.mem);
+                    if let Some(what) = now.differs(&want) {
+                        return Err(MachineError::Diverged { icount, what });
+                    }
+                }
+                Some(Event::End { .. }) => return Ok(None),
+                Some(Event::Header(_)) | None => {}
             }
         }
     }
@@ -379,6 +511,15 @@ impl Machine {
                 }
             }
             budget = budget.min(every - icount % every);
+        }
+        if self.recorder.is_some() {
+            budget = budget.min(self.record(icount)?);
+        }
+        if self.replayer.is_some() {
+            match self.replay(icount)? {
+                Some(n) => budget = budget.min(n),
+                None => return Ok(Some(ExitReason::ReplayEnd)),
+            }
         }
         if let Some((at, path)) = &self.snapshot_at {
             if icount == *at {
@@ -429,7 +570,11 @@ impl Machine {
             // Idle: wait for the next device event (or input), costing no host CPU.
             let next = self.bus.platform.next_event_ns();
             let icount = self.cpu.state.icount;
-            self.bus.clock.idle_until(icount, next, MAX_IDLE_WAIT);
+            let skipped = self.bus.clock.idle_until(icount, next, MAX_IDLE_WAIT);
+            if self.pace_idle && !skipped.is_zero() {
+                // Icount mode, paced: the guest's idle time passes on the host too.
+                std::thread::sleep(skipped);
+            }
             if next.is_none() && matches!(self.bus.clock.mode(), ClockMode::Icount { .. }) {
                 // Nothing but host input can wake the guest.
                 std::thread::sleep(MAX_IDLE_WAIT);

@@ -212,6 +212,55 @@ fn a_snapshot_resumes_to_the_same_state_and_bad_ones_are_refused() {
 }
 
 #[test]
+fn a_recorded_run_replays_and_bad_logs_are_refused() {
+    let dir = std::env::temp_dir().join(format!("ox86-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let log = p(&dir.join("demo.log"));
+    let run = |args: &[&str]| {
+        let out = run_ox86(args, Duration::from_secs(60));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        (text(&out.stdout), digests(&err).concat())
+    };
+    let rec = run(&["run", "--stats", "--record", &log]);
+    let rep = run(&["run", "--stats", "--replay", &log]);
+    assert_eq!(rep, rec, "the replay went elsewhere");
+    let rep = run(&["run", "--stats", "--interp", "--replay", &log]);
+    assert_eq!(rep, rec, "the interpreter's replay went elsewhere");
+    let good = std::fs::read(&log).unwrap();
+    let bad = |name: &str, bytes: &[u8]| {
+        let f = dir.join(name);
+        std::fs::write(&f, bytes).unwrap();
+        p(&f)
+    };
+    let mut version = good.clone();
+    version[8] += 1;
+    for (f, needle) in [
+        (bad("cut", &good[..good.len() - 3]), "truncated or corrupt"),
+        (bad("header", &good[..14]), "truncated or corrupt"),
+        (bad("junk", b"junk"), "not an ox86 replay log"),
+        (bad("version", &version), "format version 2"),
+        (
+            "/nonexistent/demo.log".to_string(),
+            "cannot read replay log",
+        ),
+    ] {
+        assert_one_line_error(&["run", "--replay", &f], needle);
+    }
+    assert_one_line_error(&["run", "-m", "64M", "--replay", &log], "another machine");
+    assert_one_line_error(
+        &["run", "--record", "/nonexistent/dir/x.log"],
+        "cannot write the replay log",
+    );
+    assert_one_line_error(
+        &["run", "--record", &log, "--replay", &log],
+        "cannot be used",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn stats_report_instructions_and_mips() {
     let out = run_ox86(
         &["run", "--stats", "--serial", "none"],

@@ -409,3 +409,166 @@ fn linux_icount_interpreter_and_jit_agree_digest_for_digest() {
         "other serial output:\n{so_int}\n--- JIT:\n{so_jit}"
     );
 }
+
+/// Boots to the initramfs's shell with `extra`, types `lines` one at a time (each two
+/// seconds after the output so far contains its cue), and returns the output once
+/// ox86 exits.
+fn shell_session(extra: &[&str], lines: &[(&str, &str)]) -> std::process::Output {
+    use std::io::{Read, Write};
+    let d = linux_dir();
+    let file = |n: &str| d.join(n).to_str().expect("UTF-8 path").to_string();
+    let mut args = vec![
+        "run".to_string(),
+        "--kernel".into(),
+        file("vmlinuz"),
+        "--initrd".into(),
+        file("initramfs.cpio.gz"),
+        "--append".into(),
+        "console=ttyS0".into(),
+        "-m".into(),
+        "256M".into(),
+        "--no-reboot".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut child = common::ox86_command()
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ox86");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    for (cue, line) in lines {
+        while !String::from_utf8_lossy(&seen).contains(cue) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(b) => seen.extend(b),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("no '{cue}' in:\n{}", String::from_utf8_lossy(&seen));
+                }
+            }
+        }
+        // A person's pause: the guest idles meanwhile (under --icount it runs its
+        // timer ticks at once), so that checks of the state fall between the lines.
+        std::thread::sleep(Duration::from_secs(2));
+        stdin.write_all(line.as_bytes()).expect("type");
+        stdin.flush().expect("flush");
+    }
+    while let Ok(b) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        seen.extend(b);
+    }
+    let status = child.wait().expect("wait");
+    reader.join().ok();
+    drop(stdin);
+    std::process::Output {
+        status,
+        stdout: seen,
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// A shell session typed on the console, recorded, replays with the same output and
+/// final state without any input from the host; the log costs kilobytes; a log whose
+/// typed input was altered diverges, and the replay names the first check after the
+/// altered input (10 M instructions after it).
+#[test]
+fn linux_recorded_session_replays_and_an_altered_log_diverges() {
+    let log = std::env::temp_dir().join(format!("ox86-session-{}.log", std::process::id()));
+    let log_s = log.to_str().unwrap().to_string();
+    let rec = shell_session(
+        &["--record", &log_s, "--stats", "--jit-cache", "off"],
+        &[
+            ("/ # ", "echo hello-$((6*7))\n"),
+            ("hello-42", "reboot -f\n"),
+        ],
+    );
+    let (so, se) = (text(&rec.stdout), text(&rec.stderr));
+    assert!(rec.status.success(), "record: {se}");
+    assert!(so.contains("\nhello-42\n"), "record:\n{so}");
+    let d = digest_lines(&se);
+    assert_eq!(d.len(), 1, "{se}");
+    let bytes = std::fs::read(&log).unwrap();
+    assert!(bytes.len() < 64 << 10, "the log is {} bytes", bytes.len());
+    let (_, events) = ox86::replay::parse(&bytes).expect("a good log");
+    let typed: Vec<(u64, Vec<u8>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            ox86::replay::Event::Console { icount, bytes, .. } => Some((*icount, bytes.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(!typed.is_empty(), "no input logged");
+
+    let args = |f: &str| {
+        [
+            "--replay",
+            f,
+            "--stats",
+            "--jit-cache",
+            "off",
+            "--jit-threshold",
+            "50",
+        ]
+        .map(String::from)
+    };
+    let a = args(&log_s);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let rep = run_linux("console=ttyS0", &a);
+    let (so2, se2) = (text(&rep.stdout), text(&rep.stderr));
+    assert!(rep.status.success(), "replay: {se2}");
+    assert!(so2 == so, "replay: other output:\n{so2}");
+    assert_eq!(digest_lines(&se2), d, "replay: another final state");
+
+    // 6*7 becomes 7*7 in the log: the guest prints hello-49, and the replay stops.
+    let k = bytes
+        .windows(3)
+        .position(|w| w == b"6*7")
+        .expect("the typed line is in the log");
+    let mut altered = bytes.clone();
+    altered[k] = b'7';
+    let bad = log.with_extension("altered");
+    std::fs::write(&bad, &altered).unwrap();
+    let a = args(bad.to_str().unwrap());
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let rep = run_linux("console=ttyS0", &a);
+    let (so3, se3) = (text(&rep.stdout), text(&rep.stderr));
+    assert!(
+        !rep.status.success() && so3.contains("hello-49"),
+        "{so3}\n{se3}"
+    );
+    let at = typed
+        .iter()
+        .find(|(_, b)| b.windows(3).any(|w| w == b"6*7"))
+        .map(|(i, _)| *i)
+        .expect("the altered input's count");
+    let want = format!(
+        "ox86: replay diverged at instruction {}: ",
+        at + ox86::replay::CHECK_AFTER_INPUT
+    );
+    assert!(
+        se3.lines().any(|l| l.starts_with(&want)),
+        "want '{want}' in:\n{se3}"
+    );
+    std::fs::remove_file(&log).ok();
+    std::fs::remove_file(&bad).ok();
+}

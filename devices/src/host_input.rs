@@ -47,8 +47,9 @@ impl HostInput {
         self.len() == 0
     }
 
-    /// Takes up to `max` bytes from the front (the device side).
-    pub(crate) fn take(&self, max: usize) -> Vec<u8> {
+    /// Takes up to `max` bytes from the front (the device side, or a recorder moving
+    /// host input into a device's queue at a defined instruction count).
+    pub fn take(&self, max: usize) -> Vec<u8> {
         if self.is_empty() || max == 0 {
             return Vec::new();
         }

@@ -48,6 +48,14 @@ struct RunArgs {
     /// the digest of the final machine state.
     #[arg(long)]
     stats: bool,
+    /// Record the run to replay log FILE (implies --icount): the console input with the
+    /// instruction count at which it entered the guest, and checks of the state.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["replay", "lockstep"])]
+    record: Option<PathBuf>,
+    /// Replay log FILE: the same run again, instruction for instruction, with the
+    /// logged input and none from the host; stops at the first check that differs.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["lockstep"])]
+    replay: Option<PathBuf>,
     /// Resume the machine saved in snapshot FILE (taken of the same kernel, initrd,
     /// command line and RAM size) instead of booting it.
     #[arg(long, value_name = "FILE")]
@@ -258,6 +266,18 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
         }
         b = b.snapshot_at(n, PathBuf::from(file));
     }
+    if let Some(path) = &a.record {
+        b = b.record(path.clone());
+    }
+    if let Some(path) = &a.replay {
+        b = b.replay(read_file(path, "replay log")?);
+    }
+    // A person at the console: under icount an idle guest sleeps instead of running
+    // its timers as fast as it can (its clock then keeps pace with the host's).
+    {
+        use std::io::IsTerminal;
+        b = b.pace_idle(a.serial == "stdio" && std::io::stdin().is_terminal());
+    }
     let mut m = b.build().map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(path) = &a.loadvm {
         let bytes = read_file(path, "snapshot")?;
@@ -322,6 +342,7 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
             );
         }
     }
+    let m_icount = m.cpu().state.icount;
     m.end_with_process();
     Ok(match reason {
         ExitReason::GuestExit(status) => ExitCode::from(status as u8),
@@ -331,6 +352,10 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
             ExitCode::SUCCESS
         }
         ExitReason::Quit => ExitCode::SUCCESS,
+        ExitReason::ReplayEnd => {
+            eprintln!("ox86: replay complete at instruction {}", m_icount);
+            ExitCode::SUCCESS
+        }
         ExitReason::InstructionLimit => {
             eprintln!("ox86: instruction limit reached");
             ExitCode::from(3)
