@@ -359,6 +359,39 @@ mod tests {
         assert!(matches!(parse(&huge), Err(LogError::Corrupt(_))));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Any bytes after the magic and version, and any damage to a good log, give
+        /// a log or an error, never a panic.
+        #[test]
+        fn parsing_never_panics(
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            flips in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>()), 0..8),
+        ) {
+            let mut v = MAGIC.to_vec();
+            v.extend_from_slice(&VERSION.to_le_bytes());
+            v.extend_from_slice(&tail);
+            let _ = parse(&v);
+            let mut good = log(&[
+                header(),
+                Event::Console { icount: 5, ns: 7, bytes: b"ls\r".to_vec() },
+                Event::Check(Check {
+                    icount: 6,
+                    regs: [1; 10],
+                    cpu: 2,
+                    devices: 3,
+                    ram: vec![4, 5],
+                }),
+                Event::End { icount: 9 },
+            ]);
+            for (at, x) in flips {
+                let n = good.len();
+                good[at % n] ^= x;
+            }
+            let _ = parse(&good);
+        }
+    }
+
     #[test]
     fn a_check_names_what_differs() {
         let mut s = CpuState::default();

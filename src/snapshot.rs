@@ -210,6 +210,33 @@ mod tests {
         assert_eq!(got, [0; 5], "RAM not in the snapshot is zeros");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+        /// A body damaged behind a checksum made to match (a forged file) gives a
+        /// snapshot or an error, never a panic, and so do its RAM chunks.
+        #[test]
+        fn forged_bodies_never_panic(
+            flips in proptest::collection::vec((0usize..100_000, proptest::prelude::any::<u8>()), 1..6),
+            cut in 0usize..100_000,
+        ) {
+            let good = encode(&body());
+            let mut payload = good[HEADER..].to_vec();
+            for (at, x) in flips {
+                let n = payload.len();
+                payload[at % n] ^= x;
+            }
+            payload.truncate(cut.max(1).min(payload.len()));
+            let mut v = good[..12].to_vec();
+            v.extend_from_slice(&xxh3_128(&payload).to_le_bytes());
+            v.extend_from_slice(&payload);
+            if let Ok(b) = decode(&v) {
+                if b.ram_size <= 1 << 20 {
+                    let _ = load_ram(&b.chunks, b.ram_size);
+                }
+            }
+        }
+    }
+
     #[test]
     fn every_damage_is_refused() {
         let good = encode(&body());

@@ -199,6 +199,8 @@ impl Cmos {
     /// Takes the state of `saved` (a snapshot's), keeping this RTC's interrupt line.
     pub fn restore(&mut self, mut saved: Cmos) {
         saved.irq = std::mem::take(&mut self.irq);
+        // As the index port writes it (a forged snapshot could hold more).
+        saved.index &= 0x7f;
         *self = saved;
     }
 

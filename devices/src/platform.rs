@@ -759,6 +759,42 @@ mod tests {
         assert!(c.restore(&[]).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Damaged device state (as a forged snapshot could hold) is refused or taken,
+        /// and the devices then never panic, whatever the guest does with them.
+        #[test]
+        fn damaged_state_never_panics(
+            flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..6),
+        ) {
+            let mut a = Platform::new(PlatformConfig::default()).unwrap();
+            for (port, v) in [(0x43u16, 0x34u32), (0x40, 0x9c), (0x40, 0x2e), (0x21, 0xb8), (0x70, 0x0b)] {
+                a.port_write(Port(port), 1, v);
+            }
+            a.advance_to(5_000_000);
+            let mut bytes = a.state_bytes();
+            for (at, x) in flips {
+                let n = bytes.len();
+                bytes[at % n] ^= x;
+            }
+            let mut c = Platform::new(PlatformConfig::default()).unwrap();
+            if c.restore(&bytes).is_ok() {
+                for port in [0x20u16, 0x21, 0xa0, 0xa1, 0x40, 0x41, 0x42, 0x43, 0x61, 0x60, 0x64,
+                             0x70, 0x71, 0x92, 0x3f8, 0x3f9, 0x3fa, 0x3fb, 0x3fc, 0x3fd, 0x3fe, 0x3ff, 0xcfc] {
+                    let _ = c.port_read(Port(port), 1);
+                    c.port_write(Port(port), 1, 0x5a);
+                }
+                for t in [6_000_000u64, 50_000_000, 2_000_000_000] {
+                    c.advance_to(t);
+                    let _ = c.next_event_ns();
+                    if c.intr_pending() {
+                        let _ = c.intr_ack();
+                    }
+                }
+            }
+        }
+    }
+
     #[derive(Clone, Default)]
     struct SharedBuf(Arc<Mutex<Vec<u8>>>);
 
