@@ -380,7 +380,8 @@ impl Machine {
                             })?;
                     }
                 }
-                if r != ExitReason::ReplayEnd && self.replayer.is_some() {
+                if !matches!(r, ExitReason::ReplayEnd | ExitReason::Quit) && self.replayer.is_some()
+                {
                     // The run ended by itself: where the recording did, in its state?
                     if self.replay(icount)?.is_some() {
                         return Err(MachineError::Diverged {
@@ -457,6 +458,15 @@ impl Machine {
             // and its time has to move on first.
             if let Some(Event::Console { ns: want, .. }) = rp.peek() {
                 if *want > ns {
+                    if self.bus.platform.next_event_ns().is_none() {
+                        // Guest time cannot move on: it never reaches the input.
+                        return Err(MachineError::Diverged {
+                            icount,
+                            what: format!(
+                                "the logged input is due at {want} ns, and guest time stopped at {ns} ns"
+                            ),
+                        });
+                    }
                     return Ok(Some(u64::MAX));
                 }
                 if *want < ns {
