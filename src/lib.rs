@@ -9,6 +9,7 @@ pub mod digest;
 mod error;
 mod lockstep;
 mod machine;
+pub mod monitor;
 pub mod replay;
 pub mod rtc;
 pub mod snapshot;
@@ -17,6 +18,7 @@ pub use builder::MachineBuilder;
 pub use digest::Digest;
 pub use error::MachineError;
 pub use machine::{ExitReason, Guest, Machine, MachineStats, SerialOut};
+pub use monitor::MonitorReply;
 pub use rtc::RtcBase;
 pub use snapshot::SnapshotError;
 

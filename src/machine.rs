@@ -74,6 +74,9 @@ pub enum ExitReason {
     Quit,
     /// A replay reached the end of its log.
     ReplayEnd,
+    /// The host asked for a pause (the console's Ctrl-A c, for the monitor): the
+    /// machine stopped at a slice boundary, and `run` goes on from there.
+    Paused,
 }
 
 /// Counters for `--stats`.
@@ -107,6 +110,9 @@ pub struct Machine {
     pub(crate) bus: MachineBus,
     pub(crate) guest: Guest,
     pub(crate) quit: Arc<AtomicBool>,
+    /// While set (from any thread), the run stops at the next slice boundary with
+    /// [`ExitReason::Paused`].
+    pub(crate) pause: Arc<AtomicBool>,
     pub(crate) no_reboot: bool,
     pub(crate) max_insns: Option<u64>,
     /// Digests every this many instructions (`--hash-every`), and where they go.
@@ -174,6 +180,7 @@ impl Machine {
             bus,
             guest,
             quit,
+            pause: Arc::new(AtomicBool::new(false)),
             no_reboot,
             max_insns,
             hash_every: None,
@@ -341,6 +348,12 @@ impl Machine {
         self.bus.platform.serial_input(0)
     }
 
+    /// A flag that, while set (from any thread), stops the run at the next slice
+    /// boundary with [`ExitReason::Paused`]; whoever clears it lets `run` go on.
+    pub fn pause_flag(&self) -> Arc<AtomicBool> {
+        self.pause.clone()
+    }
+
     /// A flag that, once set (from any thread), ends the run with [`ExitReason::Quit`].
     pub fn quit_flag(&self) -> Arc<AtomicBool> {
         self.quit.clone()
@@ -353,6 +366,9 @@ impl Machine {
     pub fn run(&mut self) -> Result<ExitReason, MachineError> {
         let mut slices = 0u64;
         loop {
+            if self.pause.load(Ordering::Relaxed) {
+                return Ok(ExitReason::Paused);
+            }
             let r = self.slice()?;
             if let Some(mut shadow) = self.shadow.take() {
                 let r2 = shadow.slice()?;

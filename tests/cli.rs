@@ -364,6 +364,57 @@ fn console_input_reaches_the_guest() {
 }
 
 #[test]
+fn ctrl_a_c_opens_the_monitor() {
+    let k = tiny_kernel("spin-monitor", "spin: jmp spin");
+    let k = k.to_str().unwrap();
+    let snap = std::env::temp_dir().join(format!("ox86-monitor-{}.snap", std::process::id()));
+    let input = format!(
+        "\x01cinfo registers\rx/1x 0x100000\rxp/4b 0x100000\rinfo tlb\rfrobnicate\r\
+         savevm {}\rc\r\x01cicount\rquit\r",
+        snap.display()
+    );
+    let out = run_ox86_input(
+        &["run", "--kernel", k],
+        Some(input.as_bytes()),
+        Duration::from_secs(30),
+    );
+    let so = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{so}\n{}", text(&out.stderr));
+    for want in [
+        "ox86 monitor: the guest is paused",
+        "EIP=001000",
+        "CR0=60000011",
+        "00100000: 1badb002",
+        "00100000: 02 b0 ad 1b",
+        "paging is off",
+        "unknown command 'frobnicate'",
+        "saved ",
+    ] {
+        assert!(so.contains(want), "no '{want}' in:\n{so}");
+    }
+    let at: u64 = so
+        .lines()
+        .find_map(|l| l.strip_prefix("icount="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("info registers gives the instruction count");
+    // The snapshot resumes.
+    let out = run_ox86(
+        &[
+            "run",
+            "--kernel",
+            k,
+            "--loadvm",
+            snap.to_str().unwrap(),
+            "--max-insns",
+            &(at + 1000).to_string(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    std::fs::remove_file(&snap).ok();
+}
+
+#[test]
 fn ctrl_a_x_quits_at_any_moment() {
     let k = tiny_kernel("spin", "spin: jmp spin");
     let start = std::time::Instant::now();

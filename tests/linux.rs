@@ -572,3 +572,35 @@ fn linux_recorded_session_replays_and_an_altered_log_diverges() {
     std::fs::remove_file(&log).ok();
     std::fs::remove_file(&bad).ok();
 }
+
+/// The monitor on a running kernel: Ctrl-A c at the shell, the page tables' mappings,
+/// the kernel's first instructions read through paging and physically (the same
+/// words), the registers, then quit.
+#[test]
+fn monitor_reads_the_kernel_through_its_page_tables() {
+    let out = shell_session(
+        &["--jit-cache", "off"],
+        &[(
+            "/ # ",
+            "\x01cinfo tlb\rx/4x 0xc1000000\rxp/4x 0x1000000\rinfo registers\rquit\r",
+        )],
+    );
+    let so = text(&out.stdout);
+    assert!(out.status.success(), "{so}\n{}", text(&out.stderr));
+    assert!(
+        so.lines()
+            .any(|l| l.starts_with("c0000000-") && l.contains("rw kernel")),
+        "no kernel mapping at 0xc0000000:\n{so}"
+    );
+    // Each reply follows the prompt on its line.
+    let words = |prefix: &str| {
+        so.lines()
+            .find_map(|l| l.split_once(prefix).map(|(_, w)| w))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no '{prefix}' line:\n{so}"))
+    };
+    let (virt, phys) = (words("c1000000:"), words("01000000:"));
+    assert_eq!(virt, phys, "paging does not map 0xc1000000 to 0x1000000");
+    assert_eq!(virt.split_whitespace().count(), 4);
+    assert!(so.contains("CR0=8"), "paging on:\n{so}");
+}

@@ -181,6 +181,46 @@ fn read_file(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
 }
 
+/// The monitor, while the guest is paused: runs the lines typed until the user goes
+/// back to the console (None) or quits.
+fn monitor_session(
+    m: &mut ox86::Machine,
+    lines: &std::sync::mpsc::Receiver<String>,
+) -> Option<ExitReason> {
+    use crate::console::{print_raw, MONITOR_OPEN};
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc::TryRecvError;
+    let banner =
+        "\nox86 monitor: the guest is paused (help lists the commands, c goes back)\n(ox86) ";
+    let pause = m.pause_flag();
+    loop {
+        // The console thread ends (dropping its sender) on Ctrl-A x or end of input.
+        let Ok(line) = lines.recv() else {
+            return Some(ExitReason::Quit);
+        };
+        if line == MONITOR_OPEN {
+            print_raw(banner);
+            continue;
+        }
+        match m.monitor(&line) {
+            ox86::MonitorReply::Text(t) => print_raw(&format!("{t}(ox86) ")),
+            ox86::MonitorReply::Continue => {
+                // Opened again already (typed ahead)? Then stay; else the guest runs.
+                pause.store(false, Ordering::Relaxed);
+                match lines.try_recv() {
+                    Ok(l) if l == MONITOR_OPEN => {
+                        pause.store(true, Ordering::Relaxed);
+                        print_raw(banner);
+                    }
+                    Ok(_) | Err(TryRecvError::Empty) => return None,
+                    Err(TryRecvError::Disconnected) => return Some(ExitReason::Quit),
+                }
+            }
+            ox86::MonitorReply::Quit => return Some(ExitReason::Quit),
+        }
+    }
+}
+
 fn run_guest(a: RunArgs) -> Result<ExitCode> {
     let ram = parse_size(&a.memory).map_err(anyhow::Error::msg)?;
     let mut b = MachineBuilder::new()
@@ -286,16 +326,29 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
     }
     // The terminal is the serial console when COM1 is on stdio; the guard restores it
     // on every way out of this function.
+    let (monitor_tx, monitor_rx) = std::sync::mpsc::channel::<String>();
     let raw = if a.serial == "stdio" {
         if let Some(input) = m.serial_input() {
-            crate::console::spawn_input(input, m.quit_flag());
+            let link = crate::console::MonitorLink {
+                pause: m.pause_flag(),
+                lines: monitor_tx,
+            };
+            crate::console::spawn_input(input, m.quit_flag(), link);
         }
         Some(crate::console::raw_mode())
     } else {
         None
     };
     let start = Instant::now();
-    let reason = m.run().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let reason = loop {
+        let r = m.run().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if r != ExitReason::Paused {
+            break r;
+        }
+        if let Some(r) = monitor_session(&mut m, &monitor_rx) {
+            break r;
+        }
+    };
     drop(raw);
     let wall = start.elapsed();
     if a.stats {
@@ -351,7 +404,7 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
             eprintln!("ox86: the guest halted with interrupts disabled");
             ExitCode::SUCCESS
         }
-        ExitReason::Quit => ExitCode::SUCCESS,
+        ExitReason::Quit | ExitReason::Paused => ExitCode::SUCCESS,
         ExitReason::ReplayEnd => {
             eprintln!("ox86: replay complete at instruction {}", m_icount);
             ExitCode::SUCCESS

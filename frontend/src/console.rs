@@ -1,7 +1,8 @@
 //! The host terminal as the guest's serial console: raw mode while the guest runs
 //! (restored on every exit path by a guard), stdin forwarded to COM1 from a thread,
-//! and QEMU's escape keys: Ctrl-A x quits, Ctrl-A h lists the keys, Ctrl-A Ctrl-A
-//! sends a Ctrl-A.
+//! and QEMU's escape keys: Ctrl-A x quits, Ctrl-A h lists the keys, Ctrl-A c switches
+//! between the console and the monitor (the guest paused; lines typed go to the
+//! monitor), Ctrl-A Ctrl-A sends a Ctrl-A.
 
 use std::io::{IsTerminal, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +48,8 @@ pub enum Action {
     Quit,
     /// Show the escape keys.
     Help,
+    /// Switch between the console and the monitor.
+    Monitor,
 }
 
 impl Escapes {
@@ -71,6 +74,12 @@ impl Escapes {
                         }
                         out.push(Action::Help);
                     }
+                    b'c' | b'C' => {
+                        if !send.is_empty() {
+                            out.push(Action::Send(std::mem::take(&mut send)));
+                        }
+                        out.push(Action::Monitor);
+                    }
                     CTRL_A => send.push(CTRL_A),
                     _ => {}
                 }
@@ -88,17 +97,40 @@ impl Escapes {
 }
 
 /// The escape-key help text.
-pub const HELP: &str =
-    "C-a h    print this help\r\nC-a x    exit emulator\r\nC-a C-a  sends C-a\r\n";
+pub const HELP: &str = "C-a h    print this help\r\nC-a x    exit emulator\r\nC-a c    switch between console and monitor\r\nC-a C-a  sends C-a\r\n";
 
-/// Starts the thread that forwards stdin to the guest's COM1 and sets `quit` on Ctrl-A x.
-pub fn spawn_input(input: SerialInput, quit: Arc<AtomicBool>) {
+/// What the console thread sends the monitor when Ctrl-A c opens it (after setting
+/// `pause`); the lines typed follow.
+pub const MONITOR_OPEN: &str = "\u{1}open";
+
+/// Where monitor lines go: the run is paused through `pause` and [`MONITOR_OPEN`] sent,
+/// then each line typed is sent on `lines` (`c` when the user switches back to the
+/// console). The monitor clears `pause` when it lets the guest go on.
+pub struct MonitorLink {
+    /// Stops the machine at its next slice boundary.
+    pub pause: Arc<AtomicBool>,
+    /// The lines typed.
+    pub lines: std::sync::mpsc::Sender<String>,
+}
+
+/// Writes `text` to the terminal with CR LF line ends (it is in raw mode).
+pub fn print_raw(text: &str) {
+    let mut o = std::io::stdout();
+    let _ = o.write_all(text.replace('\n', "\r\n").as_bytes());
+    let _ = o.flush();
+}
+
+/// Starts the thread that forwards stdin to the guest's COM1, sets `quit` on Ctrl-A x,
+/// and on Ctrl-A c sends the lines typed to the monitor.
+pub fn spawn_input(input: SerialInput, quit: Arc<AtomicBool>, monitor: MonitorLink) {
     std::thread::Builder::new()
         .name("ox86-console".into())
         .spawn(move || {
             let mut esc = Escapes::default();
             let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 256];
+            // The line being typed to the monitor, while it has the keyboard.
+            let mut line: Option<Vec<u8>> = None;
             loop {
                 let n = match stdin.read(&mut buf) {
                     Ok(0) | Err(_) => return,
@@ -106,6 +138,50 @@ pub fn spawn_input(input: SerialInput, quit: Arc<AtomicBool>) {
                 };
                 for a in esc.feed(&buf[..n]) {
                     match a {
+                        Action::Monitor => {
+                            if line.take().is_some() {
+                                print_raw("\n");
+                                let _ = monitor.lines.send("c".into());
+                            } else {
+                                line = Some(Vec::new());
+                                monitor.pause.store(true, Ordering::Relaxed);
+                                if monitor.lines.send(MONITOR_OPEN.into()).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Action::Send(bytes) if line.is_some() => {
+                            let Some(l) = line.as_mut() else { continue };
+                            let mut leave = false;
+                            for b in bytes {
+                                match b {
+                                    b'\r' | b'\n' => {
+                                        print_raw("\n");
+                                        let text = String::from_utf8_lossy(l).trim().to_string();
+                                        l.clear();
+                                        leave = matches!(text.as_str(), "c" | "cont" | "continue");
+                                        if monitor.lines.send(text).is_err() {
+                                            return;
+                                        }
+                                        if leave {
+                                            break;
+                                        }
+                                    }
+                                    0x7f | 0x08 if l.pop().is_some() => {
+                                        print_raw("\x08 \x08");
+                                    }
+                                    0x7f | 0x08 => {}
+                                    b if (0x20..0x7f).contains(&b) => {
+                                        l.push(b);
+                                        print_raw(&(b as char).to_string());
+                                    }
+                                    _ => {}
+                                }
+                            }
+                            if leave {
+                                line = None;
+                            }
+                        }
                         Action::Send(bytes) => {
                             let mut rest = &bytes[..];
                             while !rest.is_empty() {
@@ -151,6 +227,10 @@ mod tests {
         assert_eq!(
             e.feed(&[b'q', CTRL_A, b'h']),
             vec![Action::Send(b"q".to_vec()), Action::Help]
+        );
+        assert_eq!(
+            e.feed(&[b'a', CTRL_A, b'c']),
+            vec![Action::Send(b"a".to_vec()), Action::Monitor]
         );
         // Ctrl-A split across reads.
         assert_eq!(e.feed(&[CTRL_A]), vec![]);

@@ -132,15 +132,58 @@ pub fn walk(
     access: Access,
     user: bool,
 ) -> Result<Translation, PageFault> {
+    let (t, entries, n) = resolve(mem, regs, lin, access, user)?;
+    // Accessed bits on every entry used, dirty on the leaf for writes.
+    for (i, &(addr, e, wide)) in entries[..n].iter().enumerate() {
+        let mut new = e | A;
+        if i == n - 1 && access == Access::Write {
+            new |= D;
+        }
+        if new != e {
+            if wide {
+                mem.write_u64(PhysAddr(addr), new);
+            } else {
+                mem.write_u32(PhysAddr(addr), new as u32);
+            }
+        }
+    }
+    Ok(t)
+}
+
+/// Translates `lin` as [`walk`] does, without setting accessed or dirty bits: what a
+/// debugger or a monitor reads through the guest's paging, leaving no trace.
+pub fn peek(
+    mem: &Memory,
+    regs: &PagingRegs,
+    lin: u64,
+    access: Access,
+    user: bool,
+) -> Result<Translation, PageFault> {
+    resolve(mem, regs, lin, access, user).map(|(t, _, _)| t)
+}
+
+/// A translation and the entries of its walk: (physical address, value, 64-bit), and
+/// how many.
+type Walked = (Translation, [(u64, u64, bool); 4], usize);
+
+/// [`walk`] up to the accessed and dirty bits: the translation and the entries used.
+fn resolve(
+    mem: &Memory,
+    regs: &PagingRegs,
+    lin: u64,
+    access: Access,
+    user: bool,
+) -> Result<Walked, PageFault> {
     let mode = regs.mode();
     if mode == PagingMode::None {
-        return Ok(Translation {
+        let t = Translation {
             frame: PhysAddr(lin & !0xfff & 0xffff_ffff),
             writable: true,
             executable: true,
             global: false,
             page_size: 4096,
-        });
+        };
+        return Ok((t, [(0, 0, false); 4], 0));
     }
     let nxe = regs.efer & EFER_NXE != 0 && mode != PagingMode::Legacy;
     let a20 = mem.a20_mask();
@@ -284,28 +327,15 @@ pub fn walk(
         _ => {}
     }
 
-    // Accessed bits on every entry used, dirty on the leaf for writes.
-    for (i, &(addr, e, wide)) in entries[..n].iter().enumerate() {
-        let mut new = e | A;
-        if i == n - 1 && access == Access::Write {
-            new |= D;
-        }
-        if new != e {
-            if wide {
-                mem.write_u64(PhysAddr(addr), new);
-            } else {
-                mem.write_u32(PhysAddr(addr), new as u32);
-            }
-        }
-    }
     let dirty = leaf & D != 0 || access == Access::Write;
-    Ok(Translation {
+    let t = Translation {
         frame: PhysAddr(frame & a20),
         writable: may_write && dirty,
         executable: !xd,
         global: leaf & G != 0 && regs.cr4 & CR4_PGE != 0,
         page_size,
-    })
+    };
+    Ok((t, entries, n))
 }
 
 #[cfg(test)]
@@ -328,6 +358,29 @@ mod tests {
 
     // Linear address of page table index 5 in directory slot 1.
     const LIN: u64 = (1 << 22) | (5 << 12) | 0x123;
+
+    #[test]
+    fn peek_translates_as_walk_does_and_leaves_no_trace() {
+        let mut mem = Memory::new(4 << 20).unwrap();
+        let regs = legacy(&mut mem, P | RW, P | RW);
+        let before = (mem.read_u32(PhysAddr(PD + 4)), mem.read_u32(PhysAddr(PT + 20)));
+        for access in [Access::Read, Access::Write, Access::Execute] {
+            let t = peek(&mem, &regs, LIN, access, false).unwrap();
+            assert_eq!(t.frame, PhysAddr(0x0020_0000));
+        }
+        assert_eq!(
+            (mem.read_u32(PhysAddr(PD + 4)), mem.read_u32(PhysAddr(PT + 20))),
+            before,
+            "peek set accessed or dirty bits"
+        );
+        assert_eq!(
+            peek(&mem, &regs, LIN, Access::Read, true).unwrap_err().error_code,
+            walk(&mut mem, &regs, LIN, Access::Read, true).unwrap_err().error_code
+        );
+        let t = walk(&mut mem, &regs, LIN, Access::Write, false).unwrap();
+        assert_eq!(Ok(t), peek(&mem, &regs, LIN, Access::Write, false));
+        assert_ne!(mem.read_u32(PhysAddr(PT + 20)), before.1, "walk sets A and D");
+    }
 
     #[test]
     fn paging_off_is_identity() {
