@@ -11,7 +11,7 @@
 
 use ox86_cpu::state::Segment;
 use ox86_cpu::CpuState;
-use ox86_mmu::{Memory, PhysAddr};
+use ox86_mmu::Memory;
 use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
 /// Bytes of RAM hashed at a time.
@@ -157,15 +157,7 @@ fn cpu_bytes(s: &CpuState) -> Vec<u8> {
 /// RAM, then the A20 gate.
 fn ram_digest(mem: &Memory) -> u128 {
     let mut h = Xxh3::new();
-    let size = mem.ram_size();
-    let mut buf = vec![0u8; CHUNK];
-    let mut at = 0u64;
-    while at < size {
-        let n = CHUNK.min((size - at) as usize);
-        mem.read_phys(PhysAddr(at), &mut buf[..n]);
-        h.update(&buf[..n]);
-        at += n as u64;
-    }
+    crate::ram::for_each_chunk(mem, CHUNK, |_, bytes| h.update(bytes));
     h.update(&[u8::from(mem.a20_enabled())]);
     h.digest128()
 }
@@ -173,6 +165,7 @@ fn ram_digest(mem: &Memory) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ox86_mmu::PhysAddr;
 
     #[test]
     fn every_part_changes_its_digest() {

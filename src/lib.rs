@@ -10,6 +10,7 @@ mod error;
 mod lockstep;
 mod machine;
 pub mod monitor;
+mod ram;
 pub mod replay;
 pub mod rtc;
 pub mod snapshot;

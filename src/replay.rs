@@ -11,7 +11,7 @@
 use std::io::Write;
 
 use ox86_cpu::CpuState;
-use ox86_mmu::{Memory, PhysAddr};
+use ox86_mmu::Memory;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
@@ -90,16 +90,8 @@ impl Check {
         regs[8] = s.rip;
         regs[9] = s.eflags();
         let d = crate::digest::Digest::of_cpu(s);
-        let size = mem.ram_size();
-        let mut buf = vec![0u8; RAM_PART];
         let mut ram = Vec::new();
-        let mut at = 0u64;
-        while at < size {
-            let n = RAM_PART.min((size - at) as usize);
-            mem.read_phys(PhysAddr(at), &mut buf[..n]);
-            ram.push(xxh3_64(&buf[..n]));
-            at += n as u64;
-        }
+        crate::ram::for_each_chunk(mem, RAM_PART, |_, bytes| ram.push(xxh3_64(bytes)));
         Check {
             icount: s.icount,
             regs,
@@ -307,6 +299,7 @@ impl Replayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ox86_mmu::PhysAddr;
 
     fn log(events: &[Event]) -> Vec<u8> {
         let mut v = MAGIC.to_vec();

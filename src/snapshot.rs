@@ -63,19 +63,13 @@ pub(crate) struct Body {
 
 /// The chunks of RAM that are not all zeros, compressed.
 pub(crate) fn save_ram(mem: &Memory) -> Vec<(u32, Vec<u8>)> {
-    let size = mem.ram_size();
-    let mut buf = vec![0u8; CHUNK];
     let mut out = Vec::new();
-    let mut at = 0u64;
-    while at < size {
-        let n = CHUNK.min((size - at) as usize);
-        mem.read_phys(PhysAddr(at), &mut buf[..n]);
-        if buf[..n].iter().any(|&b| b != 0) {
+    crate::ram::for_each_chunk(mem, CHUNK, |at, bytes| {
+        if bytes.iter().any(|&b| b != 0) {
             let k = (at / CHUNK as u64) as u32;
-            out.push((k, lz4_flex::block::compress_prepend_size(&buf[..n])));
+            out.push((k, lz4_flex::block::compress_prepend_size(bytes)));
         }
-        at += n as u64;
-    }
+    });
     out
 }
 

@@ -363,23 +363,37 @@ mod tests {
     fn peek_translates_as_walk_does_and_leaves_no_trace() {
         let mut mem = Memory::new(4 << 20).unwrap();
         let regs = legacy(&mut mem, P | RW, P | RW);
-        let before = (mem.read_u32(PhysAddr(PD + 4)), mem.read_u32(PhysAddr(PT + 20)));
+        let before = (
+            mem.read_u32(PhysAddr(PD + 4)),
+            mem.read_u32(PhysAddr(PT + 20)),
+        );
         for access in [Access::Read, Access::Write, Access::Execute] {
             let t = peek(&mem, &regs, LIN, access, false).unwrap();
             assert_eq!(t.frame, PhysAddr(0x0020_0000));
         }
         assert_eq!(
-            (mem.read_u32(PhysAddr(PD + 4)), mem.read_u32(PhysAddr(PT + 20))),
+            (
+                mem.read_u32(PhysAddr(PD + 4)),
+                mem.read_u32(PhysAddr(PT + 20))
+            ),
             before,
             "peek set accessed or dirty bits"
         );
         assert_eq!(
-            peek(&mem, &regs, LIN, Access::Read, true).unwrap_err().error_code,
-            walk(&mut mem, &regs, LIN, Access::Read, true).unwrap_err().error_code
+            peek(&mem, &regs, LIN, Access::Read, true)
+                .unwrap_err()
+                .error_code,
+            walk(&mut mem, &regs, LIN, Access::Read, true)
+                .unwrap_err()
+                .error_code
         );
         let t = walk(&mut mem, &regs, LIN, Access::Write, false).unwrap();
         assert_eq!(Ok(t), peek(&mem, &regs, LIN, Access::Write, false));
-        assert_ne!(mem.read_u32(PhysAddr(PT + 20)), before.1, "walk sets A and D");
+        assert_ne!(
+            mem.read_u32(PhysAddr(PT + 20)),
+            before.1,
+            "walk sets A and D"
+        );
     }
 
     #[test]
