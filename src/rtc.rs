@@ -4,7 +4,7 @@
 //! The RTC then runs on guest time. Under `--icount` the default is a fixed date
 //! ([`ICOUNT_RTC_BASE`]), so that nothing the guest reads depends on when it ran.
 
-use ox86_devices::cmos::days_from_civil;
+use ox86_devices::cmos::{days_from_civil, days_in_month};
 
 /// The RTC's start under `--icount` when no base is given: 2024-01-01T00:00:00.
 pub const ICOUNT_RTC_BASE: i64 = 1_704_067_200;
@@ -68,22 +68,7 @@ fn parse_datetime(s: &str) -> Option<i64> {
     if d.next().is_some() || !(1970..=9999).contains(&y) || !(1..=12).contains(&m) {
         return None;
     }
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days_in = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if day == 0 || day > days_in[m as usize - 1] {
+    if day == 0 || day > days_in_month(i64::from(y), m) {
         return None;
     }
     let (hh, mm, ss) = match time {
