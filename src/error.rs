@@ -47,4 +47,7 @@ pub enum MachineError {
     /// In lockstep mode, the JIT and the interpreter diverged.
     #[error("lockstep: the JIT and the interpreter diverged: {0}")]
     Lockstep(String),
+    /// The debugger's history cannot do what was asked.
+    #[error("history: {0}")]
+    History(String),
 }

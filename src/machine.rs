@@ -10,7 +10,7 @@ use ox86_bios::{EntryMode, EntryState};
 use ox86_cpu::state::{
     attr, Segment, CR0_PE, CS, DS, ES, FS, GS, IF, RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP, SS,
 };
-use ox86_cpu::{AccelStats, Cpu, CpuExit, RunLimits};
+use ox86_cpu::{AccelStats, Cpu, CpuExit, DebugStop, RunLimits, Watchpoint};
 use ox86_devices::uart::SerialInput;
 use ox86_devices::{Platform, PlatformConfig};
 use ox86_jit::{Jit, JitConfig};
@@ -77,6 +77,24 @@ pub enum ExitReason {
     /// The host asked for a pause (the console's Ctrl-A c, for the monitor): the
     /// machine stopped at a slice boundary, and `run` goes on from there.
     Paused,
+    /// The next instruction is at a breakpoint (linear address) of the debugger.
+    Breakpoint(u64),
+    /// The instruction that just completed accessed a watched range.
+    Watchpoint {
+        /// The watchpoint.
+        watch: Watchpoint,
+        /// Whether the access was a write.
+        write: bool,
+    },
+    /// The instruction count given to [`Machine::run_until`] was reached.
+    Reached,
+    /// [`Machine::step`] ran one instruction (or delivered one exception or
+    /// interrupt).
+    Stepped,
+    /// The host time given to [`Machine::run_until`] ran out.
+    TimeUp,
+    /// Reverse execution reached the start of the debugger's history.
+    HistoryStart,
 }
 
 /// Counters for `--stats`.
@@ -133,6 +151,10 @@ pub struct Machine {
     pub(crate) snapshot_at: Option<(u64, std::path::PathBuf)>,
     /// The interpreter-only twin of a lockstep run.
     pub(crate) shadow: Option<Box<Machine>>,
+    /// What a debugging run stops at beside stop points (see [`crate::debug`]).
+    pub(crate) until: crate::debug::Until,
+    /// The debugger's history of checkpoints, when kept (see [`crate::history`]).
+    pub(crate) history: Option<crate::history::History>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -191,6 +213,8 @@ impl Machine {
             replayer: None,
             pace_idle: false,
             shadow: None,
+            until: Default::default(),
+            history: None,
         };
         m.load_guest()?;
         Ok(m)
@@ -565,12 +589,28 @@ impl Machine {
             }
             budget = budget.min(left);
         }
+        if self.history.is_some() {
+            budget = budget.min(self.keep_history_at(icount));
+        }
+        match self.until.budget(icount, self.cpu.stats.interrupts) {
+            Ok(n) => budget = budget.min(n),
+            Err(r) => return Ok(Some(r)),
+        }
         let exit = self.cpu.run(
             &mut self.mem,
             &mut self.bus,
             RunLimits { max_insns: budget },
         );
         self.bus.advance(self.cpu.state.icount);
+        if exit == CpuExit::Debug {
+            return Ok(match self.cpu.stops.take_stop() {
+                Some(DebugStop::Breakpoint(lin)) => Some(ExitReason::Breakpoint(lin)),
+                Some(DebugStop::Watch { watch, write }) => {
+                    Some(ExitReason::Watchpoint { watch, write })
+                }
+                None => None,
+            });
+        }
         let req = self.bus.platform.take_requests();
         if let Some(a20) = req.a20 {
             self.mem.set_a20(a20);

@@ -3,12 +3,13 @@
 //! the guest can observe depends on it. Commands: `info registers`, `info tlb` (the
 //! current page tables' mappings), `x/NF ADDR` (memory by linear address through the
 //! current paging, read without setting accessed bits), `xp/NF ADDR` (physical),
-//! `icount`, `savevm FILE`, `c` (continue), `quit`.
+//! `icount`, `savevm FILE`, `pt ADDR` (the page walk of a linear address, level by
+//! level), `goto N` (with the debugger's history), `c` (continue), `quit`.
 
 use std::fmt::Write as _;
 
 use ox86_cpu::state::{CS, DS, ES, FS, GS, SS};
-use ox86_mmu::paging::{self, Access, PagingMode, PagingRegs};
+use ox86_mmu::paging::{self, Access, PagingMode};
 use ox86_mmu::PhysAddr;
 
 use crate::machine::Machine;
@@ -30,6 +31,8 @@ info tlb         the current page tables' mappings
 x/NF ADDR        N units at linear address ADDR (F: b, h, w or g for 1, 2, 4 or 8 bytes)
 xp/NF ADDR       the same at a physical address
 icount           instructions retired
+pt ADDR          the page walk of linear address ADDR, level by level
+goto N           go to instruction count N, back or forward (with -s or --gdb)
 savevm FILE      save a snapshot of the machine (resume it with --loadvm FILE)
 c                leave the monitor; the guest runs on
 quit             end the run
@@ -47,6 +50,20 @@ impl Machine {
             ["info", "registers"] | ["info", "r"] => self.registers(),
             ["info", "tlb"] => self.mappings(),
             ["icount"] => format!("{}\n", self.cpu.state.icount),
+            ["pt", addr] => match parse_number(addr) {
+                Some(a) => self.page_walk(a),
+                None => format!("bad address '{addr}'\n"),
+            },
+            ["goto", n] => match parse_number(n) {
+                Some(n) => match self.goto(n) {
+                    Ok(_) => format!(
+                        "at instruction {} (EIP {:08x})\n",
+                        self.cpu.state.icount, self.cpu.state.rip
+                    ),
+                    Err(e) => format!("{e}\n"),
+                },
+                None => format!("bad instruction count '{n}'\n"),
+            },
             ["savevm", file] => match std::fs::write(file, self.snapshot()) {
                 Ok(()) => format!("saved {file} at instruction {}\n", self.cpu.state.icount),
                 Err(e) => format!("cannot write {file}: {e}\n"),
@@ -65,16 +82,6 @@ impl Machine {
             _ => format!("unknown command '{}' (help lists them)\n", line.trim()),
         };
         MonitorReply::Text(text)
-    }
-
-    fn paging_regs(&self) -> PagingRegs {
-        let s = &self.cpu.state;
-        PagingRegs {
-            cr0: s.cr0,
-            cr3: s.cr3,
-            cr4: s.cr4,
-            efer: s.efer,
-        }
     }
 
     fn registers(&self) -> String {
@@ -190,6 +197,125 @@ impl Machine {
         Ok(o)
     }
 
+    /// The page walk of linear address `lin` through the current page tables: each
+    /// level's entry (its physical address, value and bits), then the translation.
+    fn page_walk(&self, lin: u64) -> String {
+        let regs = self.paging_regs();
+        let mode = regs.mode();
+        let lin = lin & 0xffff_ffff;
+        let mut o = format!("linear {lin:08x}, CR3 {:08x}, ", regs.cr3);
+        let a20 = self.mem.a20_mask();
+        let bits = |e: u64| {
+            let mut f = String::new();
+            for (bit, name) in [
+                (0, "P"),
+                (1, "RW"),
+                (2, "US"),
+                (3, "PWT"),
+                (4, "PCD"),
+                (5, "A"),
+                (6, "D"),
+                (7, "PS"),
+                (8, "G"),
+                (63, "XD"),
+            ] {
+                if e >> bit & 1 != 0 {
+                    f.push(' ');
+                    f.push_str(name);
+                }
+            }
+            f
+        };
+        // (level name, entry address, 64-bit entries, index shift) from the top.
+        let levels: Vec<(&str, u64, bool, u32)> = match mode {
+            PagingMode::None => {
+                o.push_str("paging off: physical = linear\n");
+                return o;
+            }
+            PagingMode::Legacy => {
+                o.push_str("32-bit paging\n");
+                vec![
+                    ("PDE", regs.cr3 & 0xffff_f000, false, 22),
+                    ("PTE", 0, false, 12),
+                ]
+            }
+            PagingMode::Pae => {
+                o.push_str("PAE paging\n");
+                vec![
+                    ("PDPTE", regs.cr3 & 0xffff_ffe0, true, 30),
+                    ("PDE", 0, true, 21),
+                    ("PTE", 0, true, 12),
+                ]
+            }
+            PagingMode::Level4 => {
+                o.push_str("4-level paging\n");
+                vec![
+                    ("PML4E", regs.cr3 & 0x000f_ffff_ffff_f000, true, 39),
+                    ("PDPTE", 0, true, 30),
+                    ("PDE", 0, true, 21),
+                    ("PTE", 0, true, 12),
+                ]
+            }
+        };
+        let mut table = levels[0].1;
+        for (i, &(name, _, wide, shift)) in levels.iter().enumerate() {
+            let index_bits = if wide {
+                if mode == PagingMode::Pae && i == 0 {
+                    2
+                } else {
+                    9
+                }
+            } else {
+                10
+            };
+            let idx = (lin >> shift) & ((1 << index_bits) - 1);
+            let at = (table + idx * if wide { 8 } else { 4 }) & a20;
+            let e = if wide {
+                self.mem.read_u64(PhysAddr(at))
+            } else {
+                u64::from(self.mem.read_u32(PhysAddr(at)))
+            };
+            let _ = writeln!(
+                o,
+                "  {name:<5} [{idx:3}] at {at:09x} = {e:0w$x}{}",
+                bits(e),
+                w = if wide { 16 } else { 8 }
+            );
+            let large = e & 0x80 != 0
+                && name != "PTE"
+                && name != "PML4E"
+                && !(mode == PagingMode::Pae && name == "PDPTE")
+                && (wide || regs.cr4 & paging::CR4_PSE != 0);
+            if e & 1 == 0 || large {
+                break;
+            }
+            table = e & if wide {
+                0x000f_ffff_ffff_f000
+            } else {
+                0xffff_f000
+            };
+        }
+        match paging::peek(&self.mem, &regs, lin, Access::Read, false) {
+            Ok(t) => {
+                let w = paging::peek(&self.mem, &regs, lin, Access::Write, false).is_ok();
+                let u = paging::peek(&self.mem, &regs, lin, Access::Read, true).is_ok();
+                let _ = writeln!(
+                    o,
+                    "  -> physical {:09x} ({} KiB page, {}, {}{})",
+                    t.frame.0 | (lin & 0xfff),
+                    t.page_size.max(4096) / 1024,
+                    if w { "writable" } else { "read-only" },
+                    if u { "user" } else { "kernel only" },
+                    if t.global { ", global" } else { "" }
+                );
+            }
+            Err(pf) => {
+                let _ = writeln!(o, "  -> page fault, error code {:#x}", pf.error_code);
+            }
+        }
+        o
+    }
+
     /// The mappings of the current page tables, contiguous runs merged.
     fn mappings(&self) -> String {
         let regs = self.paging_regs();
@@ -248,5 +374,13 @@ impl Machine {
             o.push_str("no page is mapped\n");
         }
         o
+    }
+}
+
+/// A number as typed to the monitor: hexadecimal with 0x, else decimal.
+pub fn parse_number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.replace('_', "").parse().ok(),
     }
 }

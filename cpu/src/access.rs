@@ -197,13 +197,19 @@ impl Exec<'_> {
             return Ok(frame | (lin & PAGE_MASK));
         }
         let code = ram && self.mem.is_code_page(PhysAddr(frame));
-        let watched = self.page_has_data_breakpoint(page);
+        let watched = self.page_has_data_breakpoint(page) || self.dbg.watches_page(page);
+        // With the undo log kept, a page is mapped for writing only once its first
+        // write is seen (see `ox86_mmu::undo`).
+        if ram && access == Access::Write {
+            self.mem.save_pre_image(frame);
+        }
+        let writable = t.writable && (!ram || self.mem.write_noted(PhysAddr(frame)));
         self.tlb.fill(
             user,
             lin,
             TlbEntry {
                 read: tag(true, !fast || watched),
-                write: tag(t.writable, !ram || code || watched),
+                write: tag(writable, !ram || code || watched),
                 addend: host.wrapping_sub(page),
                 frame,
                 global: t.global as u64,
@@ -236,6 +242,7 @@ impl Exec<'_> {
         let len = buf.len() as u64;
         if access == Access::Read {
             self.note_data_access(lin, len, false);
+            self.dbg.note_access(lin, len, false);
         }
         let first = (PAGE_MASK + 1 - (lin & PAGE_MASK)).min(len);
         let p0 = self.phys_for(lin, access, user)?;
@@ -274,6 +281,7 @@ impl Exec<'_> {
     pub fn write_slow(&mut self, lin: u64, data: &[u8], user: bool) -> Fault {
         let len = data.len() as u64;
         self.note_data_access(lin, len, true);
+        self.dbg.note_access(lin, len, true);
         let first = (PAGE_MASK + 1 - (lin & PAGE_MASK)).min(len);
         let p0 = self.phys_for(lin, Access::Write, user)?;
         let p1 = if first < len {

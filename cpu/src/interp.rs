@@ -24,6 +24,10 @@ pub enum CpuExit {
     Stop,
     /// Triple fault: the machine must reset.
     Shutdown,
+    /// A stop point of the host debugger was reached (see [`crate::stops`]): the
+    /// state is before the instruction at a breakpoint, or after the instruction that
+    /// hit a watchpoint.
+    Debug,
 }
 
 /// How long `run` may go on.
@@ -90,10 +94,21 @@ impl Exec<'_> {
             if self.io.stop_requested() {
                 return CpuExit::Stop;
             }
+            if self.dbg.stop {
+                return CpuExit::Debug;
+            }
             if self.s.icount.saturating_add(events) >= end {
                 return CpuExit::Budget;
             }
             let debug = self.debug_armed();
+            // A page with a breakpoint of the host debugger runs here, instruction by
+            // instruction checked against them.
+            let lin = self.s.seg[CS].base.wrapping_add(self.s.rip) & 0xffff_ffff;
+            let host_bp = self.dbg.has_breakpoints() && self.dbg.page_has_breakpoint(lin);
+            if host_bp && self.dbg.check_breakpoint(lin) {
+                return CpuExit::Debug;
+            }
+            self.dbg.resume_at = None;
             // The block first, then the accelerator: the block carries what the
             // accelerator found at its entry last time (see `AccelHint`).
             let id = match self.current_block(last) {
@@ -105,7 +120,7 @@ impl Exec<'_> {
                 }
             };
             if let Some(a) = accel.as_deref_mut() {
-                if !debug && !shadow {
+                if !debug && !shadow && !host_bp {
                     // Exceptions count against the budget too (see above).
                     match a.run(self, end.saturating_sub(events), id) {
                         AccelRun::NotRun => {}
@@ -113,6 +128,7 @@ impl Exec<'_> {
                         AccelRun::Fault(ex) => {
                             events += 1;
                             self.s.dbg_pending = 0;
+                            self.dbg.cancel_watch_hit();
                             self.raise(ex);
                             continue;
                         }
@@ -151,7 +167,6 @@ impl Exec<'_> {
                 insns.len().min((end - events - self.s.icount) as usize)
             };
             if debug {
-                let lin = self.s.seg[CS].base.wrapping_add(self.s.rip) & 0xffff_ffff;
                 if let Some(ex) = self.instruction_breakpoint(lin) {
                     events += 1;
                     self.raise(ex);
@@ -161,8 +176,14 @@ impl Exec<'_> {
             // The instruction count is kept exact at every instruction, so that device
             // time seen by I/O (and RDTSC) is a function of it.
             let mut clean = true;
-            for d in &insns[..n] {
+            for (k, d) in insns[..n].iter().enumerate() {
                 let ip = self.s.rip;
+                if host_bp && k > 0 {
+                    let lin = self.s.seg[CS].base.wrapping_add(ip) & 0xffff_ffff;
+                    if self.dbg.check_breakpoint(lin) {
+                        return CpuExit::Debug;
+                    }
+                }
                 // TF and RF as the instruction starts (only looked at while debugging).
                 let (tf, rf) = (self.s.flags & TF != 0, self.s.flags & RF != 0);
                 self.s.rip = d.next_ip;
@@ -170,11 +191,19 @@ impl Exec<'_> {
                     self.s.rip = ip;
                     events += 1;
                     self.s.dbg_pending = 0;
+                    self.dbg.cancel_watch_hit();
                     self.raise(ex);
                     clean = false;
                     break;
                 }
                 self.s.icount += 1;
+                if self.dbg.stop {
+                    // A watchpoint: the instruction completed.
+                    if self.mem.has_dirty_code() {
+                        self.process_code_writes(accel.as_deref_mut());
+                    }
+                    return CpuExit::Debug;
+                }
                 if debug {
                     let soft_int = matches!(
                         d.insn.mnemonic(),

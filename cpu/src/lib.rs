@@ -13,6 +13,7 @@ pub mod flags;
 mod interp;
 mod prefetch;
 pub mod state;
+pub mod stops;
 pub mod testkit;
 
 use ox86_mmu::tlb::Tlb;
@@ -23,6 +24,7 @@ pub use block::{AccelHint, BlockCache, DecodedInsn, Handler};
 pub use exception::{Exception, Fault};
 pub use interp::{CpuExit, RunLimits};
 pub use state::{CpuState, Segment};
+pub use stops::{DebugStop, StopPoints, WatchKind, Watchpoint};
 
 /// Counters that describe what the CPU did.
 #[derive(Debug, Clone, Default)]
@@ -49,6 +51,8 @@ pub struct Cpu {
     pub shutdown: bool,
     /// The accelerator (JIT), if any; without one the interpreter runs everything.
     pub accel: Option<Box<dyn Accel>>,
+    /// The host debugger's breakpoints and watchpoints.
+    pub stops: StopPoints,
 }
 
 impl std::fmt::Debug for Cpu {
@@ -76,6 +80,7 @@ impl Cpu {
             stats: CpuStats::default(),
             shutdown: false,
             accel: None,
+            stops: StopPoints::default(),
         }
     }
 
@@ -105,6 +110,7 @@ impl Cpu {
             blocks: &mut self.blocks,
             stats: &mut self.stats,
             shutdown: &mut self.shutdown,
+            dbg: &mut self.stops,
             mem,
             io,
         }
@@ -124,6 +130,8 @@ pub struct Exec<'a> {
     pub stats: &'a mut CpuStats,
     /// Set on triple fault.
     pub shutdown: &'a mut bool,
+    /// The host debugger's stop points.
+    pub dbg: &'a mut StopPoints,
     /// Guest physical memory.
     pub mem: &'a mut Memory,
     /// Ports, MMIO and the interrupt line.

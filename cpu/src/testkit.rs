@@ -125,7 +125,7 @@ impl Snippet {
             CpuExit::Halted if s.rip == end_ip + 1 => SnippetEnd::Done,
             CpuExit::Shutdown => SnippetEnd::Exception(self.cpu.stats.last_vector),
             CpuExit::Budget => SnippetEnd::Timeout,
-            CpuExit::Halted | CpuExit::Stop => SnippetEnd::Halted,
+            CpuExit::Halted | CpuExit::Stop | CpuExit::Debug => SnippetEnd::Halted,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -69,6 +70,20 @@ struct RunArgs {
     /// digests went through the same states.
     #[arg(long, value_name = "N")]
     hash_every: Option<u64>,
+    /// Listen for GDB on tcp::1234 (short for --gdb tcp::1234). Implies --icount: the
+    /// run's history is kept from the start for reverse execution.
+    #[arg(short = 's', conflicts_with_all = ["record", "replay", "lockstep"])]
+    gdb_default: bool,
+    /// Do not start the guest until GDB connects and continues it.
+    #[arg(short = 'S')]
+    wait_gdb: bool,
+    /// Listen for GDB on tcp:[HOST]:PORT (with no host, the loopback interface).
+    /// Implies --icount, as -s.
+    #[arg(long, value_name = "tcp:[HOST]:PORT", conflicts_with_all = ["record", "replay", "lockstep"])]
+    gdb: Option<String>,
+    /// Instructions between the checkpoints of the debugger's history.
+    #[arg(long, value_name = "N", hide = true)]
+    history_every: Option<u64>,
     /// Stop after this many guest instructions.
     #[arg(long)]
     max_insns: Option<u64>,
@@ -266,6 +281,16 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
     if let Some(n) = a.max_insns {
         b = b.max_insns(n);
     }
+    let gdb_addr = match (&a.gdb, a.gdb_default) {
+        (Some(spec), _) => Some(crate::gdb::parse_address(spec)?),
+        (None, true) => Some("127.0.0.1:1234".to_string()),
+        (None, false) if a.wait_gdb => bail!("-S waits for GDB: give -s or --gdb too"),
+        (None, false) => None,
+    };
+    if gdb_addr.is_some() && a.icount.is_none() {
+        // Reverse execution re-runs the guest: its time must be the instruction count.
+        b = b.icount(0);
+    }
     if let Some(shift) = a.icount {
         if shift > 10 {
             bail!("--icount shift {shift} is too large (0-10)");
@@ -324,6 +349,22 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
         m.restore(&bytes)
             .map_err(|e| anyhow::anyhow!("snapshot {}: {e}", path.display()))?;
     }
+    let server = match &gdb_addr {
+        Some(addr) => {
+            let every = a
+                .history_every
+                .unwrap_or(ox86::history::DEFAULT_EVERY)
+                .max(1);
+            m.keep_history(every).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let s = crate::gdb::Server::listen(addr, m.pause_flag())?;
+            eprintln!(
+                "ox86: GDB can connect to {} (target remote {})",
+                s.addr, s.addr
+            );
+            Some(s)
+        }
+        None => None,
+    };
     // The terminal is the serial console when COM1 is on stdio; the guard restores it
     // on every way out of this function.
     let (monitor_tx, monitor_rx) = std::sync::mpsc::channel::<String>();
@@ -340,13 +381,45 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
         None
     };
     let start = Instant::now();
+    // With -S, the guest waits for GDB first.
+    let mut waiting = a.wait_gdb;
     let reason = loop {
-        let r = m.run().map_err(|e| anyhow::anyhow!("{e}"))?;
-        if r != ExitReason::Paused {
-            break r;
+        if let Some(server) = &server {
+            let conn = if std::mem::take(&mut waiting) {
+                eprintln!("ox86: the guest waits for GDB");
+                match server.wait(&m.quit_flag()) {
+                    Some(c) => Some(c),
+                    None => break ExitReason::Quit,
+                }
+            } else {
+                server.take()
+            };
+            if let Some(conn) = conn {
+                m.pause_flag().store(false, Ordering::Relaxed);
+                match ox86::gdb::serve(&mut m, conn).map_err(|e| anyhow::anyhow!("{e}"))? {
+                    ox86::gdb::SessionEnd::Detached => {
+                        eprintln!("ox86: GDB detached; the guest runs on");
+                        continue;
+                    }
+                    ox86::gdb::SessionEnd::Kill => break ExitReason::Quit,
+                    ox86::gdb::SessionEnd::Exited(r) => break r,
+                }
+            }
         }
-        if let Some(r) = monitor_session(&mut m, &monitor_rx) {
-            break r;
+        match m.run().map_err(|e| anyhow::anyhow!("{e}"))? {
+            // A GDB connection pauses the run too: it is in the server's queue before
+            // the pause (see `Server::listen`), and served at the loop's top.
+            ExitReason::Paused if server.as_ref().is_some_and(|s| s.has_pending()) => {}
+            ExitReason::Paused => {
+                if let Some(r) = monitor_session(&mut m, &monitor_rx) {
+                    break r;
+                }
+            }
+            // Stop points left by a GDB that went away: the guest waits for the next.
+            ExitReason::Breakpoint(_) | ExitReason::Watchpoint { .. } if server.is_some() => {
+                waiting = true;
+            }
+            r => break r,
         }
     };
     drop(raw);
@@ -366,6 +439,16 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
             s.interrupts
         );
         eprintln!("ox86 digest: {}", m.digest());
+        if let Some(h) = m.history_stats() {
+            eprintln!(
+                "ox86 history: {} checkpoints kept ({} taken, {} returns to one), {:.1} MiB now, {:.1} MiB at most",
+                h.checkpoints,
+                h.taken,
+                h.restores,
+                h.bytes as f64 / (1 << 20) as f64,
+                h.peak_bytes as f64 / (1 << 20) as f64
+            );
+        }
         if let Some(j) = &s.jit {
             eprintln!(
                 "ox86 jit: {:.1}% of instructions in compiled code ({} interpreted; {} entries from the dispatcher, {} by chaining); {} regions compiled ({} of them again, optimised, {} of those by the idle compiler; {} failed, {} stale), compile time {:.3} s, median {} us per region; {} loaded from the translation cache in {:.3} s ({} bad entries dropped); {} invalidations, {} generations freed, {} regions live ({} KiB of code)",
@@ -405,6 +488,12 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
             ExitCode::SUCCESS
         }
         ExitReason::Quit | ExitReason::Paused => ExitCode::SUCCESS,
+        ExitReason::Breakpoint(_)
+        | ExitReason::Watchpoint { .. }
+        | ExitReason::Reached
+        | ExitReason::Stepped
+        | ExitReason::TimeUp
+        | ExitReason::HistoryStart => ExitCode::SUCCESS,
         ExitReason::ReplayEnd => {
             eprintln!("ox86: replay complete at instruction {}", m_icount);
             ExitCode::SUCCESS

@@ -2,6 +2,7 @@
 
 mod cli;
 mod console;
+mod gdb;
 mod rtc;
 mod size;
 

@@ -165,6 +165,8 @@ pub struct Jit {
     jump: Box<[Slot]>,
     stamp: u64,
     epoch: u64,
+    /// The host debugger's breakpoint epoch the chain table was filled in.
+    stops_epoch: u64,
     /// Compilations asked for.
     pending: HashMap<(Key, u8), Pending>,
     /// How many of them are only for the translation cache.
@@ -284,6 +286,7 @@ impl Jit {
             jump: vec![EMPTY; JUMP_CACHE].into_boxed_slice(),
             stamp: 1,
             epoch: u64::MAX,
+            stops_epoch: 0,
             pending: HashMap::new(),
             pending_cached: 0,
             cache_index,
@@ -1078,6 +1081,11 @@ impl Accel for Jit {
                 self.flush_jump();
                 self.epoch = ex.blocks.epoch;
             }
+            if ex.dbg.epoch != self.stops_epoch {
+                // Compiled code may have chained to a page that has a breakpoint now.
+                self.chain.flush();
+                self.stops_epoch = ex.dbg.epoch;
+            }
             let id = match block.take() {
                 Some(b) => self.lookup_block(ex, mode, b),
                 None => self.lookup(ex, mode),
@@ -1090,6 +1098,15 @@ impl Accel for Jit {
             }
             let r = self.regions[id as usize].as_ref().expect("live region");
             if r.cs_hi != ex.s.seg[CS].hi as u64 || ex.s.icount + r.first_len > end {
+                break;
+            }
+            // Code on a page with a breakpoint of the host debugger runs in the
+            // interpreter, which checks each instruction (see `ox86_cpu::stops`).
+            let bp_page = ex.dbg.has_breakpoints()
+                && ex
+                    .dbg
+                    .page_has_breakpoint(r.key.cs_base.wrapping_add(r.key.eip));
+            if bp_page {
                 break;
             }
             let func = r.func;

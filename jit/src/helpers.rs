@@ -94,7 +94,8 @@ pub unsafe extern "C" fn interp(ctx: *mut JitCtx, d: *const DecodedInsn) -> u32 
             match (d.handler)(ex, &d.insn) {
                 Ok(()) => {
                     ex.s.icount += 1;
-                    if ex.s.rip != d.next_ip || ex.mem.has_dirty_code() {
+                    // A watchpoint of the host debugger stops after the instruction.
+                    if ex.s.rip != d.next_ip || ex.mem.has_dirty_code() || ex.dbg.stop {
                         LEAVE
                     } else {
                         OK
@@ -102,6 +103,7 @@ pub unsafe extern "C" fn interp(ctx: *mut JitCtx, d: *const DecodedInsn) -> u32 
                 }
                 Err(e) => {
                     ex.s.rip = ip;
+                    ex.dbg.cancel_watch_hit();
                     ctx.fault = Some(e);
                     FAULT
                 }

@@ -9,6 +9,7 @@ mod error;
 mod memory;
 pub mod paging;
 pub mod tlb;
+pub mod undo;
 
 pub use addr::{LinAddr, PhysAddr, Port, PAGE_MASK, PAGE_SIZE};
 pub use bus::{ones, IoBus, NullBus};

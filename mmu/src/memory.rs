@@ -5,6 +5,7 @@ use memmap2::{MmapMut, MmapOptions};
 
 use crate::addr::{PhysAddr, PAGE_SIZE};
 use crate::error::MemoryError;
+use crate::undo::{PreImage, UndoLog};
 
 /// Smallest RAM size accepted (1 MiB).
 pub const MIN_RAM: u64 = 1 << 20;
@@ -58,6 +59,8 @@ pub struct Memory {
     dirty_code: Vec<(u64, u32)>,
     /// More code writes happened than `dirty_code` holds.
     dirty_overflow: bool,
+    /// The undo log of RAM writes, while the debugger's history is kept.
+    undo: Option<UndoLog>,
 }
 
 /// Most pending code-page writes listed before they are reported as "everything".
@@ -96,6 +99,7 @@ impl Memory {
             code_pages: vec![0; (ram_size / PAGE_SIZE) as usize],
             dirty_code: Vec::new(),
             dirty_overflow: false,
+            undo: None,
         })
     }
 
@@ -206,11 +210,56 @@ impl Memory {
             let n = in_page.min(data.len() - i);
             if let Region::Ram(p) = self.region(PhysAddr(a)) {
                 self.note_write(a, n as u32);
+                self.save_pre_image(a);
                 // SAFETY: p points into RAM and the n bytes stay within its page.
                 unsafe { std::ptr::copy_nonoverlapping(data[i..].as_ptr(), p, n) };
             }
             i += n;
         }
+    }
+
+    /// Starts (or stops) keeping the undo log of RAM writes (see [`crate::undo`]).
+    /// The CPU's TLB must be flushed after it starts, so that no page stays
+    /// writable through it without a first write being seen.
+    pub fn keep_undo_log(&mut self, on: bool) {
+        self.undo = on.then(|| UndoLog::new(self.ram_size / PAGE_SIZE));
+    }
+
+    /// Whether the TLB may map the RAM page of `addr` for writing without seeing the
+    /// write: true unless the undo log is kept and the page has not been written in
+    /// this interval.
+    #[inline]
+    pub fn write_noted(&self, addr: PhysAddr) -> bool {
+        self.undo
+            .as_ref()
+            .is_none_or(|u| u.written(addr.0 / PAGE_SIZE))
+    }
+
+    /// Saves the pre-image of the RAM page of `addr` if the undo log is kept and this
+    /// is the page's first write of the interval (the CPU calls it as it translates a
+    /// write; [`Memory::write_phys`] does on its own).
+    #[inline]
+    pub fn save_pre_image(&mut self, addr: u64) {
+        let pfn = addr / PAGE_SIZE;
+        let Some(undo) = self.undo.as_mut() else {
+            return;
+        };
+        if undo.written(pfn) {
+            return;
+        }
+        let start = (pfn * PAGE_SIZE) as usize;
+        undo.save(pfn, &self.ram[start..start + PAGE_SIZE as usize]);
+    }
+
+    /// Takes the undo log's pre-images and starts a new interval (None when no log is
+    /// kept). The CPU's TLB must be flushed after it.
+    pub fn take_undo(&mut self) -> Option<Vec<PreImage>> {
+        self.undo.as_mut().map(|u| u.take())
+    }
+
+    /// Bytes of pre-images the undo log holds now.
+    pub fn undo_bytes(&self) -> u64 {
+        self.undo.as_ref().map_or(0, |u| u.bytes())
     }
 
     /// Whether `[addr, addr+len)` lies entirely in RAM.
