@@ -22,8 +22,11 @@ use ox86_cpu::CpuState;
 use ox86_mmu::undo::PreImage;
 use ox86_mmu::{PhysAddr, PAGE_SIZE};
 
+use ox86_devices::uart::SerialInput;
+
 use crate::error::MachineError;
 use crate::machine::{ExitReason, Machine};
+use crate::replay::{Event, Replayer};
 
 /// Checkpoints every this many instructions by default.
 pub const DEFAULT_EVERY: u64 = 10_000_000;
@@ -76,6 +79,13 @@ pub struct History {
     /// Instructions between checkpoints.
     pub every: u64,
     stats: HistoryStats,
+    /// The host's console input, taken into COM1 at slice boundaries.
+    pub(crate) staging: SerialInput,
+    /// The console input the guest got, with when: re-execution gets it again.
+    inputs: Vec<Event>,
+    /// The furthest instruction count the run reached: below it, the run is a
+    /// re-execution and takes its input from `inputs`.
+    frontier: u64,
 }
 
 impl History {
@@ -84,6 +94,9 @@ impl History {
             checkpoints: Vec::new(),
             every: every.max(1),
             stats: HistoryStats::default(),
+            staging: SerialInput::default(),
+            inputs: Vec::new(),
+            frontier: 0,
         }
     }
 
@@ -195,6 +208,39 @@ impl Machine {
         every - icount % every
     }
 
+    /// At a slice boundary: below the frontier (a re-execution), mutes the console
+    /// output the user saw already, and `replay` feeds the input kept; past it, moves
+    /// the host's console input into COM1 and keeps it. Returns the instructions to
+    /// the frontier (slices end there, where the output is heard again).
+    pub(crate) fn history_input(&mut self, icount: u64) -> u64 {
+        let ns = self.bus.clock.now(icount);
+        let com1 = self.bus.platform.serial_input(0);
+        let Some(h) = self.history.as_mut() else {
+            return u64::MAX;
+        };
+        let again = icount < h.frontier;
+        self.muted
+            .store(again, std::sync::atomic::Ordering::Relaxed);
+        if again {
+            return h.frontier - icount;
+        }
+        h.frontier = icount;
+        if self.replayer.is_some() {
+            return u64::MAX;
+        }
+        let typed = h.staging.take(usize::MAX);
+        if let (false, Some(com1)) = (typed.is_empty(), com1) {
+            // What the queue refuses is lost, as without the history.
+            let n = com1.push(&typed);
+            h.inputs.push(Event::Console {
+                icount,
+                ns,
+                bytes: typed[..n].to_vec(),
+            });
+        }
+        u64::MAX
+    }
+
     /// Takes a checkpoint now: the live undo log closes the newest checkpoint's
     /// interval.
     fn checkpoint(&mut self) {
@@ -229,10 +275,13 @@ impl Machine {
     /// takes them again).
     fn restore_checkpoint(&mut self, k: usize) -> Result<(), MachineError> {
         let live = self.mem.take_undo().unwrap_or_default();
+        let now = self.cpu.state.icount;
         let Some(h) = self.history.as_mut() else {
             return Ok(());
         };
         h.stats.restores += 1;
+        // Everything up to here was seen (a run stops between slice boundaries).
+        h.frontier = h.frontier.max(now);
         let later = h.checkpoints.split_off(k + 1);
         let target = &mut h.checkpoints[k];
         // Newest first: each page ends with its oldest pre-image since checkpoint k.
@@ -275,6 +324,20 @@ impl Machine {
         self.mem.take_undo();
         self.cpu.flush_tlb();
         self.hashed_at = self.cpu.state.icount;
+        // The console input from here on comes from what the guest got before.
+        let icount = self.cpu.state.icount;
+        let again: Vec<Event> = self
+            .history
+            .as_ref()
+            .map(|h| {
+                h.inputs
+                    .iter()
+                    .filter(|e| matches!(e, Event::Console { icount: n, .. } if *n >= icount))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.replayer = (!again.is_empty()).then(|| Replayer::new(again));
         Ok(())
     }
 

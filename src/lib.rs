@@ -13,6 +13,7 @@ pub mod history;
 mod lockstep;
 mod machine;
 pub mod monitor;
+mod mute;
 mod ram;
 pub mod replay;
 pub mod rtc;

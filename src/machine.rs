@@ -155,6 +155,8 @@ pub struct Machine {
     pub(crate) until: crate::debug::Until,
     /// The debugger's history of checkpoints, when kept (see [`crate::history`]).
     pub(crate) history: Option<crate::history::History>,
+    /// While set, the guest's console output is dropped (a re-execution).
+    pub(crate) muted: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -185,6 +187,8 @@ impl Machine {
             SerialOut::None => Box::new(std::io::sink()),
             SerialOut::Writer(w) => w,
         };
+        let muted = Arc::new(AtomicBool::new(false));
+        let out = Box::new(crate::mute::Mutable::new(out, muted.clone()));
         let config = PlatformConfig::default()
             .with_com1(out)
             .with_ram_size(ram)
@@ -215,6 +219,7 @@ impl Machine {
             shadow: None,
             until: Default::default(),
             history: None,
+            muted,
         };
         m.load_guest()?;
         Ok(m)
@@ -360,6 +365,10 @@ impl Machine {
 
     /// A handle that feeds host input to COM1.
     pub fn serial_input(&self) -> Option<SerialInput> {
+        if let Some(h) = &self.history {
+            // Taken into COM1 at slice boundaries, and kept for re-execution.
+            return Some(h.staging.clone());
+        }
         if let Some((_, staging)) = &self.recorder {
             // Taken into COM1 at slice boundaries, and logged.
             return Some(staging.clone());
@@ -420,7 +429,11 @@ impl Machine {
                             })?;
                     }
                 }
-                if !matches!(r, ExitReason::ReplayEnd | ExitReason::Quit) && self.replayer.is_some()
+                // (Under the debugger's history the replayed input is a re-execution's,
+                // which may stop anywhere.)
+                if !matches!(r, ExitReason::ReplayEnd | ExitReason::Quit)
+                    && self.replayer.is_some()
+                    && self.history.is_none()
                 {
                     // The run ended by itself: where the recording did, in its state?
                     if self.replay(icount)?.is_some() {
@@ -562,12 +575,19 @@ impl Machine {
             }
             budget = budget.min(every - icount % every);
         }
+        if self.history.is_some() {
+            budget = budget.min(self.keep_history_at(icount));
+            budget = budget.min(self.history_input(icount));
+        }
         if self.recorder.is_some() {
             budget = budget.min(self.record(icount)?);
         }
         if self.replayer.is_some() {
             match self.replay(icount)? {
                 Some(n) => budget = budget.min(n),
+                // Re-execution under the history: the logged input is all fed, and
+                // new input is taken again once the run passes where it went before.
+                None if self.history.is_some() => self.replayer = None,
                 None => return Ok(Some(ExitReason::ReplayEnd)),
             }
         }
@@ -588,9 +608,6 @@ impl Machine {
                 return Ok(Some(ExitReason::InstructionLimit));
             }
             budget = budget.min(left);
-        }
-        if self.history.is_some() {
-            budget = budget.min(self.keep_history_at(icount));
         }
         match self.until.budget(icount, self.cpu.stats.interrupts) {
             Ok(n) => budget = budget.min(n),

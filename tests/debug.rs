@@ -364,3 +364,84 @@ fn reverse_continue_stops_at_the_hit_before() {
         assert_eq!(m.icount(), 0);
     }
 }
+
+/// The guest's console, shared with the test.
+#[derive(Clone, Default)]
+struct Console(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Console {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Console {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).replace('\r', "")
+    }
+}
+
+/// Runs until the console shows `what` (or panics after `max` instructions).
+fn run_to_output(m: &mut Machine, con: &Console, what: &str, max: u64) {
+    let limit = m.icount() + max;
+    while !con.text().contains(what) {
+        assert!(m.icount() < limit, "no {what:?} in:\n{}", con.text());
+        let n = m.icount();
+        assert_eq!(
+            m.run_until(Some(n + 20_000_000), None).expect("run"),
+            ExitReason::Reached
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs the fetched kernel: scripts/test runs it (--include-ignored)"]
+fn typed_input_is_fed_again_when_the_history_re_executes() {
+    let dir = common::root().join("target").join("linux");
+    let st = std::process::Command::new("bash")
+        .arg(common::root().join("scripts/fetch-guests"))
+        .arg(&dir)
+        .status()
+        .expect("fetch-guests");
+    assert!(st.success());
+    let con = Console::default();
+    let mut m = MachineBuilder::new()
+        .ram_size(256 << 20)
+        .serial(SerialOut::Writer(Box::new(con.clone())))
+        .kernel(
+            std::fs::read(dir.join("vmlinuz")).expect("vmlinuz"),
+            "console=ttyS0 nokaslr".into(),
+            Some(std::fs::read(dir.join("initramfs.cpio.gz")).expect("initramfs")),
+        )
+        .icount(0)
+        .jit(Some(ox86_jit::JitConfig {
+            cache: None,
+            ..Default::default()
+        }))
+        .build()
+        .expect("machine");
+    m.keep_history(ox86::history::DEFAULT_EVERY)
+        .expect("history");
+    let input = m.serial_input().expect("COM1");
+    run_to_output(&mut m, &con, "boot with ox86test=NAME", 10_000_000_000);
+    let before = m.icount();
+    input.push(b"echo $((6*7))x\n");
+    run_to_output(&mut m, &con, "42x", 2_000_000_000);
+    let n = m.icount();
+    m.run_until(Some(n + 50_000_000), None).expect("run");
+    let (end, d_end) = (m.icount(), m.digest());
+    let printed = con.text();
+    // Back before the input, forward again: the guest gets it at the same instruction
+    // and ends in the same state; what it printed before is not printed again.
+    assert_eq!(m.goto(before - 1).expect("goto"), ExitReason::Reached);
+    assert_eq!(m.goto(end).expect("goto"), ExitReason::Reached);
+    assert_eq!(m.digest(), d_end);
+    assert_eq!(con.text(), printed, "no output twice");
+    // New input goes on from the end.
+    input.push(b"echo $((7*8))y\n");
+    run_to_output(&mut m, &con, "56y", 2_000_000_000);
+}
