@@ -69,6 +69,9 @@ impl Exec<'_> {
             .map_or(u64::MAX, |a| a.hot_threshold().max(1));
         // The block that ran last, if nothing came between it and the next one.
         let mut prev: Option<u32> = None;
+        // The host debugger's stop points, if any are set (they change only between
+        // runs; a stop reached during this one needs a watchpoint, so they are set).
+        let dbg_on = self.dbg.armed();
         loop {
             let last = prev.take();
             if *self.shutdown {
@@ -94,7 +97,7 @@ impl Exec<'_> {
             if self.io.stop_requested() {
                 return CpuExit::Stop;
             }
-            if self.dbg.stop {
+            if dbg_on && self.dbg.stopped() {
                 return CpuExit::Debug;
             }
             if self.s.icount.saturating_add(events) >= end {
@@ -103,12 +106,13 @@ impl Exec<'_> {
             let debug = self.debug_armed();
             // A page with a breakpoint of the host debugger runs here, instruction by
             // instruction checked against them.
-            let lin = self.s.seg[CS].base.wrapping_add(self.s.rip) & 0xffff_ffff;
-            let host_bp = self.dbg.has_breakpoints() && self.dbg.page_has_breakpoint(lin);
-            if host_bp && self.dbg.check_breakpoint(lin) {
-                return CpuExit::Debug;
+            let mut host_bp = false;
+            if dbg_on {
+                match self.host_breakpoints() {
+                    None => return CpuExit::Debug,
+                    Some(on_page) => host_bp = on_page,
+                }
             }
-            self.dbg.resume_at = None;
             // The block first, then the accelerator: the block carries what the
             // accelerator found at its entry last time (see `AccelHint`).
             let id = match self.current_block(last) {
@@ -167,6 +171,7 @@ impl Exec<'_> {
                 insns.len().min((end - events - self.s.icount) as usize)
             };
             if debug {
+                let lin = self.s.seg[CS].base.wrapping_add(self.s.rip) & 0xffff_ffff;
                 if let Some(ex) = self.instruction_breakpoint(lin) {
                     events += 1;
                     self.raise(ex);
@@ -178,11 +183,8 @@ impl Exec<'_> {
             let mut clean = true;
             for (k, d) in insns[..n].iter().enumerate() {
                 let ip = self.s.rip;
-                if host_bp && k > 0 {
-                    let lin = self.s.seg[CS].base.wrapping_add(ip) & 0xffff_ffff;
-                    if self.dbg.check_breakpoint(lin) {
-                        return CpuExit::Debug;
-                    }
+                if host_bp && k > 0 && self.host_breakpoint_here() {
+                    return CpuExit::Debug;
                 }
                 // TF and RF as the instruction starts (only looked at while debugging).
                 let (tf, rf) = (self.s.flags & TF != 0, self.s.flags & RF != 0);
@@ -197,7 +199,7 @@ impl Exec<'_> {
                     break;
                 }
                 self.s.icount += 1;
-                if self.dbg.stop {
+                if dbg_on && self.dbg.stopped() {
                     // A watchpoint: the instruction completed.
                     if self.mem.has_dirty_code() {
                         self.process_code_writes(accel.as_deref_mut());
@@ -230,6 +232,28 @@ impl Exec<'_> {
                 prev = Some(id);
             }
         }
+    }
+
+    /// At a block's start with stop points set: None if the next instruction is at a
+    /// breakpoint, else whether its page holds one (then each instruction is checked).
+    #[cold]
+    #[inline(never)]
+    fn host_breakpoints(&mut self) -> Option<bool> {
+        let lin = self.s.seg[CS].base.wrapping_add(self.s.rip) & 0xffff_ffff;
+        let on_page = self.dbg.has_breakpoints() && self.dbg.page_has_breakpoint(lin);
+        if on_page && self.dbg.check_breakpoint(lin) {
+            return None;
+        }
+        self.dbg.resume_at = None;
+        Some(on_page)
+    }
+
+    /// Whether the next instruction is at a breakpoint (on a page that holds one).
+    #[cold]
+    #[inline(never)]
+    fn host_breakpoint_here(&mut self) -> bool {
+        let lin = self.s.seg[CS].base.wrapping_add(self.s.rip) & 0xffff_ffff;
+        self.dbg.check_breakpoint(lin)
     }
 
     /// Invalidates blocks whose bytes were written.

@@ -110,9 +110,9 @@ impl Cpu {
             blocks: &mut self.blocks,
             stats: &mut self.stats,
             shutdown: &mut self.shutdown,
-            dbg: &mut self.stops,
             mem,
             io,
+            dbg: &mut self.stops,
         }
     }
 }
@@ -130,12 +130,12 @@ pub struct Exec<'a> {
     pub stats: &'a mut CpuStats,
     /// Set on triple fault.
     pub shutdown: &'a mut bool,
-    /// The host debugger's stop points.
-    pub dbg: &'a mut StopPoints,
     /// Guest physical memory.
     pub mem: &'a mut Memory,
     /// Ports, MMIO and the interrupt line.
     pub io: &'a mut dyn IoBus,
+    /// The host debugger's stop points.
+    pub dbg: &'a mut StopPoints,
 }
 
 impl Exec<'_> {

@@ -55,28 +55,36 @@ pub struct StopPoints {
     breakpoints: BTreeSet<u64>,
     watchpoints: Vec<Watchpoint>,
     /// Set (with `hit`) when a stop point was reached: the run loop returns.
-    pub stop: bool,
+    stop: bool,
     /// What was reached.
-    pub hit: Option<DebugStop>,
+    hit: Option<DebugStop>,
     /// A breakpoint at this linear address does not stop the first instruction run
     /// (the run resumes from it).
     pub resume_at: Option<u64>,
     /// Changes with every change to the breakpoints (compiled code chained to a page
     /// that gained one must be unchained).
     pub epoch: u64,
+    /// Whether anything is set (the run loop's one test when nothing is).
+    armed: bool,
 }
 
 impl StopPoints {
     /// Adds a breakpoint at linear address `lin`; false if one was there.
     pub fn add_breakpoint(&mut self, lin: u64) -> bool {
         self.epoch += 1;
-        self.breakpoints.insert(lin & 0xffff_ffff)
+        // A breakpoint set after a run's start is not passed by it.
+        self.resume_at = None;
+        let added = self.breakpoints.insert(lin & 0xffff_ffff);
+        self.rearm();
+        added
     }
 
     /// Removes the breakpoint at `lin`; false if there was none.
     pub fn remove_breakpoint(&mut self, lin: u64) -> bool {
         self.epoch += 1;
-        self.breakpoints.remove(&(lin & 0xffff_ffff))
+        let removed = self.breakpoints.remove(&(lin & 0xffff_ffff));
+        self.rearm();
+        removed
     }
 
     /// Adds a watchpoint; false if the same one was there. The TLB must be flushed
@@ -90,6 +98,7 @@ impl StopPoints {
             return false;
         }
         self.watchpoints.push(w);
+        self.rearm();
         true
     }
 
@@ -101,6 +110,7 @@ impl StopPoints {
         };
         let before = self.watchpoints.len();
         self.watchpoints.retain(|x| *x != w);
+        self.rearm();
         before != self.watchpoints.len()
     }
 
@@ -112,6 +122,22 @@ impl StopPoints {
     /// The watchpoints.
     pub fn watchpoints(&self) -> &[Watchpoint] {
         &self.watchpoints
+    }
+
+    /// Whether a stop point was reached (the run loop returns).
+    #[inline(always)]
+    pub fn stopped(&self) -> bool {
+        self.stop
+    }
+
+    /// Whether any breakpoint or watchpoint is set (or a stop is pending).
+    #[inline(always)]
+    pub fn armed(&self) -> bool {
+        self.armed
+    }
+
+    fn rearm(&mut self) {
+        self.armed = !self.breakpoints.is_empty() || !self.watchpoints.is_empty() || self.stop;
     }
 
     /// Whether any breakpoint is set.
@@ -140,6 +166,7 @@ impl StopPoints {
             return false;
         }
         self.stop = true;
+        self.armed = true;
         self.hit = Some(DebugStop::Breakpoint(lin));
         true
     }
@@ -154,8 +181,16 @@ impl StopPoints {
     }
 
     /// An access of `[lin, lin + size)`: records a stop if it hits a watchpoint.
-    #[inline]
+    #[inline(always)]
     pub fn note_access(&mut self, lin: u64, size: u64, write: bool) {
+        if self.armed {
+            self.note_watched(lin, size, write);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn note_watched(&mut self, lin: u64, size: u64, write: bool) {
         if self.watchpoints.is_empty() || self.stop {
             return;
         }
@@ -169,6 +204,7 @@ impl StopPoints {
         });
         if let Some(&watch) = hit {
             self.stop = true;
+            self.armed = true;
             self.hit = Some(DebugStop::Watch { watch, write });
         }
     }
@@ -180,12 +216,14 @@ impl StopPoints {
         if matches!(self.hit, Some(DebugStop::Watch { .. })) {
             self.hit = None;
             self.stop = false;
+            self.rearm();
         }
     }
 
     /// Takes the stop recorded, if any.
     pub fn take_stop(&mut self) -> Option<DebugStop> {
         self.stop = false;
+        self.rearm();
         self.hit.take()
     }
 }
@@ -227,9 +265,9 @@ mod tests {
         assert!(s.watches_page(0x1000) && s.watches_page(0x2000));
         assert!(!s.watches_page(0x3000) && !s.watches_page(0));
         s.note_access(0x1ffe, 4, false);
-        assert!(!s.stop, "a read does not stop a write watchpoint");
+        assert!(!s.stopped(), "a read does not stop a write watchpoint");
         s.note_access(0x2002, 1, true);
-        assert!(!s.stop, "past the end");
+        assert!(!s.stopped(), "past the end");
         s.note_access(0x1ffc, 3, true);
         assert_eq!(
             s.take_stop(),
@@ -240,7 +278,7 @@ mod tests {
         );
         s.note_access(0x2001, 1, true);
         s.cancel_watch_hit();
-        assert!(!s.stop && s.hit.is_none());
+        assert!(!s.stopped() && s.hit.is_none());
         assert!(s.remove_watchpoint(w));
         assert!(!s.watches_page(0x1000));
     }

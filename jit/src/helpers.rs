@@ -95,7 +95,7 @@ pub unsafe extern "C" fn interp(ctx: *mut JitCtx, d: *const DecodedInsn) -> u32 
                 Ok(()) => {
                     ex.s.icount += 1;
                     // A watchpoint of the host debugger stops after the instruction.
-                    if ex.s.rip != d.next_ip || ex.mem.has_dirty_code() || ex.dbg.stop {
+                    if ex.s.rip != d.next_ip || ex.mem.has_dirty_code() || ex.dbg.stopped() {
                         LEAVE
                     } else {
                         OK
