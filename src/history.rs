@@ -32,6 +32,8 @@ use crate::replay::{Event, Replayer};
 pub const DEFAULT_EVERY: u64 = 10_000_000;
 /// The newest intervals kept whole.
 const DENSE: u64 = 32;
+/// How often a long `goto` reports progress.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A page's pre-image, LZ4-compressed (empty for a page of zeros).
 struct Page {
@@ -343,10 +345,34 @@ impl Machine {
 
     /// Runs to instruction count `target` with the debugger's stop points set aside.
     fn reexecute_to(&mut self, target: u64) -> Result<ExitReason, MachineError> {
+        self.reexecute_reporting(target, &mut |_| {})
+    }
+
+    /// [`Machine::reexecute_to`], calling `progress` with the instruction count about
+    /// every [`PROGRESS_EVERY`] of host time.
+    fn reexecute_reporting(
+        &mut self,
+        target: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ExitReason, MachineError> {
         let saved = std::mem::take(&mut self.cpu.stops);
         self.cpu.stops.epoch = saved.epoch + 1;
         self.cpu.flush_tlb();
-        let r = self.run_to(target, false);
+        let r = loop {
+            let deadline = std::time::Instant::now() + PROGRESS_EVERY;
+            self.cpu.stops.take_stop();
+            self.until = crate::debug::Until {
+                icount: Some(target),
+                deadline: Some(deadline),
+                step: None,
+            };
+            let r = self.run();
+            self.until = Default::default();
+            match r {
+                Ok(ExitReason::TimeUp) => progress(self.cpu.state.icount),
+                r => break r,
+            }
+        };
         let mut saved = saved;
         saved.epoch += 2;
         self.cpu.stops = saved;
@@ -358,6 +384,17 @@ impl Machine {
     /// through the history and forward by re-execution, or forward by running.
     /// Stop points do not stop it.
     pub fn goto(&mut self, target: u64) -> Result<ExitReason, MachineError> {
+        self.goto_reporting(target, &mut |_| {})
+    }
+
+    /// [`Machine::goto`], calling `progress` with the instruction count about every
+    /// [`PROGRESS_EVERY`] of host time while it runs (a GDB client waiting for the
+    /// reply is kept from timing out).
+    pub fn goto_reporting(
+        &mut self,
+        target: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ExitReason, MachineError> {
         let Some(h) = self.history.as_ref() else {
             return Err(MachineError::History(
                 "no history is kept (start with -s or --gdb)".into(),
@@ -373,7 +410,7 @@ impl Machine {
             let k = h.at_or_before(target).unwrap_or(0);
             self.restore_checkpoint(k)?;
         }
-        self.reexecute_to(target)
+        self.reexecute_reporting(target, progress)
     }
 
     /// One instruction back (`reverse-stepi`): to the instruction count before this

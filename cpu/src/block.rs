@@ -399,7 +399,6 @@ pub fn ends_block(insn: &Instruction) -> bool {
             | Mnemonic::Wbinvd
             | Mnemonic::Invd
             | Mnemonic::Cpuid
-            | Mnemonic::Rdtsc
     ) || (insn.mnemonic() == Mnemonic::Mov
         && (is_cr_or_dr(insn.op0_register()) || insn.op0_register() == iced_x86::Register::SS))
         || (insn.mnemonic() == Mnemonic::Pop && insn.op0_register() == iced_x86::Register::SS)

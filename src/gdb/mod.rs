@@ -295,7 +295,12 @@ impl gdbstub::target::ext::monitor_cmd::MonitorCmd for GdbTarget<'_> {
                 outputln!(out, "goto needs an instruction count");
                 return Ok(());
             };
-            match self.m.goto(n) {
+            let mut report = |at: u64| {
+                outputln!(out, "... instruction {at}");
+                out.flush();
+            };
+            let r = self.m.goto_reporting(n, &mut report);
+            match r {
                 Ok(ExitReason::Reached) => outputln!(
                     out,
                     "at instruction {} (EIP {:08x}); GDB's view is refreshed by the next stop: use stepi, or flushregs",
