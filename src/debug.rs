@@ -164,37 +164,43 @@ impl Machine {
             .map(|t| t.frame.0 | (lin & PAGE_MASK))
     }
 
-    /// Reads guest memory at linear address `lin` through the current paging: the
-    /// bytes read, up to the first unmapped page.
-    pub fn read_virtual(&self, lin: u64, buf: &mut [u8]) -> usize {
+    /// The physical pieces of `len` bytes at linear address `lin` through the current
+    /// paging, up to the first unmapped page: (offset in the range, physical address,
+    /// length).
+    fn pieces(&self, lin: u64, len: usize) -> Vec<(usize, u64, usize)> {
+        let mut v = Vec::new();
         let mut done = 0usize;
-        while done < buf.len() {
+        while done < len {
             let a = (lin + done as u64) & 0xffff_ffff;
             let Some(pa) = self.translate(a) else {
                 break;
             };
-            let n = ((PAGE_MASK + 1 - (a & PAGE_MASK)) as usize).min(buf.len() - done);
-            self.mem.read_phys(PhysAddr(pa), &mut buf[done..done + n]);
+            let n = ((PAGE_MASK + 1 - (a & PAGE_MASK)) as usize).min(len - done);
+            v.push((done, pa, n));
             done += n;
         }
-        done
+        v
+    }
+
+    /// Reads guest memory at linear address `lin` through the current paging: the
+    /// bytes read, up to the first unmapped page.
+    pub fn read_virtual(&self, lin: u64, buf: &mut [u8]) -> usize {
+        let pieces = self.pieces(lin, buf.len());
+        for &(at, pa, n) in &pieces {
+            self.mem.read_phys(PhysAddr(pa), &mut buf[at..at + n]);
+        }
+        pieces.last().map_or(0, |&(at, _, n)| at + n)
     }
 
     /// Writes guest memory at linear address `lin` through the current paging (code
     /// written this way is invalidated as after any write); the bytes written, up to
     /// the first unmapped page.
     pub fn write_virtual(&mut self, lin: u64, data: &[u8]) -> usize {
-        let mut done = 0usize;
-        while done < data.len() {
-            let a = (lin + done as u64) & 0xffff_ffff;
-            let Some(pa) = self.translate(a) else {
-                break;
-            };
-            let n = ((PAGE_MASK + 1 - (a & PAGE_MASK)) as usize).min(data.len() - done);
-            self.mem.write_phys(PhysAddr(pa), &data[done..done + n]);
-            done += n;
+        let pieces = self.pieces(lin, data.len());
+        for &(at, pa, n) in &pieces {
+            self.mem.write_phys(PhysAddr(pa), &data[at..at + n]);
         }
-        done
+        pieces.last().map_or(0, |&(at, _, n)| at + n)
     }
 
     /// Writes guest physical memory (RAM only), as a debugger's physical write.

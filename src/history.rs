@@ -48,6 +48,8 @@ struct Checkpoint {
     devices: Vec<u8>,
     clock: (u64, u64),
     a20: bool,
+    /// The console input queued for COM1 and not yet in its FIFO.
+    com1_queue: Vec<u8>,
     /// Pre-images (at this checkpoint) of the pages written before the next one.
     undo: Vec<Page>,
     /// Compressed bytes of `undo`.
@@ -182,6 +184,22 @@ impl Machine {
         Ok(())
     }
 
+    /// Starts the history again from the machine's state now (after a snapshot was
+    /// restored: the checkpoints were of another run), keeping its console input
+    /// handle.
+    pub(crate) fn restart_history(&mut self) {
+        let Some(h) = self.history.as_mut() else {
+            return;
+        };
+        let staging = h.staging.clone();
+        let mut fresh = History::new(h.every);
+        fresh.staging = staging;
+        self.history = Some(fresh);
+        self.replayer = None;
+        self.mem.keep_undo_log(true);
+        self.checkpoint();
+    }
+
     /// The history's figures, if it is kept.
     pub fn history_stats(&self) -> Option<HistoryStats> {
         self.history.as_ref().map(|h| HistoryStats {
@@ -255,6 +273,12 @@ impl Machine {
             devices: self.bus.platform.state_bytes(),
             clock: self.bus.clock.save(),
             a20: self.mem.a20_enabled(),
+            com1_queue: self
+                .bus
+                .platform
+                .serial_input(0)
+                .map(|q| q.contents())
+                .unwrap_or_default(),
             undo: Vec::new(),
             undo_bytes: 0,
         };
@@ -320,6 +344,9 @@ impl Machine {
             .restore(&target.devices)
             .map_err(MachineError::History)?;
         self.mem.set_a20(target.a20);
+        if let Some(q) = self.bus.platform.serial_input(0) {
+            q.replace(&target.com1_queue);
+        }
         self.cpu.state = target.cpu.clone();
         self.bus.clock.restore(target.clock);
         // The restore's own writes are not part of the next interval.
@@ -449,10 +476,12 @@ impl Machine {
             let from = self.cpu.state.icount;
             // The hits between this checkpoint and `end`: (position, reason).
             let mut last: Option<(u64, ExitReason)> = None;
-            let mut first = true;
+            // A breakpoint just reported is passed when the scan goes on (not one at
+            // the instruction after a watchpoint's access: it has not been reached).
+            let mut at_breakpoint = false;
             loop {
-                let r = self.run_to(end, !first)?;
-                first = false;
+                let r = self.run_to(end, at_breakpoint)?;
+                at_breakpoint = matches!(r, ExitReason::Breakpoint(_));
                 match r {
                     ExitReason::Breakpoint(_) => {
                         let at = self.cpu.state.icount;

@@ -350,6 +350,8 @@ impl Machine {
         if let Some(shadow) = self.shadow.as_deref_mut() {
             shadow.restore(bytes)?;
         }
+        // The debugger's history was of another run: it starts again from here.
+        self.restart_history();
         Ok(())
     }
 
@@ -575,6 +577,9 @@ impl Machine {
             }
             budget = budget.min(every - icount % every);
         }
+        // Input moved into COM1 here (record, replay, the history) enters the guest
+        // here: the devices are advanced again after it (see the UART).
+        let feeds = self.recorder.is_some() || self.replayer.is_some() || self.history.is_some();
         if self.history.is_some() {
             budget = budget.min(self.keep_history_at(icount));
             budget = budget.min(self.history_input(icount));
@@ -590,6 +595,9 @@ impl Machine {
                 None if self.history.is_some() => self.replayer = None,
                 None => return Ok(Some(ExitReason::ReplayEnd)),
             }
+        }
+        if feeds {
+            self.bus.advance(icount);
         }
         if let Some((at, path)) = &self.snapshot_at {
             if icount == *at {

@@ -401,13 +401,7 @@ fn run_to_output(m: &mut Machine, con: &Console, what: &str, max: u64) {
 #[test]
 #[ignore = "needs the fetched kernel: scripts/test runs it (--include-ignored)"]
 fn typed_input_is_fed_again_when_the_history_re_executes() {
-    let dir = common::root().join("target").join("linux");
-    let st = std::process::Command::new("bash")
-        .arg(common::root().join("scripts/fetch-guests"))
-        .arg(&dir)
-        .status()
-        .expect("fetch-guests");
-    assert!(st.success());
+    let dir = common::linux_dir();
     let con = Console::default();
     let mut m = MachineBuilder::new()
         .ram_size(256 << 20)
@@ -424,24 +418,55 @@ fn typed_input_is_fed_again_when_the_history_re_executes() {
         }))
         .build()
         .expect("machine");
-    m.keep_history(ox86::history::DEFAULT_EVERY)
-        .expect("history");
-    let input = m.serial_input().expect("COM1");
     run_to_output(&mut m, &con, "boot with ox86test=NAME", 10_000_000_000);
+    // The history from here, with checkpoints close enough that some fall while the
+    // typed line waits in COM1's queue for room in its FIFO.
+    m.keep_history(1_000).expect("history");
+    let input = m.serial_input().expect("COM1");
     let before = m.icount();
-    input.push(b"echo $((6*7))x\n");
+    let line = format!("echo $((6*7))x{}\n", " ".repeat(400));
+    input.push(line.as_bytes());
+    // Back and forth while the line goes in: the checkpoints near it hold some of it
+    // still queued.
+    m.run_until(Some(before + 15_000), None).expect("run");
+    let d15 = m.digest();
+    m.goto(before + 5_000).expect("goto");
+    m.goto(before + 15_000).expect("goto");
+    assert_eq!(m.digest(), d15, "while the line was queued");
     run_to_output(&mut m, &con, "42x", 2_000_000_000);
     let n = m.icount();
-    m.run_until(Some(n + 50_000_000), None).expect("run");
+    m.run_until(Some(n + 2_000_000), None).expect("run");
     let (end, d_end) = (m.icount(), m.digest());
     let printed = con.text();
-    // Back before the input, forward again: the guest gets it at the same instruction
-    // and ends in the same state; what it printed before is not printed again.
-    assert_eq!(m.goto(before - 1).expect("goto"), ExitReason::Reached);
-    assert_eq!(m.goto(end).expect("goto"), ExitReason::Reached);
-    assert_eq!(m.digest(), d_end);
+    // Back before the input, and into the time it was queued, forward again: the guest
+    // gets it at the same instructions and ends in the same state; what it printed
+    // before is not printed again.
+    for back in [before, before + 30_000, before + 70_000] {
+        assert_eq!(m.goto(back).expect("goto"), ExitReason::Reached);
+        assert_eq!(m.goto(end).expect("goto"), ExitReason::Reached);
+        assert_eq!(m.digest(), d_end, "back to {back}, then forward");
+    }
     assert_eq!(con.text(), printed, "no output twice");
     // New input goes on from the end.
     input.push(b"echo $((7*8))y\n");
     run_to_output(&mut m, &con, "56y", 2_000_000_000);
+}
+
+#[test]
+fn a_restored_snapshot_starts_the_history_again() {
+    let mut m = machine(true);
+    m.keep_history(50_000).expect("history");
+    m.run_until(Some(300_000), None).expect("run");
+    let snap = m.snapshot();
+    let d = m.digest();
+    m.run_until(Some(900_000), None).expect("run");
+    m.restore(&snap).expect("restore");
+    assert_eq!(m.history_start(), Some(300_000));
+    assert_eq!(m.digest(), d);
+    m.run_until(Some(400_000), None).expect("run");
+    let d4 = m.digest();
+    m.goto(320_000).expect("goto back");
+    m.goto(400_000).expect("goto forward");
+    assert_eq!(m.digest(), d4);
+    assert!(m.goto(100).is_err(), "before the history's start");
 }

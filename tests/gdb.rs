@@ -10,12 +10,12 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{engine_name, engines, guests_dir, ox86_command, root, text};
+use common::{engine_name, engines, guests_dir, linux_dir, ox86_command, root, text};
 
 /// An `ox86 run` listening for GDB on a free port.
 struct Stub {
@@ -182,6 +182,10 @@ print by
 break bump
 reverse-stepi 3
 print counter
+reverse-finish
+reverse-next
+reverse-step
+print i
 delete
 continue
 ";
@@ -204,6 +208,12 @@ continue
         // Three instructions back from the store is the breakpoint after the prologue.
         let s = after(s, "Breakpoint 3, bump (by=1)");
         let s = after(s, "$6 = 0\n");
+        // Out of bump backwards to its call, then back over the line before it.
+        let s = after(s, "in cprog_run () at ");
+        let s = after(s, "bump(i);");
+        let s = after(s, "bump(i);");
+        let s = after(s, "total += s;");
+        let s = after(s, "$7 = 1\n");
         assert!(s.contains("exited with code"), "{ctx}");
         let (code, _, err) = stub.finish(Duration::from_secs(60));
         assert_eq!(code, Some(33), "{ctx}\n{err}");
@@ -228,22 +238,11 @@ fn linux_symbols(dir: &Path) -> std::collections::HashMap<String, u64> {
         .collect()
 }
 
-fn linux_dir() -> PathBuf {
-    let out = root().join("target").join("linux");
-    let st = Command::new("bash")
-        .arg(root().join("scripts/fetch-guests"))
-        .arg(&out)
-        .status()
-        .expect("run scripts/fetch-guests");
-    assert!(st.success(), "scripts/fetch-guests failed");
-    out
-}
-
 #[test]
 #[ignore = "needs the fetched kernel: scripts/test runs it (--include-ignored)"]
 fn gdb_debugs_the_linux_kernel_with_its_system_map() {
     let dir = linux_dir();
-    let syms = linux_symbols(&dir);
+    let syms = linux_symbols(dir);
     let start_kernel = syms["start_kernel"];
     let banner = syms["linux_banner"];
     let pf = syms["asm_exc_page_fault"];
@@ -383,16 +382,21 @@ fn exchange(s: &mut TcpStream, body: &str) -> String {
     read_packet(s, Duration::from_secs(30))
 }
 
-#[test]
-fn ctrl_c_stops_the_guest_in_compiled_code_at_once() {
+/// The bare-metal benchmark (1.4 s), waiting for GDB.
+fn bench_stub() -> Stub {
     let elf = guests_dir().join("bench.elf");
-    let stub = Stub::start(&[
+    Stub::start(&[
         "--kernel",
         elf.to_str().expect("path"),
         "-S",
         "--serial",
         "none",
-    ]);
+    ])
+}
+
+#[test]
+fn ctrl_c_stops_the_guest_in_compiled_code_at_once() {
+    let stub = bench_stub();
     let mut s = TcpStream::connect(&stub.addr).expect("connect");
     s.set_nodelay(true).expect("nodelay");
     exchange(&mut s, "qSupported:swbreak+;hwbreak+");
@@ -432,14 +436,7 @@ fn ctrl_c_stops_the_guest_in_compiled_code_at_once() {
 
 #[test]
 fn garbage_and_broken_connections_do_not_take_ox86_down() {
-    let elf = guests_dir().join("bench.elf");
-    let stub = Stub::start(&[
-        "--kernel",
-        elf.to_str().expect("path"),
-        "-S",
-        "--serial",
-        "none",
-    ]);
+    let stub = bench_stub();
     // Garbage, bad checksums, unknown and malformed packets, then gone mid-packet.
     {
         let mut s = TcpStream::connect(&stub.addr).expect("connect");

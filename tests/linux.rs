@@ -5,28 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{engine_name, engines, root, run_ox86, text};
-
-/// Fetches the kernel and builds the initramfs once (cached between runs).
-fn linux_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = root().join("target").join("linux");
-        let st = Command::new("bash")
-            .arg(root().join("scripts/fetch-guests"))
-            .arg(&out)
-            .status()
-            .expect("run scripts/fetch-guests");
-        assert!(st.success(), "scripts/fetch-guests failed");
-        out
-    })
-}
+use common::{engine_name, engines, linux_dir, run_ox86, text};
 
 /// Runs `ox86 run` on the Debian kernel and initramfs with `append` and `extra`.
 fn run_linux(append: &str, extra: &[&str]) -> std::process::Output {

@@ -47,6 +47,20 @@ impl HostInput {
         self.len() == 0
     }
 
+    /// The bytes waiting, left in place (a checkpoint of the debugger's history: queued
+    /// bytes are on their way into the guest).
+    pub fn contents(&self) -> Vec<u8> {
+        self.lock().iter().copied().collect()
+    }
+
+    /// Replaces the bytes waiting with `bytes` (a checkpoint returned to).
+    pub fn replace(&self, bytes: &[u8]) {
+        let mut q = self.lock();
+        q.clear();
+        q.extend(&bytes[..bytes.len().min(HOST_INPUT_CAPACITY)]);
+        self.queue.len.store(q.len(), Ordering::Release);
+    }
+
     /// Takes up to `max` bytes from the front (the device side, or a recorder moving
     /// host input into a device's queue at a defined instruction count).
     pub fn take(&self, max: usize) -> Vec<u8> {
@@ -78,6 +92,10 @@ mod tests {
         assert_eq!(h.push(b"ab"), 2);
         assert_eq!(h.take(usize::MAX).len(), HOST_INPUT_CAPACITY - 3 + 2);
         assert!(h.is_empty());
+        h.push(b"xyz");
+        assert_eq!(h.contents(), b"xyz");
+        h.replace(b"q");
+        assert_eq!((h.len(), h.take(9)), (1, b"q".to_vec()));
         assert!(h.take(5).is_empty());
     }
 }

@@ -2,9 +2,15 @@
 //!
 //! Output goes to any `Write + Send` sink (host stdout, a file, `io::sink()`). Input comes
 //! from the host through [`Uart::enqueue_raw_bytes`] or, from another thread, through a
-//! [`SerialInput`] handle whose bounded queue the UART drains into its 64-byte receive
-//! FIFO at each [`BusDevice::advance_to`], so input enters the guest at a defined virtual
-//! time.
+//! [`SerialInput`] handle whose bounded queue feeds the 64-byte receive FIFO at defined
+//! points only, so that when input reaches the guest depends on nothing but the guest:
+//! at a [`BusDevice::advance_to`] that finds the FIFO empty (the queue's first bytes,
+//! raising the receive interrupt), and as the guest reads the receive buffer, the
+//! interrupt identification or the line status (the FIFO is topped up first, so it
+//! never runs dry while bytes wait). Where slices end (an advance) then changes
+//! nothing: a FIFO that is not empty is not refilled there. A machine that moves input
+//! into the queue at a defined instruction count (record, replay, the debugger's
+//! history) advances right after, so that the first bytes enter then.
 //!
 //! vm-superio signals interrupts as events; the UART turns each into a pulse on its
 //! [`IrqLine`], gated by MCR OUT2 as on the PC (where OUT2 enables the IRQ driver).
@@ -37,8 +43,13 @@ pub const UART_PORTS_LEN: u16 = 8;
 /// Capacity of the host input queue of a [`SerialInput`]; bytes beyond it are refused.
 pub const INPUT_QUEUE_CAPACITY: usize = HOST_INPUT_CAPACITY;
 
+const RBR: u64 = 0;
+const IIR: u64 = 2;
+const LSR: u64 = 5;
 const MCR: u8 = 4;
 const MCR_OUT2: u8 = 0x08;
+/// The 16550A's receive FIFO (vm-superio's).
+const FIFO_SIZE: usize = 64;
 
 /// vm-superio's interrupt trigger: records that an interrupt event happened.
 #[derive(Debug, Default)]
@@ -176,7 +187,7 @@ impl Uart {
         self.serial = Serial::new(EventFlag::default(), serial.into_writer());
     }
 
-    /// Drains queued host input into the FIFO as far as it has room.
+    /// Moves queued host input into the FIFO as far as it has room.
     fn drain_input(&mut self) {
         let chunk = self.input.take(self.serial.fifo_capacity());
         if chunk.is_empty() {
@@ -207,6 +218,10 @@ impl BusDevice for Uart {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         read_bytewise(offset, data, |o| {
             if o < UART_PORTS_LEN as u64 {
+                // RBR, IIR, LSR: what waits is in the FIFO first (see the module).
+                if matches!(o, RBR | IIR | LSR) && !self.input.is_empty() {
+                    self.drain_input();
+                }
                 self.serial.read(o as u8)
             } else {
                 0xff
@@ -225,7 +240,10 @@ impl BusDevice for Uart {
     }
 
     fn advance_to(&mut self, _now_ns: u64) {
-        self.drain_input();
+        // Only into an empty FIFO (see the module).
+        if self.serial.fifo_capacity() == FIFO_SIZE {
+            self.drain_input();
+        }
     }
 }
 
@@ -260,6 +278,7 @@ mod tests {
 
     const THR: u64 = 0;
     const IER: u64 = 1;
+    const LSR_PORT: u64 = 5;
     const IIR: u64 = 2;
     const LCR: u64 = 3;
     const LSR: u64 = 5;
@@ -363,12 +382,35 @@ mod tests {
         assert_eq!(pulses(&lines), 1 << 4);
         assert_eq!(u.fifo_capacity(), 0, "FIFO filled to 64 bytes");
         assert_eq!(input.len(), INPUT_QUEUE_CAPACITY - 64);
+        assert_eq!(u.enqueue_raw_bytes(&big), 0, "FIFO full");
+        // Reads keep the FIFO topped up from the queue; advances into a FIFO that is
+        // not empty move nothing (where slices end must not matter).
         for _ in 0..64 {
             assert_eq!(inb(&mut u, THR), b'q');
         }
+        assert_eq!(input.len(), INPUT_QUEUE_CAPACITY - 127);
         u.advance_to(2);
-        assert_eq!(input.len(), INPUT_QUEUE_CAPACITY - 128);
-        assert_eq!(u.enqueue_raw_bytes(&big), 0, "FIFO full");
+        assert_eq!(
+            input.len(),
+            INPUT_QUEUE_CAPACITY - 127,
+            "not refilled at an advance"
+        );
+        let mut n = 0;
+        while inb(&mut u, LSR_PORT) & 1 != 0 {
+            assert_eq!(inb(&mut u, THR), b'q');
+            n += 1;
+        }
+        assert_eq!(n, INPUT_QUEUE_CAPACITY - 64, "the rest, read in order");
+        assert!(input.is_empty());
+        // New input into the empty FIFO enters at the next advance.
+        input.push(b"xy");
+        assert_eq!(inb(&mut u, LSR_PORT) & 1, 1, "seen at a line status read");
+        assert_eq!(inb(&mut u, THR), b'x');
+        input.push(b"z");
+        u.advance_to(3);
+        assert_eq!(input.len(), 1, "the FIFO holds y: not refilled");
+        assert_eq!(inb(&mut u, THR), b'y');
+        assert_eq!(inb(&mut u, THR), b'z');
     }
 
     #[test]

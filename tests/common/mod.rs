@@ -52,6 +52,22 @@ pub fn guests_dir() -> &'static Path {
     })
 }
 
+/// Fetches Debian's kernel, builds the initramfs and the System.map once
+/// (scripts/fetch-guests, cached between runs) and returns their folder.
+pub fn linux_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = root().join("target").join("linux");
+        let st = Command::new("bash")
+            .arg(root().join("scripts/fetch-guests"))
+            .arg(&out)
+            .status()
+            .expect("run scripts/fetch-guests");
+        assert!(st.success(), "scripts/fetch-guests failed");
+        out
+    })
+}
+
 /// A command that runs the `ox86` binary: directly, or through the emulator that
 /// `OX86_RUNNER` names (`qemu-aarch64` for an aarch64 build on an x86-64 host).
 pub fn ox86_command() -> Command {
