@@ -382,10 +382,31 @@ impl Machine {
         target: u64,
         progress: &mut dyn FnMut(u64),
     ) -> Result<ExitReason, MachineError> {
+        self.without_stops(|m| m.reexecute_loop(target, progress))
+    }
+
+    /// Runs `f` with the debugger's stop points set aside (a re-execution is not a
+    /// run the user asked to stop), then puts them back.
+    fn without_stops<R>(&mut self, f: impl FnOnce(&mut Machine) -> R) -> R {
         let saved = std::mem::take(&mut self.cpu.stops);
+        // Epochs that differ from every earlier one: the JIT unchains on each change.
         self.cpu.stops.epoch = saved.epoch + 1;
         self.cpu.flush_tlb();
-        let r = loop {
+        let r = f(self);
+        let mut saved = saved;
+        saved.epoch += 2;
+        self.cpu.stops = saved;
+        // Watched pages take the slow path again.
+        self.cpu.flush_tlb();
+        r
+    }
+
+    fn reexecute_loop(
+        &mut self,
+        target: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ExitReason, MachineError> {
+        loop {
             let deadline = std::time::Instant::now() + PROGRESS_EVERY;
             self.cpu.stops.take_stop();
             self.until = crate::debug::Until {
@@ -397,14 +418,9 @@ impl Machine {
             self.until = Default::default();
             match r {
                 Ok(ExitReason::TimeUp) => progress(self.cpu.state.icount),
-                r => break r,
+                r => return r,
             }
-        };
-        let mut saved = saved;
-        saved.epoch += 2;
-        self.cpu.stops = saved;
-        self.cpu.flush_tlb();
-        r
+        }
     }
 
     /// Returns the machine to instruction count `target` (`monitor goto N`): back
@@ -509,13 +525,7 @@ impl Machine {
                     if self.pc_linear() != lin {
                         // The breakpoint is at the handler of an interrupt delivered
                         // at this instruction count: deliver it.
-                        let saved = std::mem::take(&mut self.cpu.stops);
-                        self.cpu.stops.epoch = saved.epoch + 1;
-                        let stepped = self.step();
-                        let mut saved = saved;
-                        saved.epoch += 2;
-                        self.cpu.stops = saved;
-                        stepped?;
+                        self.without_stops(|m| m.step())?;
                     }
                 }
                 return Ok(r);
