@@ -24,6 +24,7 @@ pub struct MachineBuilder {
     record: Option<std::path::PathBuf>,
     replay: Option<Vec<u8>>,
     pace_idle: bool,
+    trace: Option<crate::trace::TracePlan>,
 }
 
 impl Default for MachineBuilder {
@@ -50,6 +51,7 @@ impl MachineBuilder {
             record: None,
             replay: None,
             pace_idle: false,
+            trace: None,
         }
     }
 
@@ -158,6 +160,13 @@ impl MachineBuilder {
         self
     }
 
+    /// Record an instruction trace (see [`crate::trace`]) to `plan.path`, from
+    /// instruction count `plan.from` to `plan.to` (or the end of the run).
+    pub fn trace(mut self, plan: crate::trace::TracePlan) -> Self {
+        self.trace = Some(plan);
+        self
+    }
+
     /// Boot the built-in demo guest.
     pub fn demo(mut self) -> Self {
         self.guest = Some(Guest::Demo);
@@ -219,6 +228,7 @@ impl MachineBuilder {
             rtc_start,
         )?;
         m.shadow = shadow;
+        m.trace = self.trace.map(crate::machine::Tracing::Planned);
         m.hash_every = self.hash_every;
         m.snapshot_at = self.snapshot_at;
         m.pace_idle = self.pace_idle && self.replay.is_none();

@@ -50,4 +50,12 @@ pub enum MachineError {
     /// The debugger's history cannot do what was asked.
     #[error("history: {0}")]
     History(String),
+    /// The trace cannot be written.
+    #[error("trace {path}: {msg}")]
+    Trace {
+        /// The trace file.
+        path: String,
+        /// What went wrong.
+        msg: String,
+    },
 }

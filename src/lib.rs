@@ -18,6 +18,7 @@ mod ram;
 pub mod replay;
 pub mod rtc;
 pub mod snapshot;
+pub mod trace;
 
 pub use builder::MachineBuilder;
 pub use digest::Digest;

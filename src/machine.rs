@@ -157,6 +157,21 @@ pub struct Machine {
     pub(crate) history: Option<crate::history::History>,
     /// While set, the guest's console output is dropped (a re-execution).
     pub(crate) muted: Arc<AtomicBool>,
+    /// The instruction trace asked for, being written, or written.
+    pub(crate) trace: Option<Tracing>,
+    /// Trace sinks made so far (each sink's raw ids carry its number).
+    pub(crate) trace_epoch: u32,
+}
+
+/// Where the instruction trace is.
+#[derive(Debug)]
+pub(crate) enum Tracing {
+    /// To start at `plan.from`.
+    Planned(crate::trace::TracePlan),
+    /// Being written, until `plan.to`.
+    Writing(crate::trace::TracePlan, crate::trace::TraceWriter),
+    /// Written.
+    Done(crate::trace::TraceSummary),
 }
 
 impl std::fmt::Debug for Machine {
@@ -220,6 +235,8 @@ impl Machine {
             until: Default::default(),
             history: None,
             muted,
+            trace: None,
+            trace_epoch: 0,
         };
         m.load_guest()?;
         Ok(m)
@@ -419,6 +436,18 @@ impl Machine {
             }
             if let Some(r) = r {
                 let icount = self.cpu.state.icount;
+                if !matches!(
+                    r,
+                    ExitReason::Paused
+                        | ExitReason::Breakpoint(_)
+                        | ExitReason::Watchpoint { .. }
+                        | ExitReason::Reached
+                        | ExitReason::Stepped
+                        | ExitReason::TimeUp
+                        | ExitReason::HistoryStart
+                ) {
+                    self.finish_trace()?;
+                }
                 if self.recorder.is_some() {
                     // A last check: the state the run ended in.
                     let c = Check::of(&self.cpu.state, &self.bus.platform.state_bytes(), &self.mem);
@@ -446,6 +475,77 @@ impl Machine {
                     }
                 }
                 return Ok(r);
+            }
+        }
+    }
+
+    /// At a slice boundary with a trace asked for: starts or stops it when its window
+    /// says, and reports a writer that failed. Returns the instructions to the next
+    /// start or stop.
+    fn trace_at(&mut self, icount: u64) -> Result<u64, MachineError> {
+        if let Some(Tracing::Planned(plan)) = &self.trace {
+            if icount < plan.from {
+                return Ok(plan.from - icount);
+            }
+            let plan = plan.clone();
+            let fail = |msg: String| MachineError::Trace {
+                path: plan.path.display().to_string(),
+                msg,
+            };
+            let (w, out) = crate::trace::TraceWriter::create(&plan.path, icount, self.identity())
+                .map_err(fail)?;
+            self.trace_epoch += 1;
+            let sink = ox86_cpu::trace::TraceSink::new(out, icount, self.trace_epoch);
+            self.cpu.trace = Some(Box::new(sink));
+            self.trace = Some(Tracing::Writing(plan, w));
+        }
+        let Some(Tracing::Writing(plan, w)) = &self.trace else {
+            return Ok(u64::MAX);
+        };
+        if let Some(msg) = w.error() {
+            let path = plan.path.display().to_string();
+            self.cpu.trace = None;
+            self.trace = None;
+            return Err(MachineError::Trace {
+                path,
+                msg: format!(
+                    "{msg}; the trace stops at the last whole chunk before instruction {icount}"
+                ),
+            });
+        }
+        match plan.to {
+            Some(to) if icount >= to => {
+                self.finish_trace()?;
+                Ok(u64::MAX)
+            }
+            Some(to) => Ok(to - icount),
+            None => Ok(u64::MAX),
+        }
+    }
+
+    /// Ends the trace being written here (at the current instruction count): the
+    /// writer writes what it was handed and the end record. Returns what it wrote, if
+    /// a trace was written.
+    pub fn finish_trace(&mut self) -> Result<Option<crate::trace::TraceSummary>, MachineError> {
+        match self.trace.take() {
+            Some(Tracing::Writing(plan, w)) => {
+                if let Some(mut sink) = self.cpu.trace.take() {
+                    sink.finish(self.cpu.state.icount);
+                }
+                let s = w.finish().map_err(|msg| MachineError::Trace {
+                    path: plan.path.display().to_string(),
+                    msg,
+                })?;
+                self.trace = Some(Tracing::Done(s.clone()));
+                Ok(Some(s))
+            }
+            Some(Tracing::Done(s)) => {
+                self.trace = Some(Tracing::Done(s.clone()));
+                Ok(Some(s))
+            }
+            other => {
+                self.trace = other;
+                Ok(None)
             }
         }
     }
@@ -609,6 +709,9 @@ impl Machine {
             } else if icount < *at {
                 budget = budget.min(at - icount);
             }
+        }
+        if self.trace.is_some() {
+            budget = budget.min(self.trace_at(icount)?);
         }
         if let Some(max) = self.max_insns {
             let left = max.saturating_sub(icount);

@@ -57,6 +57,9 @@ pub struct Block {
     /// next block is one of two, found here without a look-up in the jump cache (see
     /// [`BlockCache::lookup_succ`]).
     pub succ: [Succ; 2],
+    /// The block's raw id in the trace being recorded: the sink's epoch in the high
+    /// half, the id in the low half (0: none; see [`crate::trace`]).
+    pub trace: u64,
 }
 
 /// Where code is fetched from: what a block must match to be the one to run.
@@ -493,6 +496,7 @@ mod tests {
             next_hot: 0,
             accel: AccelHint::default(),
             succ: NO_SUCC,
+            trace: 0,
         }
     }
 

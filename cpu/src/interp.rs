@@ -13,6 +13,12 @@ use crate::state::{CS, IF, RF, TF};
 use crate::{Accel, AccelRun, Cpu, Exec};
 use iced_x86::Mnemonic;
 
+/// An instruction's length byte in a trace definition (see [`crate::trace::FLOW`]).
+pub fn trace_len(i: &iced_x86::Instruction) -> u8 {
+    let flow = i.flow_control() != iced_x86::FlowControl::Next;
+    i.len() as u8 | if flow { crate::trace::FLOW } else { 0 }
+}
+
 /// Why `run` returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuExit {
@@ -72,6 +78,8 @@ impl Exec<'_> {
         // The host debugger's stop points, if any are set (they change only between
         // runs; a stop reached during this one needs a watchpoint, so they are set).
         let dbg_on = self.dbg.armed();
+        // Whether a trace is being recorded (it starts and stops between runs).
+        let tracing = self.trace.is_some();
         loop {
             let last = prev.take();
             if *self.shutdown {
@@ -138,6 +146,9 @@ impl Exec<'_> {
                         }
                     }
                 }
+            }
+            if tracing {
+                self.trace_block(id);
             }
             let block = self.blocks.get_mut(id);
             block.execs += 1;
@@ -254,6 +265,46 @@ impl Exec<'_> {
     fn host_breakpoint_here(&mut self) -> bool {
         let lin = self.s.seg[CS].base.wrapping_add(self.s.rip) & 0xffff_ffff;
         self.dbg.check_breakpoint(lin)
+    }
+
+    /// Records that the interpreter runs block `id` now (defining it for the trace the
+    /// first time), after the context if it changed.
+    #[cold]
+    #[inline(never)]
+    fn trace_block(&mut self, id: u32) {
+        let Some(t) = self.trace.as_deref_mut() else {
+            return;
+        };
+        t.context(self.s);
+        let icount = self.s.icount;
+        let b = self.blocks.get_mut(id);
+        let epoch = u64::from(t.epoch());
+        let raw = if b.trace >> 32 == epoch {
+            b.trace as u32
+        } else {
+            let raw = t.new_ids(1);
+            let lens: Vec<u8> = b.insns.iter().map(|d| trace_len(&d.insn)).collect();
+            let mut bytes = Vec::new();
+            for &(s, e) in b.ranges.iter().filter(|r| r.1 > r.0) {
+                let at = bytes.len();
+                bytes.resize(at + (e - s) as usize, 0);
+                self.mem.read_phys(PhysAddr(s), &mut bytes[at..]);
+            }
+            let (s2, e2) = b.ranges[1];
+            let def = crate::trace::BlockDef {
+                eip: b.eip,
+                cs_base: b.cs_base,
+                phys: b.phys,
+                phys2: if e2 > s2 { s2 & !PAGE_MASK } else { 0 },
+                bitness: b.bitness,
+                lens: &lens,
+                bytes: &bytes,
+            };
+            t.define(raw, icount, &def);
+            b.trace = (epoch << 32) | u64::from(raw);
+            raw
+        };
+        t.block(raw, icount);
     }
 
     /// Invalidates blocks whose bytes were written.
@@ -400,6 +451,7 @@ impl Exec<'_> {
             next_hot: 0,
             accel: AccelHint::default(),
             succ: NO_SUCC,
+            trace: 0,
         };
         Ok(self.blocks.insert(lin, block))
     }

@@ -15,6 +15,7 @@ mod prefetch;
 pub mod state;
 pub mod stops;
 pub mod testkit;
+pub mod trace;
 
 use ox86_mmu::tlb::Tlb;
 use ox86_mmu::{IoBus, Memory};
@@ -22,7 +23,7 @@ use ox86_mmu::{IoBus, Memory};
 pub use accel::{Accel, AccelRun, AccelStats, ExitCounts};
 pub use block::{AccelHint, BlockCache, DecodedInsn, Handler};
 pub use exception::{Exception, Fault};
-pub use interp::{CpuExit, RunLimits};
+pub use interp::{trace_len, CpuExit, RunLimits};
 pub use state::{CpuState, Segment};
 pub use stops::{DebugStop, StopPoints, WatchKind, Watchpoint};
 
@@ -53,6 +54,8 @@ pub struct Cpu {
     pub accel: Option<Box<dyn Accel>>,
     /// The host debugger's breakpoints and watchpoints.
     pub stops: StopPoints,
+    /// The trace being recorded, if any (see [`trace`]).
+    pub trace: Option<Box<trace::TraceSink>>,
 }
 
 impl std::fmt::Debug for Cpu {
@@ -81,6 +84,7 @@ impl Cpu {
             shutdown: false,
             accel: None,
             stops: StopPoints::default(),
+            trace: None,
         }
     }
 
@@ -113,6 +117,7 @@ impl Cpu {
             mem,
             io,
             dbg: &mut self.stops,
+            trace: self.trace.as_deref_mut(),
         }
     }
 }
@@ -136,6 +141,8 @@ pub struct Exec<'a> {
     pub io: &'a mut dyn IoBus,
     /// The host debugger's stop points.
     pub dbg: &'a mut StopPoints,
+    /// The trace being recorded, if any.
+    pub trace: Option<&'a mut trace::TraceSink>,
 }
 
 impl Exec<'_> {

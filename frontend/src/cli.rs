@@ -22,7 +22,10 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a guest: a kernel image, or with no image the built-in demo guest.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Read instruction traces that `run --trace` wrote.
+    #[command(subcommand)]
+    Trace(crate::trace::TraceCmd),
 }
 
 #[derive(Args, Debug)]
@@ -81,6 +84,17 @@ struct RunArgs {
     /// Implies --icount, as -s.
     #[arg(long, value_name = "tcp:[HOST]:PORT", conflicts_with_all = ["record", "replay", "lockstep"])]
     gdb: Option<String>,
+    /// Record an instruction trace to FILE: every instruction executed, in order,
+    /// with exceptions, interrupts, mode and CR3 changes and port I/O (read it with
+    /// `ox86 trace`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["gdb", "gdb_default", "lockstep"])]
+    trace: Option<PathBuf>,
+    /// Start the trace at this instruction count.
+    #[arg(long, value_name = "N", requires = "trace")]
+    trace_from: Option<u64>,
+    /// End the trace at this instruction count (the run goes on).
+    #[arg(long, value_name = "N", requires = "trace")]
+    trace_to: Option<u64>,
     /// Instructions between the checkpoints of the debugger's history.
     #[arg(long, value_name = "N", hide = true)]
     history_every: Option<u64>,
@@ -156,7 +170,8 @@ pub fn parse() -> Result<Cli, ExitCode> {
 /// Runs the chosen command.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Run(a) => run_guest(a),
+        Cmd::Run(a) => run_guest(*a),
+        Cmd::Trace(t) => crate::trace::run(t),
     }
 }
 
@@ -334,6 +349,17 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
     if let Some(path) = &a.record {
         b = b.record(path.clone());
     }
+    if let Some(path) = &a.trace {
+        let from = a.trace_from.unwrap_or(0);
+        if a.trace_to.is_some_and(|to| to <= from) {
+            bail!("--trace-to must be after --trace-from");
+        }
+        b = b.trace(ox86::trace::TracePlan {
+            path: path.clone(),
+            from,
+            to: a.trace_to,
+        });
+    }
     if let Some(path) = &a.replay {
         b = b.replay(read_file(path, "replay log")?);
     }
@@ -424,6 +450,7 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
     };
     drop(raw);
     let wall = start.elapsed();
+    let trace = m.finish_trace().map_err(|e| anyhow::anyhow!("{e}"))?;
     if a.stats {
         let s = m.stats();
         let secs = wall.as_secs_f64();
@@ -447,6 +474,18 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
                 h.restores,
                 h.bytes as f64 / (1 << 20) as f64,
                 h.peak_bytes as f64 / (1 << 20) as f64
+            );
+        }
+        if let Some(t) = &trace {
+            eprintln!(
+                "ox86 trace: {} instructions ({} to {}), {} blocks ({} distinct), {} bytes = {:.3} bytes per instruction",
+                t.instructions,
+                t.start,
+                t.end,
+                t.blocks,
+                t.defs,
+                t.bytes,
+                t.bytes as f64 / t.instructions.max(1) as f64
             );
         }
         if let Some(j) = &s.jit {

@@ -1,10 +1,12 @@
-//! The `ox86` command: runs a guest (a kernel image, or the built-in demo guest).
+//! The `ox86` command: runs a guest (a kernel image, or the built-in demo guest), and
+//! reads the traces of its runs.
 
 mod cli;
 mod console;
 mod gdb;
 mod rtc;
 mod size;
+mod trace;
 
 use std::process::ExitCode;
 

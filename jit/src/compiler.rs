@@ -67,6 +67,9 @@ pub struct Request {
     /// Only from the translation cache on disk: asked before the region is hot,
     /// because the cache has code for its entry.
     pub cache_only: bool,
+    /// For a traced mode: the raw trace id of the region's first guest block (the
+    /// others follow it), and the trace sink's epoch (see `ox86_cpu::trace`).
+    pub trace: Option<(u32, u32)>,
 }
 
 /// A compiled region.

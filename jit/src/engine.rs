@@ -12,7 +12,8 @@ use std::thread::JoinHandle;
 
 use crossbeam::channel::{unbounded, Receiver, Sender};
 use ox86_cpu::state::CS;
-use ox86_cpu::{Accel, AccelHint, AccelRun, AccelStats, CpuState, Exec};
+use ox86_cpu::trace::{BlockDef, TraceSink, JIT_ROOM};
+use ox86_cpu::{trace_len, Accel, AccelHint, AccelRun, AccelStats, CpuState, Exec};
 use ox86_mmu::paging::Access;
 use ox86_mmu::{PhysAddr, Region as MemRegion, PAGE_MASK};
 
@@ -306,6 +307,7 @@ impl Jit {
                 chain: chain.as_ptr(),
                 chained: 0,
                 hot: 0,
+                trace: std::ptr::null_mut(),
             }),
             chain,
             enter,
@@ -474,6 +476,15 @@ impl Jit {
             self.stats.stale += 1;
             return None;
         }
+        // Traced code writes the raw ids of this trace's sink, defined here.
+        if key.mode.traced {
+            let t = ex.trace.as_deref_mut()?;
+            let (base, epoch) = c.req.trace?;
+            if epoch != t.epoch() {
+                return None;
+            }
+            define_blocks(t, base, &key, &c, ex.s.icount);
+        }
         if let Some((f, _, n)) = next {
             if ex.mem.mark_code(PhysAddr(f), u64::from(n)) {
                 ex.tlb.protect_frame(f);
@@ -640,9 +651,20 @@ impl Jit {
             heat: None,
             ctx: &*self.ctx as *const JitCtx as usize,
             cache_only,
+            trace: None,
         };
-        // A quick region that chains counts its own runs.
         let mut req = req;
+        if key.mode.traced {
+            let Some(t) = ex.trace.as_deref_mut() else {
+                return false;
+            };
+            if t.ids_exhausted() {
+                return false;
+            }
+            let n = self.config.max_region_blocks.min(u32::MAX as usize) as u32;
+            req.trace = Some((t.new_ids(n), t.epoch()));
+        }
+        // A quick region that chains counts its own runs.
         if tier == 0 && req.chain.is_some() && self.config.optimize_after != u64::MAX {
             let start = self.config.optimize_after.min(i64::MAX as u64) as i64;
             req.heat = self.heat.take(start);
@@ -865,7 +887,7 @@ impl Jit {
             return None; // An instruction across two pages: left to the interpreter.
         }
         let (phys, eip, cs_base, bitness) = (b.phys, b.eip, b.cs_base, b.bitness);
-        let mode = Mode::of(ex.s)?;
+        let mode = Mode::of_exec(ex)?;
         if mode.bitness != bitness || ex.s.rip != eip || ex.s.seg[CS].base != cs_base {
             return None;
         }
@@ -1062,7 +1084,7 @@ impl Accel for Jit {
         if self.live == 0 {
             return AccelRun::NotRun;
         }
-        let Some(mode) = Mode::of(ex.s) else {
+        let Some(mode) = Mode::of_exec(ex) else {
             return AccelRun::NotRun;
         };
         let Some(enter) = self.enter.as_ref().map(|t| t.enter) else {
@@ -1095,6 +1117,17 @@ impl Accel for Jit {
             }
             if std::mem::take(&mut after_jump) {
                 self.stats.exits.jump_compiled += 1;
+            }
+            // Traced code writes a record per guest block it runs, at most one per
+            // instruction plus one: its budget ends before the buffer would be full.
+            let mut end = end;
+            if mode.traced {
+                let Some(t) = ex.trace.as_deref_mut() else {
+                    break;
+                };
+                t.context(ex.s);
+                self.ctx.trace = t.jit_window();
+                end = end.min(ex.s.icount + JIT_ROOM as u64 - 1);
             }
             let r = self.regions[id as usize].as_ref().expect("live region");
             if r.cs_hi != ex.s.seg[CS].hi as u64 || ex.s.icount + r.first_len > end {
@@ -1137,10 +1170,19 @@ impl Accel for Jit {
             // holds only regions the dispatcher found valid in the same mode, CS base
             // and limit, and is emptied whenever a region is removed; compiled code
             // checks that the TLB still maps the target's page to the frame it was
-            // compiled from (see `crate::chain`). `enter` calls `func` with the region
-            // signature.
+            // compiled from (see `crate::chain`). Traced code writes one word per guest
+            // block it enters at `ctx.trace`, which points into the trace sink's
+            // buffer with JIT_ROOM words free; the budget above lets it run fewer
+            // instructions than that, and helpers that write to the sink meanwhile
+            // hand the pointer over and back (see `helpers::interp`). `enter` calls
+            // `func` with the region signature.
             let status = unsafe { enter(state, ctx as *mut u8, func) };
             self.ctx.exec = std::ptr::null_mut();
+            if let Some(t) = ex.trace.as_deref_mut().filter(|_| mode.traced) {
+                if !t.jit_done(self.ctx.trace) {
+                    tracing::error!(target: "ox86::jit", "compiled code wrote outside the trace buffer");
+                }
+            }
             let n = ex.s.icount - before;
             self.stats.entries += 1;
             self.stats.compiled_insns += n;
@@ -1236,7 +1278,7 @@ impl Accel for Jit {
             return;
         }
         let b = ex.blocks.get(id);
-        let Some(mode) = Mode::of(ex.s) else {
+        let Some(mode) = Mode::of_exec(ex) else {
             return;
         };
         // The optimised code if the cache has it for this entry (without access groups
@@ -1336,5 +1378,39 @@ impl Drop for Jit {
                 let _ = h.join();
             }
         }
+    }
+}
+
+/// Defines the raw trace ids `base`.. of the guest blocks of region `c` (installed as
+/// `key`) in sink `t`, at instruction `icount`: their code as it was compiled (the
+/// same as in memory, checked by the caller).
+fn define_blocks(t: &mut TraceSink, base: u32, key: &Key, c: &Compiled, icount: u64) {
+    let frame = key.phys & !PAGE_MASK;
+    let next = c.req.next.as_ref();
+    for (bi, gb) in c.region.blocks.iter().enumerate() {
+        let lin = key.cs_base.wrapping_add(gb.eip) & 0xffff_ffff;
+        let off = (lin & PAGE_MASK) as usize;
+        let lens: Vec<u8> = gb.insns.iter().map(|d| trace_len(&d.insn)).collect();
+        let len: usize = gb.insns.iter().map(|d| d.insn.len()).sum();
+        let mut bytes = c.req.page[off..(off + len).min(PAGE)].to_vec();
+        let over = (off + len).saturating_sub(PAGE);
+        let mut phys2 = 0;
+        if over > 0 {
+            let Some((f, b)) = next else {
+                continue; // Not compiled so (the region would not have it).
+            };
+            bytes.extend_from_slice(&b[..over.min(b.len())]);
+            phys2 = *f;
+        }
+        let def = BlockDef {
+            eip: gb.eip,
+            cs_base: key.cs_base,
+            phys: frame | off as u64,
+            phys2,
+            bitness: key.mode.bitness,
+            lens: &lens,
+            bytes: &bytes,
+        };
+        t.define(base + bi as u32, icount, &def);
     }
 }

@@ -58,6 +58,8 @@ pub struct JitCtx {
     pub chained: u64,
     /// The heat counter of a HOT status.
     pub hot: u64,
+    /// Where traced code writes its next record (see `ox86_cpu::trace`).
+    pub trace: *mut u64,
 }
 
 /// Runs `f` on the execution context behind `ctx`.
@@ -91,7 +93,21 @@ pub unsafe extern "C" fn interp(ctx: *mut JitCtx, d: *const DecodedInsn) -> u32 
         with_exec(ctx, |ex, ctx| {
             let ip = ex.s.rip;
             ex.s.rip = d.next_ip;
-            match (d.handler)(ex, &d.insn) {
+            // Traced code: the handler may write an event (port I/O) after the
+            // records compiled code wrote so far.
+            let traced = ex.trace.as_deref_mut().map(|t| {
+                t.jit_done(ctx.trace);
+                t.len()
+            });
+            let r = (d.handler)(ex, &d.insn);
+            if let (Some(t), Some(before)) = (ex.trace.as_deref_mut(), traced) {
+                if t.len() != before {
+                    // Room again for what the region may still write.
+                    t.reserve(ox86_cpu::trace::JIT_ROOM);
+                }
+                ctx.trace = t.jit_ptr();
+            }
+            match r {
                 Ok(()) => {
                     ex.s.icount += 1;
                     // A watchpoint of the host debugger stops after the instruction.

@@ -2,7 +2,7 @@
 //! state, and part of every region's key, so that a mode change selects other code.
 
 use ox86_cpu::state::{AC, CR0_AM, CS, DS, ES, SEG_READ, SEG_WRITE, SS};
-use ox86_cpu::CpuState;
+use ox86_cpu::{CpuState, Exec};
 
 /// The mode bits of a region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -16,6 +16,9 @@ pub struct Mode {
     /// DS, ES and SS are flat: base 0, limit 4 GiB, readable and writable, in protected
     /// mode; their accesses skip segmentation.
     pub flat: bool,
+    /// A trace is being recorded: the code writes a record at each guest block it
+    /// runs (see `ox86_cpu::trace`).
+    pub traced: bool,
 }
 
 impl Mode {
@@ -36,16 +39,28 @@ impl Mode {
             cpl: s.cpl,
             ss32: s.seg[SS].big(),
             flat,
+            traced: false,
+        })
+    }
+
+    /// The mode compiled code for `ex` runs in, or None as for [`Mode::of`].
+    #[inline]
+    pub fn of_exec(ex: &Exec<'_>) -> Option<Mode> {
+        let m = Mode::of(ex.s)?;
+        Some(Mode {
+            traced: ex.trace.is_some(),
+            ..m
         })
     }
 
     /// The mode as one byte (for the translation cache's file names): bit 0 a 32-bit
-    /// code segment, bits 1-2 the CPL, bit 3 a 32-bit stack, bit 4 flat.
+    /// code segment, bits 1-2 the CPL, bit 3 a 32-bit stack, bit 4 flat, bit 5 traced.
     pub fn bits(&self) -> u8 {
         u8::from(self.bitness == 32)
             | ((self.cpl as u8 & 3) << 1)
             | (u8::from(self.ss32) << 3)
             | (u8::from(self.flat) << 4)
+            | (u8::from(self.traced) << 5)
     }
 
     /// Whether accesses use the user TLB table.
@@ -60,5 +75,6 @@ impl Mode {
         cpl: 0,
         ss32: true,
         flat: true,
+        traced: false,
     };
 }

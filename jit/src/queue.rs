@@ -96,6 +96,7 @@ mod tests {
             heat: None,
             ctx: 0,
             cache_only: false,
+            trace: None,
         }
     }
 

@@ -47,6 +47,8 @@ pub enum Sym {
     ChainTag,
     /// The physical frame of the next page, for instructions across the page end.
     NextFrame,
+    /// The raw trace id of the region's first guest block (a value).
+    TraceBase,
     /// Instruction `k` of guest block `b` (`DecodedInsn`).
     Insn { b: u16, k: u8 },
     /// Entry `i` of the region's lowered x87 instructions (`X87Insn`).
@@ -65,6 +67,7 @@ impl Sym {
             Sym::HeatId => 5,
             Sym::ChainTag => 6,
             Sym::NextFrame => 7,
+            Sym::TraceBase => 8,
             Sym::Insn { b, k } => INSN | (u32::from(b) << 8) | u32::from(k),
             Sym::X87Insn(i) => X87_INSN | (i & INDEX),
         }
@@ -81,6 +84,7 @@ impl Sym {
             5 => Sym::HeatId,
             6 => Sym::ChainTag,
             7 => Sym::NextFrame,
+            8 => Sym::TraceBase,
             _ if n & !INDEX == INSN && (n & INDEX) >> 8 <= u32::from(u16::MAX) => Sym::Insn {
                 b: ((n & INDEX) >> 8) as u16,
                 k: n as u8,
@@ -102,6 +106,7 @@ impl Sym {
             Sym::HeatId => u64::from(req.heat?.0),
             Sym::ChainTag => u64::from(req.chain?) << 32,
             Sym::NextFrame => req.next.as_ref()?.0,
+            Sym::TraceBase => u64::from(req.trace?.0),
             Sym::Insn { b, k } => {
                 let d = region
                     .blocks
@@ -204,6 +209,7 @@ mod tests {
             Sym::HeatId,
             Sym::ChainTag,
             Sym::NextFrame,
+            Sym::TraceBase,
             Sym::Insn { b: 0, k: 0 },
             Sym::Insn { b: 7, k: 63 },
             Sym::Insn { b: 65535, k: 255 },
@@ -213,7 +219,7 @@ mod tests {
         for s in all {
             assert_eq!(Sym::decode(s.encode()), Some(s), "{s:?}");
         }
-        for n in [8, 9, 1000, 3 << 28, u32::MAX] {
+        for n in [9, 10, 1000, 3 << 28, u32::MAX] {
             assert_eq!(Sym::decode(n), None, "{n:#x}");
         }
     }

@@ -486,6 +486,9 @@ impl<'a, 'b> Tx<'a, 'b> {
         let region = self.region;
         let gb = &region.blocks[bi];
         let n = gb.insns.len();
+        if self.mode.traced {
+            self.trace_record(bi);
+        }
         for (k, d) in gb.insns.iter().enumerate() {
             self.k = k;
             self.group_now = self.plan.of_insn.get(bi).and_then(|v| v[k]);
@@ -505,6 +508,27 @@ impl<'a, 'b> Tx<'a, 'b> {
         };
         let cnt = self.icount_at(n);
         self.edge(next, cnt, &self.flags.clone());
+    }
+
+    /// Appends the record "guest block `bi` starts at the current instruction count" to
+    /// the trace buffer (see `ox86_cpu::trace`): the dispatcher leaves room for one
+    /// record per instruction the region may run, plus one.
+    fn trace_record(&mut self, bi: usize) {
+        let ctx = self.ctx();
+        let p = self
+            .b
+            .ins()
+            .load(I64, MF, ctx, offset_of!(JitCtx, trace) as i32);
+        let base = symbol(self.b, Sym::TraceBase);
+        let id = self.b.ins().iadd_imm_s(base, bi as i64);
+        let c = self.b.use_var(self.icount);
+        let hi = self.b.ins().ishl_imm_s(c, 32);
+        let rec = self.b.ins().bor(hi, id);
+        self.b.ins().store(MF, rec, p, 0);
+        let next = self.b.ins().iadd_imm_s(p, 8);
+        self.b
+            .ins()
+            .store(MF, next, ctx, offset_of!(JitCtx, trace) as i32);
     }
 
     /// The instruction count before instruction `k` of the current block.

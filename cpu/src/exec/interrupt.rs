@@ -32,6 +32,15 @@ impl Exec<'_> {
 
     fn raise_nested(&mut self, ex: Exception) {
         self.stats.interrupts += 1;
+        if let Some(t) = self.trace.as_deref_mut() {
+            let lin = self.s.seg[CS].base.wrapping_add(self.s.rip) & 0xffff_ffff;
+            let code = ex.error_code.map_or(0, |c| u64::from(c) + 1);
+            t.event(
+                self.s.icount,
+                crate::trace::kind::EXCEPTION,
+                &[u64::from(ex.vector), code, lin, self.s.cr2],
+            );
+        }
         let Err(second) = self.deliver(ex.vector, ex.error_code, Source::Exception) else {
             return;
         };
@@ -55,6 +64,13 @@ impl Exec<'_> {
     /// Delivers an external interrupt.
     pub fn external_interrupt(&mut self, vector: u8) {
         self.stats.interrupts += 1;
+        if let Some(t) = self.trace.as_deref_mut() {
+            t.event(
+                self.s.icount,
+                crate::trace::kind::INTERRUPT,
+                &[u64::from(vector)],
+            );
+        }
         if let Err(ex) = self.deliver(vector, None, Source::External) {
             self.raise(ex);
         }

@@ -38,12 +38,19 @@ impl Exec<'_> {
     /// Reads a port, with device time brought up to this instruction.
     pub fn port_in(&mut self, port: u16, size: u32) -> u32 {
         self.io.sync(self.s.icount);
-        self.io.port_read(Port(port), size as u8)
+        let v = self.io.port_read(Port(port), size as u8);
+        if let Some(t) = self.trace.as_deref_mut() {
+            t.port(self.s.icount, false, port, size, v);
+        }
+        v
     }
 
     /// Writes a port, with device time brought up to this instruction.
     pub fn port_out(&mut self, port: u16, size: u32, v: u32) {
         self.io.sync(self.s.icount);
+        if let Some(t) = self.trace.as_deref_mut() {
+            t.port(self.s.icount, true, port, size, v);
+        }
         self.io.port_write(Port(port), size as u8, v);
     }
 }

@@ -1,0 +1,23 @@
+//! Instruction traces: the writer that turns the engines' raw records into a trace
+//! file, the file format, and a streaming reader (see `docs/` and `ox86 trace`).
+//!
+//! A run records with [`crate::MachineBuilder::trace`]; [`TraceReader`] reads the file
+//! back record by record, whatever its size.
+
+pub mod format;
+mod reader;
+mod writer;
+
+pub use reader::{BlockDef, End, Header, Record, TraceError, TraceReader};
+pub use writer::{TraceSummary, TraceWriter};
+
+/// What to trace: where the file goes, and the window of instruction counts.
+#[derive(Debug, Clone)]
+pub struct TracePlan {
+    /// The trace file.
+    pub path: std::path::PathBuf,
+    /// The first instruction count traced.
+    pub from: u64,
+    /// The instruction count where tracing stops (None: the end of the run).
+    pub to: Option<u64>,
+}
