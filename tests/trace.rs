@@ -361,7 +361,8 @@ fn a_full_disk_ends_the_run_and_leaves_a_valid_trace() {
 fn a_linux_boot_traced_by_the_jit_is_what_single_steps_run() {
     let dir = common::linux_dir();
     let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"));
-    let append = "console=ttyS0 ox86test=smoke";
+    // nokaslr: the kernel where its System.map says.
+    let append = "console=ttyS0 ox86test=smoke nokaslr";
     let path = tmp("linux.trc");
     let n = traced_run(
         &[
@@ -418,4 +419,306 @@ fn a_linux_boot_traced_by_the_jit_is_what_single_steps_run() {
         let got = dump(&path, from, to);
         assert_eq!(got, want, "window {from}..{to}");
     }
+}
+
+/// The Python with DuckDB that scripts/test installs (target/pyenv), or `OX86_PYTHON`.
+fn duckdb_python() -> PathBuf {
+    let p = std::env::var_os("OX86_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::root().join("target/pyenv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} is missing: scripts/test installs DuckDB's Python package there",
+        p.display()
+    );
+    p
+}
+
+/// Runs a DuckDB query in Python; returns its rows, one per line, fields separated by
+/// tabs.
+fn duckdb(sql: &str) -> Vec<String> {
+    let script = format!(
+        "import duckdb\nfor r in duckdb.sql({sql:?}).fetchall():\n    print('\\t'.join(str(x) for x in r))\n"
+    );
+    let out = std::process::Command::new(duckdb_python())
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python");
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    common::text(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `ox86 trace ...` with `args`; its standard output (it must succeed).
+fn trace_cmd(args: &[&str]) -> String {
+    let mut all = vec!["trace"];
+    all.extend_from_slice(args);
+    let out = common::run_ox86(&all, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "{all:?}: {}",
+        common::text(&out.stderr)
+    );
+    common::text(&out.stdout)
+}
+
+/// Lines "count  percent%  name" of the table after `title` in a stats or hot report.
+fn table(report: &str, title: &str) -> Vec<(u64, String)> {
+    report
+        .lines()
+        .skip_while(|l| *l != title)
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            let n = w.next().and_then(|n| n.parse().ok()).expect("count");
+            let _pct = w.next();
+            (n, w.collect::<Vec<_>>().join(" "))
+        })
+        .collect()
+}
+
+#[test]
+fn stats_hot_flame_and_duckdb_count_the_same_instructions() {
+    let elf_path = common::guests_dir().join("c.elf");
+    let path = tmp("analysis.trc");
+    let n = traced_run(
+        &["--kernel", elf_path.to_str().expect("path"), "--icount"],
+        &path,
+    );
+    let p = path.to_str().expect("path");
+    // The oracle: every block of the trace decoded here, each instruction counted by
+    // mnemonic and by the function of c.elf's symbol table that holds it.
+    let image = std::fs::read(&elf_path).expect("c.elf");
+    let elf = goblin::elf::Elf::parse(&image).expect("ELF");
+    let mut funcs: Vec<(u64, u64, String)> = elf
+        .syms
+        .iter()
+        .filter(|s| s.is_function() && s.st_size > 0)
+        .map(|s| {
+            let name = elf.strtab.get_at(s.st_name).unwrap_or("").to_string();
+            (s.st_value, s.st_value + s.st_size, name)
+        })
+        .collect();
+    funcs.sort();
+    let mut by_mnemonic = std::collections::HashMap::<String, u64>::new();
+    let mut by_func = std::collections::HashMap::<String, u64>::new();
+    let mut r = TraceReader::open(&path).expect("trace");
+    while let Some(rec) = r.next_record().expect("record") {
+        let Record::Block { id, .. } = rec else {
+            continue;
+        };
+        let d = r.def(id);
+        let mut dec = Decoder::with_ip(d.bitness, &d.bytes, d.eip, DecoderOptions::NONE);
+        for _ in 0..d.insns {
+            let i = dec.decode();
+            *by_mnemonic
+                .entry(format!("{:?}", i.mnemonic()).to_lowercase())
+                .or_default() += 1;
+            if let Some(f) = funcs.iter().find(|f| f.0 <= i.ip() && i.ip() < f.1) {
+                *by_func.entry(f.2.clone()).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(by_mnemonic.values().sum::<u64>(), n);
+    // stats: the total and every mnemonic.
+    let stats = trace_cmd(&["stats", p, "--top", "1000"]);
+    assert!(stats.starts_with(&format!("{n} instructions\n")), "{stats}");
+    let mnem = table(&stats, "by mnemonic:");
+    assert_eq!(mnem.len(), by_mnemonic.len(), "{stats}");
+    for (c, m) in &mnem {
+        assert_eq!(Some(c), by_mnemonic.get(m), "{m}");
+    }
+    assert_eq!(table(&stats, "by ring:"), vec![(n, "ring 0".to_string())]);
+    // hot: the functions, by name from the ELF file.
+    let hot = trace_cmd(&[
+        "hot",
+        p,
+        "--symbols",
+        elf_path.to_str().expect("path"),
+        "--top",
+        "10",
+    ]);
+    let funcs_hot = table(&hot, "hot functions:");
+    assert!(funcs_hot.len() == 10, "{hot}");
+    // (The C functions, which have sizes; the assembly's labels have none.)
+    let mut checked = 0;
+    for (c, name) in &funcs_hot {
+        let f = name.split(' ').next().expect("name");
+        if funcs.iter().any(|x| x.2 == f) {
+            assert_eq!(Some(c), by_func.get(f), "{f} in\n{hot}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "{hot}");
+    assert!(funcs_hot[0].1.starts_with("cprog_run "), "{hot}");
+    // DuckDB reads the export and counts what stats counted.
+    let pq = tmp("analysis.parquet");
+    trace_cmd(&["export", p, "--parquet", pq.to_str().expect("path")]);
+    let q = format!(
+        "select mnemonic, count(*), min(icount), max(icount) from '{}' group by 1",
+        pq.display()
+    );
+    let rows = duckdb(&q);
+    assert_eq!(rows.len(), by_mnemonic.len());
+    for row in rows {
+        let f: Vec<&str> = row.split('\t').collect();
+        assert_eq!(
+            by_mnemonic.get(f[0]).map(u64::to_string).as_deref(),
+            Some(f[1]),
+            "{row}"
+        );
+    }
+    let q = format!("select count(*), sum(instructions) from '{}'", pq.display());
+    let blocks_pq = tmp("analysis-blocks.parquet");
+    trace_cmd(&[
+        "export",
+        p,
+        "--blocks",
+        "--parquet",
+        blocks_pq.to_str().expect("path"),
+    ]);
+    let rows = duckdb(&q.replace(
+        pq.to_str().expect("path"),
+        blocks_pq.to_str().expect("path"),
+    ));
+    let f: Vec<u64> = rows[0]
+        .split('\t')
+        .map(|x| x.parse().expect("number"))
+        .collect();
+    assert_eq!(f[1], n);
+    // flame: the call tree, with qsort's comparison functions (called through a
+    // pointer) under my_qsort, and every instruction somewhere.
+    let folded = tmp("c.folded");
+    trace_cmd(&[
+        "flame",
+        p,
+        "--symbols",
+        elf_path.to_str().expect("path"),
+        "--folded",
+        "-o",
+        folded.to_str().expect("path"),
+    ]);
+    let text = std::fs::read_to_string(&folded).expect("folded");
+    let mut total = 0u64;
+    for l in text.lines() {
+        let (stack, c) = l.rsplit_once(' ').expect("stack count");
+        total += c.parse::<u64>().expect("count");
+        if stack.ends_with(";cmp_asc") || stack.contains(";cmp_asc;") {
+            assert!(stack.contains("main;cprog_run;my_qsort;"), "{l}");
+        }
+    }
+    assert_eq!(total, n);
+    assert!(
+        text.contains("CR3 0x0;main;cprog_run;my_qsort;cmp_asc "),
+        "{text}"
+    );
+    let svg = tmp("c.svg");
+    trace_cmd(&[
+        "flame",
+        p,
+        "--symbols",
+        elf_path.to_str().expect("path"),
+        "-o",
+        svg.to_str().expect("path"),
+    ]);
+    let svg = std::fs::read_to_string(&svg).expect("svg");
+    assert!(svg.starts_with("<?xml") && svg.contains("my_qsort"));
+}
+
+#[test]
+fn diff_names_where_two_boots_part() {
+    let dir = common::linux_dir();
+    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"));
+    let (k, i) = (
+        kernel.to_str().expect("path"),
+        initrd.to_str().expect("path"),
+    );
+    let appends = ["console=ttyS0 ox86test=smoke", "console=ttyS0 nokaslr"];
+    let mut files = Vec::new();
+    for (n, append) in appends.iter().enumerate() {
+        let f = tmp(&format!("part-{n}.trc"));
+        traced_run(
+            &[
+                "--kernel",
+                k,
+                "--initrd",
+                i,
+                "--append",
+                append,
+                "-m",
+                "256M",
+                "--icount",
+                "--trace-to",
+                "20000000",
+                "--max-insns",
+                "20000000",
+            ],
+            &f,
+        );
+        files.push(f);
+    }
+    let out = common::run_ox86(
+        &[
+            "trace",
+            "diff",
+            files[0].to_str().expect("path"),
+            files[1].to_str().expect("path"),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = common::text(&out.stdout);
+    let at: u64 = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("the traces part at instruction "))
+        .and_then(|l| l.trim_end_matches(':').parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    // Each side's first line after the parting is its instruction `at`.
+    let firsts: Vec<u64> = text
+        .lines()
+        .filter(|l| l.ends_with(".trc:"))
+        .map(|l| {
+            let next = text.lines().skip_while(|x| *x != l).nth(1).expect("line");
+            let f: Vec<&str> = next.trim_start_matches('>').split_whitespace().collect();
+            u64::from_str_radix(f[1], 16).expect("address")
+        })
+        .collect();
+    // The oracle: the two machines run to `at - 1` and to `at`: the same instruction
+    // before, not after, and what the trace says is next on each side.
+    let image = std::fs::read(&kernel).expect("kernel");
+    let initrd = std::fs::read(&initrd).expect("initrd");
+    let mut pcs = Vec::new();
+    for append in appends {
+        let mut m = MachineBuilder::new()
+            .ram_size(256 << 20)
+            .serial(SerialOut::None)
+            .kernel(image.clone(), append.to_string(), Some(initrd.clone()))
+            .icount(0)
+            .jit(None)
+            .build()
+            .expect("machine");
+        m.run_until(Some(at - 1), None).expect("run");
+        let before = m.pc_linear();
+        m.run_until(Some(at), None).expect("run");
+        pcs.push((before, m.pc_linear()));
+    }
+    assert_eq!(pcs[0].0, pcs[1].0, "{text}");
+    assert_ne!(pcs[0].1, pcs[1].1, "{text}");
+    assert_eq!(firsts, vec![pcs[0].1, pcs[1].1], "{text}");
+    // A trace against itself: the same.
+    let out = common::run_ox86(
+        &[
+            "trace",
+            "diff",
+            files[0].to_str().expect("path"),
+            files[0].to_str().expect("path"),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(0));
 }

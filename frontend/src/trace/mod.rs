@@ -4,6 +4,7 @@
 mod decode;
 mod diff;
 mod dump;
+mod export;
 mod flame;
 mod hot;
 mod info;
@@ -63,6 +64,9 @@ pub enum TraceCmd {
         #[arg(long)]
         folded: bool,
     },
+    /// The trace as a Parquet table: one row per instruction (instruction count,
+    /// address, physical address, CR3, ring, mnemonic, length), or per block.
+    Export(export::ExportArgs),
     /// The first instruction where two traces part, with both sides' context (exit
     /// status 0: the same, 1: they part, 2: one cannot be read).
     Diff {
@@ -87,5 +91,6 @@ pub fn run(cmd: TraceCmd) -> Result<ExitCode> {
             folded,
         } => flame::run(&file, &symbols, &output, folded),
         TraceCmd::Diff { a, b } => diff::run(&a, &b),
+        TraceCmd::Export(a) => export::run(&a),
     }
 }
