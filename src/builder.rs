@@ -25,6 +25,7 @@ pub struct MachineBuilder {
     replay: Option<Vec<u8>>,
     pace_idle: bool,
     trace: Option<crate::trace::TracePlan>,
+    hooks: Option<Box<dyn crate::trace::TraceHooks>>,
 }
 
 impl Default for MachineBuilder {
@@ -52,6 +53,7 @@ impl MachineBuilder {
             replay: None,
             pace_idle: false,
             trace: None,
+            hooks: None,
         }
     }
 
@@ -167,6 +169,24 @@ impl MachineBuilder {
         self
     }
 
+    /// Call `hooks` for every event the tracer sees (see [`crate::trace::TraceHooks`])
+    /// from instruction count `from` to `to` (or the end of the run), instead of
+    /// writing a trace file.
+    pub fn hooks(
+        mut self,
+        hooks: Box<dyn crate::trace::TraceHooks>,
+        from: u64,
+        to: Option<u64>,
+    ) -> Self {
+        self.trace = Some(crate::trace::TracePlan {
+            path: "(hooks)".into(),
+            from,
+            to,
+        });
+        self.hooks = Some(hooks);
+        self
+    }
+
     /// Boot the built-in demo guest.
     pub fn demo(mut self) -> Self {
         self.guest = Some(Guest::Demo);
@@ -228,7 +248,10 @@ impl MachineBuilder {
             rtc_start,
         )?;
         m.shadow = shadow;
-        m.trace = self.trace.map(crate::machine::Tracing::Planned);
+        let hooks = self.hooks;
+        m.trace = self
+            .trace
+            .map(|plan| crate::machine::Tracing::Planned(plan, hooks));
         m.hash_every = self.hash_every;
         m.snapshot_at = self.snapshot_at;
         m.pace_idle = self.pace_idle && self.replay.is_none();

@@ -164,12 +164,18 @@ pub struct Machine {
 }
 
 /// Where the instruction trace is.
-#[derive(Debug)]
 pub(crate) enum Tracing {
-    /// To start at `plan.from`.
-    Planned(crate::trace::TracePlan),
-    /// Being written, until `plan.to`.
-    Writing(crate::trace::TracePlan, crate::trace::TraceWriter),
+    /// To start at `plan.from`, into its file or (given) the embedder's hooks.
+    Planned(
+        crate::trace::TracePlan,
+        Option<Box<dyn crate::trace::TraceHooks>>,
+    ),
+    /// Being written, until `plan.to` (with the thread that calls the hooks).
+    Writing(
+        crate::trace::TracePlan,
+        crate::trace::TraceWriter,
+        Option<std::thread::JoinHandle<Result<(), String>>>,
+    ),
     /// Written.
     Done(crate::trace::TraceSummary),
 }
@@ -483,23 +489,41 @@ impl Machine {
     /// says, and reports a writer that failed. Returns the instructions to the next
     /// start or stop.
     fn trace_at(&mut self, icount: u64) -> Result<u64, MachineError> {
-        if let Some(Tracing::Planned(plan)) = &self.trace {
+        if let Some(Tracing::Planned(plan, _)) = &self.trace {
             if icount < plan.from {
                 return Ok(plan.from - icount);
             }
-            let plan = plan.clone();
+            let Some(Tracing::Planned(plan, hooks)) = self.trace.take() else {
+                unreachable!("matched above");
+            };
             let fail = |msg: String| MachineError::Trace {
                 path: plan.path.display().to_string(),
                 msg,
             };
-            let (w, out) = crate::trace::TraceWriter::create(&plan.path, icount, self.identity())
-                .map_err(fail)?;
+            let (w, out, thread) = match hooks {
+                None => {
+                    let (w, out) =
+                        crate::trace::TraceWriter::create(&plan.path, icount, self.identity())
+                            .map_err(fail)?;
+                    (w, out, None)
+                }
+                Some(h) => {
+                    let (pipe, thread) = crate::trace::hooks::spawn(h).map_err(fail)?;
+                    let (w, out) = crate::trace::TraceWriter::to_stream(
+                        Box::new(pipe),
+                        icount,
+                        self.identity(),
+                    )
+                    .map_err(fail)?;
+                    (w, out, Some(thread))
+                }
+            };
             self.trace_epoch += 1;
             let sink = ox86_cpu::trace::TraceSink::new(out, icount, self.trace_epoch);
             self.cpu.trace = Some(Box::new(sink));
-            self.trace = Some(Tracing::Writing(plan, w));
+            self.trace = Some(Tracing::Writing(plan, w, thread));
         }
-        let Some(Tracing::Writing(plan, w)) = &self.trace else {
+        let Some(Tracing::Writing(plan, w, _)) = &self.trace else {
             return Ok(u64::MAX);
         };
         if let Some(msg) = w.error() {
@@ -528,14 +552,20 @@ impl Machine {
     /// a trace was written.
     pub fn finish_trace(&mut self) -> Result<Option<crate::trace::TraceSummary>, MachineError> {
         match self.trace.take() {
-            Some(Tracing::Writing(plan, w)) => {
+            Some(Tracing::Writing(plan, w, thread)) => {
                 if let Some(mut sink) = self.cpu.trace.take() {
                     sink.finish(self.cpu.state.icount);
                 }
-                let s = w.finish().map_err(|msg| MachineError::Trace {
+                let fail = |msg: String| MachineError::Trace {
                     path: plan.path.display().to_string(),
                     msg,
-                })?;
+                };
+                let s = w.finish().map_err(fail)?;
+                if let Some(t) = thread {
+                    t.join()
+                        .map_err(|_| fail("a hook panicked".into()))?
+                        .map_err(fail)?;
+                }
                 self.trace = Some(Tracing::Done(s.clone()));
                 Ok(Some(s))
             }

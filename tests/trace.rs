@@ -722,3 +722,133 @@ fn diff_names_where_two_boots_part() {
     );
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// Hooks that keep everything they are called with, as text.
+struct Keep(std::sync::Arc<std::sync::Mutex<Vec<String>>>, Vec<String>);
+
+impl ox86::trace::TraceHooks for Keep {
+    fn on_block(&mut self, icount: u64, def: &ox86::trace::BlockDef) {
+        self.1
+            .push(format!("block {icount} {:x} {}", def.lin(), def.insns));
+    }
+    fn wants_instructions(&self) -> bool {
+        true
+    }
+    fn on_instruction(&mut self, icount: u64, lin: u64, insn: &iced_x86::Instruction) {
+        self.1
+            .push(format!("insn {icount} {lin:x} {:?}", insn.mnemonic()));
+    }
+    fn on_exception(&mut self, icount: u64, vector: u8, code: Option<u32>, cr2: u64) {
+        self.1
+            .push(format!("exception {icount} {vector} {code:?} {cr2:x}"));
+    }
+    fn on_interrupt(&mut self, icount: u64, vector: u8) {
+        self.1.push(format!("interrupt {icount} {vector}"));
+    }
+    fn on_context(&mut self, icount: u64, cr0: u64, cr3: u64, cpl: u8) {
+        self.1
+            .push(format!("context {icount} {cr0:x} {cr3:x} {cpl}"));
+    }
+    fn on_port(&mut self, icount: u64, write: bool, port: u16, size: u8, value: u32) {
+        self.1
+            .push(format!("port {icount} {write} {port:x} {size} {value:x}"));
+    }
+    fn on_end(&mut self, icount: u64) {
+        self.1.push(format!("end {icount}"));
+        *self.0.lock().expect("lock") = std::mem::take(&mut self.1);
+    }
+}
+
+#[test]
+fn hooks_see_what_the_trace_file_holds() {
+    let elf = common::guests_dir().join("gdbdemo.elf");
+    let path = tmp("hooks.trc");
+    traced_run(
+        &[
+            "--kernel",
+            elf.to_str().expect("path"),
+            "--icount",
+            "--max-insns",
+            "2000000",
+        ],
+        &path,
+    );
+    // The oracle: the file, read back, in the same words.
+    let mut want = Vec::new();
+    let mut r = TraceReader::open(&path).expect("trace");
+    let mut fmt_insns = |icount: u64, d: &ox86::trace::BlockDef, want: &mut Vec<String>| {
+        let mut dec = Decoder::with_ip(d.bitness, &d.bytes, d.eip, DecoderOptions::NONE);
+        for k in 0..u64::from(d.insns) {
+            let i = dec.decode();
+            want.push(format!(
+                "insn {} {:x} {:?}",
+                icount + k,
+                i.ip(),
+                i.mnemonic()
+            ));
+        }
+    };
+    while let Some(rec) = r.next_record().expect("record") {
+        match rec {
+            Record::Block { id, icount } => {
+                let d = r.def(id);
+                want.push(format!("block {icount} {:x} {}", d.lin(), d.insns));
+                fmt_insns(icount, d, &mut want);
+            }
+            Record::Exception {
+                icount,
+                vector,
+                error_code,
+                cr2,
+                ..
+            } => want.push(format!(
+                "exception {icount} {vector} {error_code:?} {cr2:x}"
+            )),
+            Record::Interrupt { icount, vector } => {
+                want.push(format!("interrupt {icount} {vector}"))
+            }
+            Record::Context {
+                icount,
+                cr0,
+                cr3,
+                cpl,
+                ..
+            } => want.push(format!("context {icount} {cr0:x} {cr3:x} {cpl}")),
+            Record::Port {
+                icount,
+                write,
+                port,
+                size,
+                value,
+            } => want.push(format!("port {icount} {write} {port:x} {size} {value:x}")),
+        }
+    }
+    want.push(format!("end {}", r.icount()));
+    // The hooks, with the JIT compiling at once so that most of the run is compiled.
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let config = ox86_jit::JitConfig {
+        hot_threshold: 2,
+        inline_compile: true,
+        cache: None,
+        ..Default::default()
+    };
+    let mut m = MachineBuilder::new()
+        .ram_size(128 << 20)
+        .serial(SerialOut::None)
+        .kernel(std::fs::read(&elf).expect("elf"), String::new(), None)
+        .icount(0)
+        .max_insns(2_000_000)
+        .jit(Some(config))
+        .hooks(Box::new(Keep(got.clone(), Vec::new())), 0, None)
+        .build()
+        .expect("machine");
+    assert_eq!(m.run().expect("run"), ExitReason::InstructionLimit);
+    let jit = m.stats().jit.expect("jit");
+    assert!(jit.compiled_insns > 1_000_000, "{jit:?}");
+    let got = got.lock().expect("lock").clone();
+    assert!(got.len() > 100_000);
+    assert!(
+        got == want,
+        "the hooks saw another run than the trace file holds"
+    );
+}

@@ -5,9 +5,11 @@
 //! back record by record, whatever its size.
 
 pub mod format;
+pub(crate) mod hooks;
 mod reader;
 mod writer;
 
+pub use hooks::TraceHooks;
 pub use reader::{BlockDef, End, Header, Record, TraceError, TraceReader};
 pub use writer::{TraceSummary, TraceWriter};
 

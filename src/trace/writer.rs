@@ -95,8 +95,27 @@ impl TraceWriter {
         start: u64,
         machine: u128,
     ) -> Result<(TraceWriter, Box<dyn TraceOut>), String> {
-        let mut file = File::create(path).map_err(|e| e.to_string())?;
-        file.write_all(&format::header(0, start, machine))
+        let file = File::create(path).map_err(|e| e.to_string())?;
+        TraceWriter::start(Dest::File(file), path, start, machine)
+    }
+
+    /// As [`TraceWriter::create`], writing the trace to `out` (a stream: a failed
+    /// write ends it where it is).
+    pub fn to_stream(
+        out: Box<dyn Write + Send>,
+        start: u64,
+        machine: u128,
+    ) -> Result<(TraceWriter, Box<dyn TraceOut>), String> {
+        TraceWriter::start(Dest::Stream(out), Path::new("(hooks)"), start, machine)
+    }
+
+    fn start(
+        mut dest: Dest,
+        path: &Path,
+        start: u64,
+        machine: u128,
+    ) -> Result<(TraceWriter, Box<dyn TraceOut>), String> {
+        dest.write_all(&format::header(0, start, machine))
             .map_err(|e| e.to_string())?;
         let (tx, rx) = unbounded::<Msg>();
         let (free_tx, free_rx) = bounded::<Box<[u64]>>(BUFFERS);
@@ -105,7 +124,7 @@ impl TraceWriter {
         let thread = std::thread::Builder::new()
             .name("ox86-trace".into())
             .spawn(move || {
-                let mut c = Canon::new(Output::new(file, start));
+                let mut c = Canon::new(Output::new(dest, start));
                 let mut failed = false;
                 for m in rx {
                     match m {
@@ -671,9 +690,31 @@ impl Canon {
     }
 }
 
+/// Where the trace goes.
+enum Dest {
+    File(File),
+    Stream(Box<dyn Write + Send>),
+}
+
+impl Write for Dest {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Dest::File(f) => f.write(buf),
+            Dest::Stream(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Dest::File(f) => f.flush(),
+            Dest::Stream(s) => s.flush(),
+        }
+    }
+}
+
 /// The file being written: the chunk being filled, and what was written.
 struct Output {
-    file: File,
+    file: Dest,
     data: Vec<u8>,
     comp: Vec<u8>,
     /// Instruction count at the start of the chunk being filled.
@@ -690,7 +731,7 @@ struct Output {
 }
 
 impl Output {
-    fn new(file: File, start: u64) -> Output {
+    fn new(file: Dest, start: u64) -> Output {
         Output {
             file,
             data: Vec::with_capacity(CHUNK_TARGET + 4096),
@@ -791,8 +832,10 @@ impl Output {
         }
         self.early = true;
         self.data.clear();
-        let _ = self.file.set_len(self.good);
-        let _ = self.file.seek(SeekFrom::Start(self.good));
+        if let Dest::File(f) = &mut self.file {
+            let _ = f.set_len(self.good);
+            let _ = f.seek(SeekFrom::Start(self.good));
+        }
         let e = format::end_record(format::END_STOPPED_EARLY, self.first, self.total);
         if self.file.write_all(&e).is_ok() {
             let _ = self.file.flush();
