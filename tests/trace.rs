@@ -776,7 +776,7 @@ fn hooks_see_what_the_trace_file_holds() {
     // The oracle: the file, read back, in the same words.
     let mut want = Vec::new();
     let mut r = TraceReader::open(&path).expect("trace");
-    let mut fmt_insns = |icount: u64, d: &ox86::trace::BlockDef, want: &mut Vec<String>| {
+    let fmt_insns = |icount: u64, d: &ox86::trace::BlockDef, want: &mut Vec<String>| {
         let mut dec = Decoder::with_ip(d.bitness, &d.bytes, d.eip, DecoderOptions::NONE);
         for k in 0..u64::from(d.insns) {
             let i = dec.decode();
