@@ -16,7 +16,12 @@ use super::symbols::Symbols;
 use super::walk;
 
 /// Most frames a stack keeps (a deeper one, likely unmatched calls, starts again).
-const MAX_DEPTH: usize = 400;
+const MAX_DEPTH: usize = 128;
+/// How far down a return looks for its call's frame; a return that matches none of
+/// them (a stack switch, a longjmp) leaves the stack unknown: it starts again.
+const RETURN_SEARCH: usize = 32;
+/// Most nodes of the tree of stacks; past it, new stacks are cut at their parent.
+const MAX_NODES: usize = 4 << 20;
 
 /// A frame: its node in the tree of stacks, the address its caller resumes at
 /// (None: an interrupt, left by IRET), and the CPL it was entered at.
@@ -50,10 +55,16 @@ impl Tree {
     }
 
     fn child(&mut self, parent: u32, name: u32) -> u32 {
-        *self.index.entry((parent, name)).or_insert_with(|| {
-            self.nodes.push((parent, name));
-            (self.nodes.len() - 1) as u32
-        })
+        if let Some(&n) = self.index.get(&(parent, name)) {
+            return n;
+        }
+        if self.nodes.len() >= MAX_NODES && parent != ROOT {
+            return parent;
+        }
+        self.nodes.push((parent, name));
+        let n = (self.nodes.len() - 1) as u32;
+        self.index.insert((parent, name), n);
+        n
     }
 
     fn path(&self, mut node: u32) -> Vec<&str> {
@@ -102,8 +113,10 @@ pub fn run(path: &Path, symbols: &[PathBuf], out: &Path, folded: bool) -> Result
                     root = tree.child(ROOT, n);
                 }
                 if std::mem::take(&mut pending_ret) {
-                    if let Some(k) = stack.iter().rposition(|f| f.ret == Some(lin)) {
-                        stack.truncate(k);
+                    let low = stack.len().saturating_sub(RETURN_SEARCH);
+                    match stack[low..].iter().rposition(|f| f.ret == Some(lin)) {
+                        Some(k) => stack.truncate(low + k),
+                        None => stack.clear(),
                     }
                 }
                 if std::mem::take(&mut pending_iret) {
