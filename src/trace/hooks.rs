@@ -14,7 +14,7 @@
 use std::io::{Read, Write};
 
 use crossbeam::channel::{bounded, Receiver, Sender};
-use iced_x86::{Decoder, DecoderOptions, Instruction};
+use iced_x86::Instruction;
 
 use super::{BlockDef, Record, TraceReader};
 
@@ -119,7 +119,7 @@ pub(crate) fn spawn(
                             if i >= decoded.len() {
                                 decoded.resize(i + 1, None);
                             }
-                            let insns = decoded[i].get_or_insert_with(|| decode_block(def));
+                            let insns = decoded[i].get_or_insert_with(|| def.decode());
                             for (k, insn) in insns.iter().enumerate() {
                                 let lin = def.cs_base.wrapping_add(insn.ip()) & 0xffff_ffff;
                                 hooks.on_instruction(icount + k as u64, lin, insn);
@@ -155,26 +155,6 @@ pub(crate) fn spawn(
         })
         .map_err(|e| e.to_string())?;
     Ok((PipeWriter(tx), t))
-}
-
-/// The instructions of block `def`, each with its EIP as IP.
-fn decode_block(def: &BlockDef) -> Box<[Instruction]> {
-    let mut d = Decoder::with_ip(def.bitness, &def.bytes, def.eip, DecoderOptions::NONE);
-    let mask = if def.bitness == 16 {
-        0xffff
-    } else {
-        0xffff_ffff
-    };
-    let mut ip = def.eip;
-    let mut v = Vec::with_capacity(def.insns as usize);
-    for _ in 0..def.insns {
-        d.set_ip(ip);
-        let mut i = d.decode();
-        i.set_ip(ip);
-        ip = (ip + i.len() as u64) & mask;
-        v.push(i);
-    }
-    v.into_boxed_slice()
 }
 
 impl std::fmt::Debug for dyn TraceHooks {

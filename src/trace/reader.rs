@@ -77,6 +77,31 @@ impl BlockDef {
     pub fn lin(&self) -> u64 {
         self.cs_base.wrapping_add(self.eip) & 0xffff_ffff
     }
+
+    /// The block's instructions (iced-x86), each with its EIP as IP.
+    pub fn decode(&self) -> Box<[iced_x86::Instruction]> {
+        let mask = if self.bitness == 16 {
+            0xffff
+        } else {
+            0xffff_ffff
+        };
+        let mut d = iced_x86::Decoder::with_ip(
+            self.bitness,
+            &self.bytes,
+            self.eip,
+            iced_x86::DecoderOptions::NONE,
+        );
+        let mut v = Vec::with_capacity(self.insns as usize);
+        let mut ip = self.eip;
+        while v.len() < self.insns as usize && d.can_decode() {
+            d.set_ip(ip);
+            let mut i = d.decode();
+            i.set_ip(ip);
+            ip = (ip + i.len() as u64) & mask;
+            v.push(i);
+        }
+        v.into_boxed_slice()
+    }
 }
 
 /// A record, with the instruction count it comes at.

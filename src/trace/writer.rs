@@ -238,6 +238,20 @@ struct Cur {
     page: u64,
 }
 
+impl Cur {
+    /// The identity of the block put together so far.
+    fn key(&self) -> Key {
+        Key {
+            cs_base: self.cs_base,
+            eip: self.eip,
+            phys: self.phys,
+            phys2: self.phys2,
+            bitness: self.bitness,
+            bytes: self.bytes.as_slice().into(),
+        }
+    }
+}
+
 /// The engine block running: its raw id, the count it started at, and how many of
 /// its instructions are accounted for.
 #[derive(Clone, Copy)]
@@ -486,14 +500,7 @@ impl Canon {
         if c.n == 0 {
             return NONE;
         }
-        let key = Key {
-            cs_base: c.cs_base,
-            eip: c.eip,
-            phys: c.phys,
-            phys2: c.phys2,
-            bitness: c.bitness,
-            bytes: c.bytes.as_slice().into(),
-        };
+        let key = c.key();
         if let Some(&s) = self.state_ids.get(&key) {
             return s;
         }
@@ -558,14 +565,7 @@ impl Canon {
             return None;
         }
         let c = &mut self.cur;
-        let key = Key {
-            cs_base: c.cs_base,
-            eip: c.eip,
-            phys: c.phys,
-            phys2: c.phys2,
-            bitness: c.bitness,
-            bytes: c.bytes.as_slice().into(),
-        };
+        let key = c.key();
         let n = c.n;
         c.n = 0;
         let id = match self.keys.get(&key) {
