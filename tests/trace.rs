@@ -555,6 +555,27 @@ fn stats_hot_flame_and_duckdb_count_the_same_instructions() {
     }
     assert!(checked >= 5, "{hot}");
     assert!(funcs_hot[0].1.starts_with("cprog_run "), "{hot}");
+    // dump names each instruction's function, as the ELF's symbol table says.
+    let d = trace_cmd(&[
+        "dump",
+        p,
+        "--from",
+        "1000000",
+        "--to",
+        "1002000",
+        "--symbols",
+        elf_path.to_str().expect("path"),
+    ]);
+    let mut named = 0;
+    for l in d.lines().filter(|l| !l.trim_start().starts_with("--")) {
+        let a = u64::from_str_radix(l.split_whitespace().nth(1).expect("address"), 16)
+            .expect("address");
+        if let Some(f) = funcs.iter().find(|f| f.0 <= a && a < f.1) {
+            assert!(l.ends_with(&format!("<{}+{:#x}>", f.2, a - f.0)), "{l}");
+            named += 1;
+        }
+    }
+    assert!(named > 1000, "{d}");
     // DuckDB reads the export and counts what stats counted.
     let pq = tmp("analysis.parquet");
     trace_cmd(&["export", p, "--parquet", pq.to_str().expect("path")]);

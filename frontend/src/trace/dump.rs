@@ -10,6 +10,7 @@ use iced_x86::{Formatter, IntelFormatter};
 use ox86::trace::{Record, TraceReader};
 
 use super::decode::Decoded;
+use super::symbols::Symbols;
 
 /// Options of `ox86 trace dump`.
 #[derive(Args, Debug)]
@@ -28,6 +29,10 @@ pub struct DumpArgs {
     /// Only instructions run at this privilege level (0: kernel, 3: user).
     #[arg(long, value_name = "0|3", value_parser = clap::value_parser!(u8).range(0..=3))]
     ring: Option<u8>,
+    /// ELF files and Linux System.map files: each instruction is named
+    /// `<function+offset>` after its disassembly.
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    symbols: Vec<PathBuf>,
 }
 
 /// A number in decimal or with 0x in hexadecimal.
@@ -41,6 +46,7 @@ pub fn parse_number(s: &str) -> Result<u64, String> {
 
 /// Prints the instructions of the window asked for.
 pub fn run(a: &DumpArgs) -> Result<ExitCode> {
+    let mut syms = Symbols::load(&a.symbols)?;
     let mut r = TraceReader::open(&a.file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let from = a.from.unwrap_or(0);
     let to = a.to.unwrap_or(u64::MAX);
@@ -78,6 +84,9 @@ pub fn run(a: &DumpArgs) -> Result<ExitCode> {
                     text.clear();
                     fmt.format(i, &mut text);
                     let lin = def.cs_base.wrapping_add(i.ip()) & 0xffff_ffff;
+                    if let Some(s) = syms.lookup(id, def, cpl, lin) {
+                        text.push_str(&format!("  <{}+{:#x}>", syms.name(s), lin - syms.start(s)));
+                    }
                     if writeln!(out, "{c:>12}  {lin:08x}  {text}").is_err() {
                         return Ok(ExitCode::SUCCESS); // The reader went away (a pipe).
                     }
