@@ -11,6 +11,7 @@ use ox86::trace::{Record, TraceReader};
 
 use super::decode::Decoded;
 use super::symbols::Symbols;
+use super::walk::{mode_of, Ctx};
 
 /// Options of `ox86 trace dump`.
 #[derive(Args, Debug)]
@@ -35,13 +36,9 @@ pub struct DumpArgs {
     symbols: Vec<PathBuf>,
 }
 
-/// A number in decimal or with 0x in hexadecimal.
-pub fn parse_number(s: &str) -> Result<u64, String> {
-    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => s.parse(),
-    };
-    r.map_err(|_| format!("'{s}' is not a number"))
+/// A number in decimal or with 0x in hexadecimal (as the monitor reads them).
+fn parse_number(s: &str) -> Result<u64, String> {
+    ox86::monitor::parse_number(s).ok_or_else(|| format!("'{s}' is not a number"))
 }
 
 /// Prints the instructions of the window asked for.
@@ -105,12 +102,12 @@ pub fn run(a: &DumpArgs) -> Result<ExitCode> {
                 if icount < from || icount >= to {
                     continue;
                 }
-                let mode = match (cr0 & 1 != 0, flags & 1 != 0, flags & 2 != 0) {
-                    (false, _, _) => "real mode",
-                    (true, true, _) => "V86 mode",
-                    (true, false, true) => "32-bit protected mode",
-                    (true, false, false) => "16-bit protected mode",
-                };
+                let mode = Ctx {
+                    cr3: c3,
+                    cpl: p,
+                    mode: mode_of(cr0, flags),
+                }
+                .mode_name();
                 format!("-- {mode}, CPL {p}, CR0 {cr0:#x}, CR3 {c3:#x}, CR4 {cr4:#x}")
             }
             Record::Exception {

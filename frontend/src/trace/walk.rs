@@ -35,6 +35,16 @@ impl Ctx {
     }
 }
 
+/// The mode of a context record's CR0 and flags (see [`Ctx::mode`]).
+pub fn mode_of(cr0: u64, flags: u8) -> u8 {
+    match (cr0 & 1 != 0, flags & 1 != 0, flags & 2 != 0) {
+        (false, _, _) => 0,
+        (true, true, _) => 3,
+        (true, false, true) => 2,
+        (true, false, false) => 1,
+    }
+}
+
 /// A trace being read.
 pub struct Walk {
     /// The reader.
@@ -79,13 +89,11 @@ impl Walk {
             ..
         }) = rec
         {
-            let mode = match (cr0 & 1 != 0, flags & 1 != 0, flags & 2 != 0) {
-                (false, _, _) => 0,
-                (true, true, _) => 3,
-                (true, false, true) => 2,
-                (true, false, false) => 1,
+            self.ctx = Ctx {
+                cr3,
+                cpl,
+                mode: mode_of(cr0, flags),
             };
-            self.ctx = Ctx { cr3, cpl, mode };
         }
         if rec.is_none() {
             if let Some(b) = self.bar.take() {
