@@ -1,16 +1,18 @@
 //! An analysis of one's own inside ox86: hooks that count what the guest does, called
-//! for every block, instruction, exception, interrupt, context change and port access,
-//! with the JIT on.
+//! for every block, instruction, memory access, exception, interrupt, context change
+//! and port access, with the JIT on.
 //!
-//! `cargo run --release --example trace_hooks [--blocks] [KERNEL [INITRD [CMDLINE]]]`
-//! runs the built-in demo guest, or the kernel given, under `--icount` and prints the
-//! counts; `--blocks` leaves out the per-instruction hook (and the mnemonic counts).
+//! `cargo run --release --example trace_hooks [--blocks | --memory] [KERNEL [INITRD
+//! [CMDLINE]]]` runs the built-in demo guest, or the kernel given, under `--icount` and
+//! prints the counts; `--blocks` leaves out the per-instruction hook (and the mnemonic
+//! counts); `--memory` adds the memory-access hook (reads, writes, the pages written
+//! most).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use iced_x86::{Instruction, Mnemonic};
-use ox86::trace::{BlockDef, TraceHooks};
+use ox86::trace::{BlockDef, MemAccess, TraceHooks};
 use ox86::{MachineBuilder, SerialOut};
 
 /// What the hooks count.
@@ -23,12 +25,15 @@ struct Counts {
     interrupts: u64,
     address_spaces: HashMap<u64, u64>,
     com1_bytes: u64,
+    reads: u64,
+    writes: u64,
+    pages_written: HashMap<u64, u64>,
     end: u64,
 }
 
 /// The hooks: they run on ox86's hook thread, so the counts are shared with `main`.
-/// The last field: whether to look at every instruction.
-struct Counter(Arc<Mutex<Counts>>, Counts, bool);
+/// The last fields: whether to look at every instruction, and at every memory access.
+struct Counter(Arc<Mutex<Counts>>, Counts, bool, bool);
 
 impl TraceHooks for Counter {
     fn on_block(&mut self, _icount: u64, def: &BlockDef) {
@@ -55,6 +60,17 @@ impl TraceHooks for Counter {
             self.1.com1_bytes += 1;
         }
     }
+    fn wants_memory(&self) -> bool {
+        self.3
+    }
+    fn on_memory(&mut self, _icount: u64, a: MemAccess) {
+        if a.write {
+            self.1.writes += 1;
+            *self.1.pages_written.entry(a.lin >> 12).or_default() += 1;
+        } else {
+            self.1.reads += 1;
+        }
+    }
     fn on_end(&mut self, icount: u64) {
         self.1.end = icount;
         if let Ok(mut g) = self.0.lock() {
@@ -66,11 +82,17 @@ impl TraceHooks for Counter {
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let blocks_only = args.first().is_some_and(|a| a == "--blocks");
-    if blocks_only {
+    let memory = args.first().is_some_and(|a| a == "--memory");
+    if blocks_only || memory {
         args.remove(0);
     }
     let shared = Arc::new(Mutex::new(Counts::default()));
-    let hooks = Box::new(Counter(shared.clone(), Counts::default(), !blocks_only));
+    let hooks = Box::new(Counter(
+        shared.clone(),
+        Counts::default(),
+        !blocks_only,
+        memory,
+    ));
     let b = MachineBuilder::new()
         .ram_size(256 << 20)
         .serial(SerialOut::None)
@@ -103,5 +125,16 @@ fn main() {
     top.sort_by_key(|x| std::cmp::Reverse(*x.1));
     for (m, n) in top.iter().take(10) {
         println!("{n:>14}  {m:?}");
+    }
+    if memory {
+        println!(
+            "memory: {} reads, {} writes; pages written most:",
+            c.reads, c.writes
+        );
+        let mut pages: Vec<_> = c.pages_written.iter().collect();
+        pages.sort_by_key(|x| std::cmp::Reverse(*x.1));
+        for (p, n) in pages.iter().take(5) {
+            println!("{n:>14}  {:#010x}", *p << 12);
+        }
     }
 }

@@ -182,6 +182,7 @@ impl MachineBuilder {
             path: "(hooks)".into(),
             from,
             to,
+            memory: hooks.wants_memory(),
         });
         self.hooks = Some(hooks);
         self

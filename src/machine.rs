@@ -502,9 +502,13 @@ impl Machine {
             };
             let (w, out, thread) = match hooks {
                 None => {
-                    let (w, out) =
-                        crate::trace::TraceWriter::create(&plan.path, icount, self.identity())
-                            .map_err(fail)?;
+                    let (w, out) = crate::trace::TraceWriter::create(
+                        &plan.path,
+                        icount,
+                        self.identity(),
+                        plan.flags(),
+                    )
+                    .map_err(fail)?;
                     (w, out, None)
                 }
                 Some(h) => {
@@ -513,13 +517,19 @@ impl Machine {
                         Box::new(pipe),
                         icount,
                         self.identity(),
+                        plan.flags(),
                     )
                     .map_err(fail)?;
                     (w, out, Some(thread))
                 }
             };
             self.trace_epoch += 1;
-            let sink = ox86_cpu::trace::TraceSink::new(out, icount, self.trace_epoch);
+            let mut sink = ox86_cpu::trace::TraceSink::new(out, icount, self.trace_epoch);
+            if plan.memory {
+                sink = sink.with_memory();
+            }
+            let ns = self.bus.clock.now(icount);
+            sink.event(icount, ox86_cpu::trace::kind::TIME, &[ns]);
             self.cpu.trace = Some(Box::new(sink));
             self.trace = Some(Tracing::Writing(plan, w, thread));
         }
@@ -554,7 +564,10 @@ impl Machine {
         match self.trace.take() {
             Some(Tracing::Writing(plan, w, thread)) => {
                 if let Some(mut sink) = self.cpu.trace.take() {
-                    sink.finish(self.cpu.state.icount);
+                    let icount = self.cpu.state.icount;
+                    let ns = self.bus.clock.now(icount);
+                    sink.event(icount, ox86_cpu::trace::kind::TIME, &[ns]);
+                    sink.finish(icount);
                 }
                 let fail = |msg: String| MachineError::Trace {
                     path: plan.path.display().to_string(),

@@ -133,11 +133,19 @@ impl Exec<'_> {
             // SAFETY: a read tag matches only entries filled for RAM or ROM pages by
             // `fill`, whose addend maps this page to host memory that lives as long as
             // `Memory`; the access stays inside the page (checked by lookup_read).
-            return Ok(unsafe { W::load(h as *const u8) });
+            let v = unsafe { W::load(h as *const u8) };
+            if self.trace_mem {
+                self.trace_access(lin, W::SIZE, false, v.to_u64());
+            }
+            return Ok(v);
         }
         let mut buf = [0u8; 8];
         self.read_slow(lin, &mut buf[..W::SIZE as usize], user, Access::Read)?;
-        Ok(W::from_u64(u64::from_le_bytes(buf)))
+        let v = u64::from_le_bytes(buf);
+        if self.trace_mem {
+            self.trace_access(lin, W::SIZE, false, v);
+        }
+        Ok(W::from_u64(v))
     }
 
     /// Writes a value at a linear address with the given privilege.
@@ -147,10 +155,39 @@ impl Exec<'_> {
             // SAFETY: a write tag matches only entries filled for RAM pages that hold no
             // code; the access stays inside the page (checked by lookup_write).
             unsafe { W::store(h as *mut u8, v) };
+            if self.trace_mem {
+                self.trace_access(lin, W::SIZE, true, v.to_u64());
+            }
             return Ok(());
         }
         let bytes = v.to_u64().to_le_bytes();
-        self.write_slow(lin, &bytes[..W::SIZE as usize], user)
+        self.write_slow(lin, &bytes[..W::SIZE as usize], user)?;
+        if self.trace_mem {
+            self.trace_access(lin, W::SIZE, true, v.to_u64());
+        }
+        Ok(())
+    }
+
+    /// Records a memory access in the trace (see `crate::trace::MEM`), at the
+    /// current instruction.
+    #[cold]
+    #[inline(never)]
+    pub fn trace_access(&mut self, lin: u64, size: u32, write: bool, value: u64) {
+        if let Some(t) = self.trace.as_deref_mut() {
+            t.mem(self.s.icount, lin, size, write, value);
+        }
+    }
+
+    /// Records an access of any length in the trace: eight bytes to a record.
+    #[cold]
+    #[inline(never)]
+    fn trace_bytes(&mut self, lin: u64, bytes: &[u8], write: bool) {
+        for (k, c) in bytes.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            let at = lin.wrapping_add(8 * k as u64) & 0xffff_ffff;
+            self.trace_access(at, c.len() as u32, write, u64::from_le_bytes(w));
+        }
     }
 
     /// The paging registers.
@@ -324,14 +361,22 @@ impl Exec<'_> {
     pub fn read_bytes(&mut self, seg: usize, off: u64, buf: &mut [u8]) -> Fault {
         let lin = self.seg_linear(seg, off, buf.len() as u32, false)?;
         let user = self.user();
-        self.read_slow(lin, buf, user, Access::Read)
+        self.read_slow(lin, buf, user, Access::Read)?;
+        if self.trace_mem {
+            self.trace_bytes(lin, buf, false);
+        }
+        Ok(())
     }
 
     /// Writes bytes at a segment offset.
     pub fn write_bytes(&mut self, seg: usize, off: u64, data: &[u8]) -> Fault {
         let lin = self.seg_linear(seg, off, data.len() as u32, true)?;
         let user = self.user();
-        self.write_slow(lin, data, user)
+        self.write_slow(lin, data, user)?;
+        if self.trace_mem {
+            self.trace_bytes(lin, data, true);
+        }
+        Ok(())
     }
 
     /// Checks that a write of `size` bytes at a segment offset would succeed, without

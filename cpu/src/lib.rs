@@ -117,6 +117,7 @@ impl Cpu {
             mem,
             io,
             dbg: &mut self.stops,
+            trace_mem: self.trace.as_ref().is_some_and(|t| t.memory()),
             trace: self.trace.as_deref_mut(),
         }
     }
@@ -143,6 +144,8 @@ pub struct Exec<'a> {
     pub dbg: &'a mut StopPoints,
     /// The trace being recorded, if any.
     pub trace: Option<&'a mut trace::TraceSink>,
+    /// Whether the trace records memory accesses (see [`Exec::trace_access`]).
+    pub trace_mem: bool,
 }
 
 impl Exec<'_> {

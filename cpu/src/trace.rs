@@ -25,6 +25,21 @@ pub const BUFFER_WORDS: usize = 1 << 15;
 /// many instructions less one per entry (it writes at most one word per instruction
 /// it runs, plus one).
 pub const JIT_ROOM: usize = 8192;
+/// Memory accesses compiled code makes in one instruction, at most (an instruction
+/// that would make more runs in the interpreter).
+pub const JIT_MEM_PER_INSN: usize = 2;
+/// A memory-access record is two words, the first with this in the top byte of its
+/// low half (an event has [`EVENT`] there), the size less one in bits 20-22 and bit
+/// 23 set for a write, the instruction count's low 16 bits in bits 0-15, and the
+/// linear address in its high half; the second is the value. (The writer knows the
+/// instruction count to within 2^16.)
+pub const MEM: u32 = 0xff00_0000;
+/// The bits of a record's low half that tell a memory access.
+pub const MEM_MASK: u32 = 0xff00_0000;
+/// Bit of a memory-access record: a write.
+pub const MEM_WRITE: u32 = 1 << 23;
+/// Words one memory-access record takes.
+pub const MEM_WORDS: usize = 2;
 
 /// Kinds of events in the raw stream (bits 16-27 of an event word's low half).
 pub mod kind {
@@ -49,6 +64,8 @@ pub mod kind {
     pub const PORT_OUT: u32 = 6;
     /// The trace ends: payload the whole instruction count.
     pub const STOP: u32 = 7;
+    /// Guest time: payload nanoseconds (at the start and at the end of a trace).
+    pub const TIME: u32 = 9;
 }
 
 /// Bit 7 of an instruction's length byte in a definition: the instruction transfers
@@ -112,6 +129,8 @@ pub struct TraceSink {
     /// Which sink this is (see [`TraceSink::epoch`]).
     epoch: u32,
     context: Option<Context>,
+    /// Whether memory accesses are recorded.
+    mem: bool,
 }
 
 impl std::fmt::Debug for TraceSink {
@@ -135,9 +154,48 @@ impl TraceSink {
             next_id: 0,
             epoch,
             context: None,
+            mem: false,
         };
         t.event(icount, kind::START, &[icount]);
         t
+    }
+
+    /// Records every memory access too (set before the first run).
+    pub fn with_memory(mut self) -> TraceSink {
+        self.mem = true;
+        self
+    }
+
+    /// Whether memory accesses are recorded.
+    #[inline(always)]
+    pub fn memory(&self) -> bool {
+        self.mem
+    }
+
+    /// Instructions compiled code may run per entry: each writes at most one block
+    /// record and, with memory accesses recorded, [`JIT_MEM_PER_INSN`] of those.
+    pub fn jit_insns(&self) -> u64 {
+        let per = if self.mem {
+            1 + JIT_MEM_PER_INSN * MEM_WORDS
+        } else {
+            1
+        };
+        (JIT_ROOM / per) as u64 - 1
+    }
+
+    /// Records a memory access of `size` bytes (1 to 8) at linear address `lin`
+    /// during instruction `icount` (see [`MEM`]).
+    #[inline]
+    pub fn mem(&mut self, icount: u64, lin: u64, size: u32, write: bool, value: u64) {
+        self.reserve(MEM_WORDS);
+        let at = self.len;
+        let lo = MEM
+            | ((size.clamp(1, 8) - 1) << 20)
+            | if write { MEM_WRITE } else { 0 }
+            | (icount as u32 & 0xffff);
+        self.buf[at] = (lin << 32) | u64::from(lo);
+        self.buf[at + 1] = value;
+        self.len += MEM_WORDS;
     }
 
     /// The sink's epoch: a raw id kept from another epoch is not this sink's.
@@ -250,8 +308,8 @@ impl TraceSink {
 
     /// Where compiled code writes its next record, with at least [`JIT_ROOM`] words
     /// free from there (the buffer is handed over first if fewer are). Compiled code
-    /// runs at most `JIT_ROOM - 1` instructions per entry, so it writes at most
-    /// `JIT_ROOM` records; a helper that writes an event while it runs hands the
+    /// runs at most [`TraceSink::jit_insns`] instructions per entry, so it writes at
+    /// most `JIT_ROOM` words; a helper that writes an event while it runs hands the
     /// pointer back first ([`TraceSink::jit_done`]) and takes a new one after.
     pub fn jit_window(&mut self) -> *mut u64 {
         self.reserve(JIT_ROOM);

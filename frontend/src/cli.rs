@@ -95,6 +95,10 @@ struct RunArgs {
     /// End the trace at this instruction count (the run goes on).
     #[arg(long, value_name = "N", requires = "trace")]
     trace_to: Option<u64>,
+    /// Record every memory access in the trace too (address, size, value, read or
+    /// write).
+    #[arg(long, requires = "trace")]
+    trace_mem: bool,
     /// Instructions between the checkpoints of the debugger's history.
     #[arg(long, value_name = "N", hide = true)]
     history_every: Option<u64>,
@@ -358,6 +362,7 @@ fn run_guest(a: RunArgs) -> Result<ExitCode> {
             path: path.clone(),
             from,
             to: a.trace_to,
+            memory: a.trace_mem,
         });
     }
     if let Some(path) = &a.replay {

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use crossbeam::channel::{unbounded, Receiver, Sender};
 use ox86_cpu::state::CS;
-use ox86_cpu::trace::{BlockDef, TraceSink, JIT_ROOM};
+use ox86_cpu::trace::{BlockDef, TraceSink};
 use ox86_cpu::{trace_len, Accel, AccelHint, AccelRun, AccelStats, CpuState, Exec};
 use ox86_mmu::paging::Access;
 use ox86_mmu::{PhysAddr, Region as MemRegion, PAGE_MASK};
@@ -1118,8 +1118,9 @@ impl Accel for Jit {
             if std::mem::take(&mut after_jump) {
                 self.stats.exits.jump_compiled += 1;
             }
-            // Traced code writes a record per guest block it runs, at most one per
-            // instruction plus one: its budget ends before the buffer would be full.
+            // Traced code writes a record per guest block it runs (at most one per
+            // instruction) and one per memory access when those are traced: its budget
+            // ends before the buffer would be full.
             let mut end = end;
             if mode.traced {
                 let Some(t) = ex.trace.as_deref_mut() else {
@@ -1127,7 +1128,7 @@ impl Accel for Jit {
                 };
                 t.context(ex.s);
                 self.ctx.trace = t.jit_window();
-                end = end.min(ex.s.icount + JIT_ROOM as u64 - 1);
+                end = end.min(ex.s.icount + t.jit_insns());
             }
             let r = self.regions[id as usize].as_ref().expect("live region");
             if r.cs_hi != ex.s.seg[CS].hi as u64 || ex.s.icount + r.first_len > end {
@@ -1171,11 +1172,13 @@ impl Accel for Jit {
             // and limit, and is emptied whenever a region is removed; compiled code
             // checks that the TLB still maps the target's page to the frame it was
             // compiled from (see `crate::chain`). Traced code writes one word per guest
-            // block it enters at `ctx.trace`, which points into the trace sink's
-            // buffer with JIT_ROOM words free; the budget above lets it run fewer
-            // instructions than that, and helpers that write to the sink meanwhile
-            // hand the pointer over and back (see `helpers::interp`). `enter` calls
-            // `func` with the region signature.
+            // block it enters, and with memory accesses traced three per access (at
+            // most JIT_MEM_PER_INSN an instruction, checked when it is translated), at
+            // `ctx.trace`, which points into the trace sink's buffer with JIT_ROOM
+            // words free; the budget above (`jit_insns`) keeps what it writes within
+            // that, and helpers that write to the sink meanwhile hand the pointer over
+            // and back (see `helpers::interp`). `enter` calls `func` with the region
+            // signature.
             let status = unsafe { enter(state, ctx as *mut u8, func) };
             self.ctx.exec = std::ptr::null_mut();
             if let Some(t) = ex.trace.as_deref_mut().filter(|_| mode.traced) {

@@ -19,6 +19,8 @@ pub struct Mode {
     /// A trace is being recorded: the code writes a record at each guest block it
     /// runs (see `ox86_cpu::trace`).
     pub traced: bool,
+    /// The trace records memory accesses too: the code writes a record for each.
+    pub traced_mem: bool,
 }
 
 impl Mode {
@@ -40,6 +42,7 @@ impl Mode {
             ss32: s.seg[SS].big(),
             flat,
             traced: false,
+            traced_mem: false,
         })
     }
 
@@ -49,18 +52,21 @@ impl Mode {
         let m = Mode::of(ex.s)?;
         Some(Mode {
             traced: ex.trace.is_some(),
+            traced_mem: ex.trace.is_some() && ex.trace_mem,
             ..m
         })
     }
 
     /// The mode as one byte (for the translation cache's file names): bit 0 a 32-bit
-    /// code segment, bits 1-2 the CPL, bit 3 a 32-bit stack, bit 4 flat, bit 5 traced.
+    /// code segment, bits 1-2 the CPL, bit 3 a 32-bit stack, bit 4 flat, bit 5 traced,
+    /// bit 6 traced with memory accesses.
     pub fn bits(&self) -> u8 {
         u8::from(self.bitness == 32)
             | ((self.cpl as u8 & 3) << 1)
             | (u8::from(self.ss32) << 3)
             | (u8::from(self.flat) << 4)
             | (u8::from(self.traced) << 5)
+            | (u8::from(self.traced_mem) << 6)
     }
 
     /// Whether accesses use the user TLB table.
@@ -76,5 +82,6 @@ impl Mode {
         ss32: true,
         flat: true,
         traced: false,
+        traced_mem: false,
     };
 }

@@ -30,6 +30,7 @@ use crate::lower::{gpr, kind, Kind};
 use crate::mode::Mode;
 use crate::region::{End, Region, ARITH};
 use crate::symbols::{symbol, Sym};
+use ox86_cpu::trace::{JIT_MEM_PER_INSN, MEM, MEM_WORDS, MEM_WRITE};
 
 /// Cranelift type of a value of `size` bytes.
 pub fn ty(size: u32) -> Type {
@@ -119,6 +120,11 @@ pub struct Tx<'a, 'b> {
     bail: Option<Block>,
     /// Index of the current instruction in its guest block.
     k: usize,
+    /// Traced with memory accesses: where the current instruction writes its next
+    /// access record (past the records compiled code has committed, see
+    /// [`Tx::record_access`]), and how many it wrote.
+    tptr: Variable,
+    accesses: usize,
     /// Index of the current guest block.
     bi: usize,
     /// Instructions in all the region's blocks: an upper bound of what runs between
@@ -344,6 +350,7 @@ impl<'a, 'b> Tx<'a, 'b> {
             }
         }
         let icount = b.declare_var(I64);
+        let tptr = b.declare_var(I64);
         let v = b
             .ins()
             .load(I64, MF, state, offset_of!(CpuState, icount) as i32);
@@ -441,6 +448,8 @@ impl<'a, 'b> Tx<'a, 'b> {
             region,
             bail: None,
             k: 0,
+            tptr,
+            accesses: 0,
             bi: 0,
             total,
             preds: region_preds(region),
@@ -495,11 +504,13 @@ impl<'a, 'b> Tx<'a, 'b> {
             self.access = None;
             let last = k + 1 == n;
             let lowered_end = last && !matches!(gb.end, End::Next(_) | End::Stop(_));
+            self.begin_accesses();
             if lowered_end {
                 self.terminator(d, gb.end);
                 return;
             }
             self.instruction(d, gb.live_after[k]);
+            self.commit_accesses();
         }
         // Fell off the end of the block.
         let next = match gb.end {
@@ -529,6 +540,63 @@ impl<'a, 'b> Tx<'a, 'b> {
         self.b
             .ins()
             .store(MF, next, ctx, offset_of!(JitCtx, trace) as i32);
+    }
+
+    /// Traced with memory accesses: the current instruction writes its access records
+    /// from where the committed ones end.
+    fn begin_accesses(&mut self) {
+        self.accesses = 0;
+        if self.mode.traced_mem {
+            let ctx = self.ctx();
+            let p = self
+                .b
+                .ins()
+                .load(I64, MF, ctx, offset_of!(JitCtx, trace) as i32);
+            self.b.def_var(self.tptr, p);
+        }
+    }
+
+    /// Appends the record of a memory access of the current instruction to the trace
+    /// buffer (see `ox86_cpu::trace::MEM`), after the instruction's others. The
+    /// records count once the instruction completes ([`Tx::commit_accesses`]): on its
+    /// slow path the interpreter runs it again, and records what it does.
+    fn record_access(&mut self, lin: Value, size: u32, write: bool, v: Value) {
+        if !self.mode.traced_mem {
+            return;
+        }
+        self.accesses += 1;
+        assert!(
+            self.accesses <= JIT_MEM_PER_INSN,
+            "an instruction lowered with more than {JIT_MEM_PER_INSN} memory accesses"
+        );
+        let p = self.b.use_var(self.tptr);
+        let c = self.icount_at(self.k);
+        let c = self.b.ins().band_imm_s(c, 0xffff);
+        let head = MEM | ((size - 1) << 20) | if write { MEM_WRITE } else { 0 };
+        let lo = self.b.ins().bor_imm_s(c, i64::from(head));
+        let hi = self.b.ins().ishl_imm_s(lin, 32);
+        let w0 = self.b.ins().bor(hi, lo);
+        self.b.ins().store(MF, w0, p, 0);
+        let w1 = if size < 8 {
+            self.b.ins().uextend(I64, v)
+        } else {
+            v
+        };
+        self.b.ins().store(MF, w1, p, 8);
+        let next = self.b.ins().iadd_imm_s(p, (MEM_WORDS * 8) as i64);
+        self.b.def_var(self.tptr, next);
+    }
+
+    /// The current instruction completed: its access records count.
+    fn commit_accesses(&mut self) {
+        if self.mode.traced_mem && self.accesses > 0 {
+            let p = self.b.use_var(self.tptr);
+            let ctx = self.ctx();
+            self.b
+                .ins()
+                .store(MF, p, ctx, offset_of!(JitCtx, trace) as i32);
+        }
+        self.accesses = 0;
     }
 
     /// The instruction count before instruction `k` of the current block.
@@ -936,15 +1004,25 @@ impl<'a, 'b> Tx<'a, 'b> {
 
     /// Loads `size` bytes at `seg:off`.
     pub fn load(&mut self, seg: usize, off: Value, size: u32) -> Value {
-        let h = self.access_host(seg, off, size, false);
-        self.b.ins().load(ty(size), GUEST, h, 0)
+        let (lin, h) = self.access_host(seg, off, size, false);
+        let v = self.b.ins().load(ty(size), GUEST, h, 0);
+        self.record_access(lin, size, false, v);
+        v
     }
 
     /// Stores a value of `size` bytes at `seg:off`. Must be the instruction's last
     /// memory access (its slow path redoes the whole instruction).
     pub fn store(&mut self, seg: usize, off: Value, size: u32, v: Value) {
-        let h = self.access_host(seg, off, size, true);
+        let (lin, h) = self.access_host(seg, off, size, true);
         self.b.ins().store(GUEST, v, h, 0);
+        self.record_access(lin, size, true, v);
+    }
+
+    /// Stores `v` (of `size` bytes) at host address `h`, for linear address `lin`
+    /// (both from [`Tx::linear`] and [`Tx::host`]).
+    pub(crate) fn store_at(&mut self, lin: Value, h: Value, size: u32, v: Value) {
+        self.b.ins().store(GUEST, v, h, 0);
+        self.record_access(lin, size, true, v);
     }
 
     /// Segment and offset of the memory operand.
@@ -956,17 +1034,18 @@ impl<'a, 'b> Tx<'a, 'b> {
         (seg_index(i.memory_segment()), off)
     }
 
-    /// The host address of an access to `seg:off`: for the memory operand of a group
-    /// (in a flat segment), its offset plus the group's addend; else through the TLB.
-    fn access_host(&mut self, seg: usize, off: Value, size: u32, write: bool) -> Value {
+    /// The linear and host addresses of an access to `seg:off`: for the memory operand
+    /// of a group (in a flat segment), its offset plus the group's addend; else through
+    /// the TLB.
+    fn access_host(&mut self, seg: usize, off: Value, size: u32, write: bool) -> (Value, Value) {
         if let Some((v, g)) = self.access {
             if v == off && self.mode.flat && matches!(seg, DS | ES | SS) {
                 let addend = self.b.use_var(self.addends[g]);
-                return self.b.ins().iadd(off, addend);
+                return (off, self.b.ins().iadd(off, addend));
             }
         }
         let lin = self.linear(seg, off, size, write);
-        self.host(lin, size, write)
+        (lin, self.host(lin, size, write))
     }
 
     /// Reads operand `n` (register, memory or immediate) at `size` bytes.
@@ -1093,11 +1172,13 @@ impl<'a, 'b> Tx<'a, 'b> {
                 let ret = self.b.ins().iconst(ty(size), d.next_ip as i64);
                 let esp = self.push(ret, size);
                 self.b.def_var(self.regs[4], esp);
+                self.commit_accesses();
                 let flags = self.flags.clone();
                 self.edge(t, next_count, &flags);
             }
             (Kind::Ret | Kind::JmpInd | Kind::CallInd, End::Dynamic) => {
                 let target = crate::emit::indirect(self, i, d.next_ip);
+                self.commit_accesses();
                 self.exit_dynamic(target, next_count);
             }
             _ => {

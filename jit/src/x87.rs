@@ -22,7 +22,7 @@ use crate::flagsrc::FlagSrc;
 use crate::helpers::{JitCtx, X87_DONE, X87_STORE};
 use crate::lower::simple_address;
 use crate::symbols::{symbol, Sym};
-use crate::translate::{Tx, GUEST, MF};
+use crate::translate::{Tx, MF};
 
 /// An x87 instruction of a region, as its helper needs it.
 pub struct X87Insn {
@@ -90,7 +90,7 @@ impl Tx<'_, '_> {
                 let (seg, off) = self.mem(i);
                 let lin = self.linear(seg, off, u32::from(n), true);
                 let h = self.host(lin, u32::from(n), true);
-                (off, zero, Some((h, u32::from(n))))
+                (off, zero, Some((lin, h, u32::from(n))))
             }
             MemUse::None | MemUse::Image => (zero, zero, None),
         };
@@ -105,7 +105,7 @@ impl Tx<'_, '_> {
         let bail = self.bail_block();
         let done = self.b.create_block();
         let out_off = std::mem::offset_of!(JitCtx, x87_out) as i32;
-        if let Some((h, n)) = dest {
+        if let Some((lin, h, n)) = dest {
             let store = self.b.create_block();
             let other = self.b.create_block();
             let is_store = self.b.ins().icmp_imm_s(IntCC::Equal, r, X87_STORE as i64);
@@ -113,7 +113,7 @@ impl Tx<'_, '_> {
             self.b.switch_to_block(store);
             let v = self.b.ins().load(I64, MF, ctx, out_off);
             let v = self.narrow(v, n);
-            self.b.ins().store(GUEST, v, h, 0);
+            self.store_at(lin, h, n, v);
             self.b.ins().jump(done, &[]);
             self.b.switch_to_block(other);
         }

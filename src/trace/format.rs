@@ -22,6 +22,23 @@
 //! | 4 | context | CR0, CR3, CR4, CPL, flags (bit 0 V86, bit 1 32-bit code) |
 //! | 5 | port read during the next instruction | port, size, value |
 //! | 6 | port write during the next instruction | port, size, value |
+//! | 7 | the next memory access is the delivery's of the exception or interrupt recorded before it (the pushes of its frame) | |
+//! | 8 + f | memory access | instruction (its count less the last access's in this chunk, or less the chunk's first count), linear address less the predicted one (zigzag), value unless predicted |
+//! | 40 | guest time (at the start and at the end) | nanoseconds |
+//!
+//! A memory access's flags `f` (0 to 31): bits 0-2 the size less one (1 to 8 bytes;
+//! longer accesses are recorded eight bytes a piece), bit 3 a write, bit 4 the value
+//! is the predicted one. Accesses (header flag [`FLAG_MEMORY`]) come in the order the
+//! CPU made them, before the block of their instruction, sometimes with other blocks
+//! between (the instruction is named by its count). An instruction that an exception
+//! or interrupt cut short has its accesses before that record, with its count.
+//!
+//! Predictions, which start afresh in each chunk: an access's address is predicted
+//! to follow the last one (its address plus its size; 0 at first); its value to be
+//! the last value accessed at the same address with the same size, as a table of
+//! [`VALUE_SLOTS`] slots remembers it (the slot of address `a` is
+//! `(a >> 2 ^ a >> 14) % VALUE_SLOTS`; each access replaces its slot's address, size
+//! and value).
 //!
 //! A block is a run of instructions executed one after the other, each at the
 //! address where the one before ended, on one page, ending at a control transfer, at
@@ -70,6 +87,88 @@ pub mod kind {
     pub const PORT_IN: u64 = 5;
     /// A port write.
     pub const PORT_OUT: u64 = 6;
+    /// The next memory access is a delivery's.
+    pub const DELIVERY: u64 = 7;
+    /// Guest time.
+    pub const TIME: u64 = 40;
+    /// A memory access: this plus its flags (see [`super::MEM_WRITE`]).
+    pub const MEM: u64 = 8;
+    /// The last memory-access kind.
+    pub const MEM_LAST: u64 = MEM + 31;
+}
+
+/// Header flag: memory accesses are recorded.
+pub const FLAG_MEMORY: u32 = 1;
+/// Memory-access flag: a write.
+pub const MEM_WRITE: u64 = 8;
+/// Memory-access flag: the value is the predicted one.
+pub const MEM_PREDICTED: u64 = 16;
+/// Slots of the table that predicts memory values.
+pub const VALUE_SLOTS: usize = 4096;
+
+/// Predicts memory accesses' addresses and values, the same way in the writer and
+/// the reader (see the module's text).
+#[derive(Clone)]
+pub struct MemPredictor {
+    next: u64,
+    /// The last access's instruction count.
+    pub last: u64,
+    slots: Box<[(u64, u64)]>,
+}
+
+impl MemPredictor {
+    /// A predictor for a chunk that starts at instruction count `first`.
+    pub fn new(first: u64) -> MemPredictor {
+        MemPredictor {
+            next: 0,
+            last: first,
+            slots: vec![(u64::MAX, 0); VALUE_SLOTS].into_boxed_slice(),
+        }
+    }
+
+    /// Starts afresh, for a chunk that starts at instruction count `first`.
+    pub fn reset(&mut self, first: u64) {
+        self.next = 0;
+        self.last = first;
+        self.slots.fill((u64::MAX, 0));
+    }
+
+    /// The predicted address.
+    #[inline]
+    pub fn address(&self) -> u64 {
+        self.next
+    }
+
+    /// Records an access; returns whether its value was the predicted one.
+    #[inline]
+    pub fn access(&mut self, addr: u64, size: u64, value: u64) -> bool {
+        self.next = (addr + size) & 0xffff_ffff;
+        let slot = &mut self.slots[((addr >> 2) ^ (addr >> 14)) as usize % VALUE_SLOTS];
+        let key = addr | (size << 32);
+        let hit = *slot == (key, value);
+        *slot = (key, value);
+        hit
+    }
+
+    /// The predicted value of an access of `size` bytes at `addr`, if the table has
+    /// one.
+    #[inline]
+    pub fn value(&self, addr: u64, size: u64) -> Option<u64> {
+        let slot = &self.slots[((addr >> 2) ^ (addr >> 14)) as usize % VALUE_SLOTS];
+        (slot.0 == addr | (size << 32)).then_some(slot.1)
+    }
+}
+
+/// A signed number as an unsigned one, small magnitudes small.
+#[inline]
+pub fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+/// The inverse of [`zigzag`].
+#[inline]
+pub fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
 /// Appends `v` as unsigned LEB128.

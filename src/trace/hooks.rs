@@ -1,6 +1,6 @@
 //! Hooks for embedders: a user's own analysis, called for each event the tracer sees
-//! (block, instruction, exception, interrupt, context change, port I/O), with the JIT
-//! on as off.
+//! (block, instruction, memory access, exception, interrupt, context change, port
+//! I/O), with the JIT on as off.
 //!
 //! The hooks observe; they do not stop or change the guest. They are fed from the
 //! trace's own pipeline: the engines record raw blocks (one store per block in
@@ -40,8 +40,33 @@ pub trait TraceHooks: Send {
     fn on_context(&mut self, _icount: u64, _cr0: u64, _cr3: u64, _cpl: u8) {}
     /// Instruction `icount` read (`write` false) or wrote a port.
     fn on_port(&mut self, _icount: u64, _write: bool, _port: u16, _size: u8, _value: u32) {}
+    /// Whether to record every memory access and call [`TraceHooks::on_memory`] (the
+    /// guest runs several times slower, see the README).
+    fn wants_memory(&self) -> bool {
+        false
+    }
+    /// Instruction `icount` read or wrote `size` bytes (1 to 8; longer accesses come
+    /// eight bytes a piece) at linear address `lin`; called after `on_instruction` for
+    /// it (after `on_block` for its block when instructions are not wanted). `delivery`: not an instruction's access but the delivery's of the exception
+    /// or interrupt just reported (before instruction `icount`).
+    fn on_memory(&mut self, _icount: u64, _access: MemAccess) {}
     /// The run (or the window traced) ended; every event was handed over.
     fn on_end(&mut self, _icount: u64) {}
+}
+
+/// A memory access, as [`TraceHooks::on_memory`] gets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemAccess {
+    /// Linear address.
+    pub lin: u64,
+    /// Size in bytes (1 to 8).
+    pub size: u8,
+    /// A write, else a read.
+    pub write: bool,
+    /// The value read or written.
+    pub value: u64,
+    /// Made by the delivery of an exception or interrupt.
+    pub delivery: bool,
 }
 
 /// The writing end of the in-memory pipe from the trace writer to the hook thread.
@@ -103,8 +128,16 @@ pub(crate) fn spawn(
             let mut r = TraceReader::new(Box::new(pipe)).map_err(|e| e.to_string())?;
             let decode = hooks.wants_instructions();
             let mut decoded: Vec<Option<Box<[Instruction]>>> = Vec::new();
+            // Memory accesses come before their block in the file, in order: they
+            // wait for it (or for the event that cut their instruction short).
+            let mut mems: Vec<(u64, MemAccess)> = Vec::new();
             loop {
                 let rec = r.next_record().map_err(|e| e.to_string())?;
+                if !matches!(rec, Some(Record::Block { .. } | Record::Mem { .. })) {
+                    for (icount, m) in mems.drain(..) {
+                        hooks.on_memory(icount, m);
+                    }
+                }
                 match rec {
                     None => {
                         hooks.on_end(r.icount());
@@ -113,6 +146,11 @@ pub(crate) fn spawn(
                     Some(Record::Block { id, icount }) => {
                         let def = r.def(id);
                         hooks.on_block(icount, def);
+                        // This block's accesses lead the list (it may hold later
+                        // blocks' too: they stay).
+                        let end = icount + u64::from(def.insns);
+                        let mine = mems.iter().take_while(|(c, _)| *c < end).count();
+                        let mut next = mems[..mine].iter().peekable();
                         if decode {
                             // Each block decoded once, its instructions kept.
                             let i = id as usize;
@@ -121,9 +159,39 @@ pub(crate) fn spawn(
                             }
                             let insns = decoded[i].get_or_insert_with(|| def.decode());
                             for (k, insn) in insns.iter().enumerate() {
+                                let at = icount + k as u64;
                                 let lin = def.cs_base.wrapping_add(insn.ip()) & 0xffff_ffff;
-                                hooks.on_instruction(icount + k as u64, lin, insn);
+                                hooks.on_instruction(at, lin, insn);
+                                while let Some((c, m)) = next.next_if(|(c, _)| *c <= at) {
+                                    hooks.on_memory(*c, *m);
+                                }
                             }
+                        }
+                        for (c, m) in next {
+                            hooks.on_memory(*c, *m);
+                        }
+                        mems.drain(..mine);
+                    }
+                    Some(Record::Time { .. }) => {}
+                    Some(Record::Mem {
+                        icount,
+                        lin,
+                        size,
+                        write,
+                        value,
+                        delivery,
+                    }) => {
+                        let m = MemAccess {
+                            lin,
+                            size,
+                            write,
+                            value,
+                            delivery,
+                        };
+                        if delivery {
+                            hooks.on_memory(icount, m);
+                        } else {
+                            mems.push((icount, m));
                         }
                     }
                     Some(Record::Exception {

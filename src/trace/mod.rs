@@ -9,7 +9,7 @@ pub(crate) mod hooks;
 mod reader;
 mod writer;
 
-pub use hooks::TraceHooks;
+pub use hooks::{MemAccess, TraceHooks};
 pub use reader::{BlockDef, End, Header, Record, TraceError, TraceReader};
 pub use writer::{TraceSummary, TraceWriter};
 
@@ -22,4 +22,17 @@ pub struct TracePlan {
     pub from: u64,
     /// The instruction count where tracing stops (None: the end of the run).
     pub to: Option<u64>,
+    /// Record every memory access too.
+    pub memory: bool,
+}
+
+impl TracePlan {
+    /// The trace file's header flags.
+    pub fn flags(&self) -> u32 {
+        if self.memory {
+            format::FLAG_MEMORY
+        } else {
+            0
+        }
+    }
 }

@@ -162,6 +162,30 @@ pub enum Record {
         /// Value.
         value: u32,
     },
+    /// Guest time (at the start and at the end of the trace).
+    Time {
+        /// Instruction count.
+        icount: u64,
+        /// Guest nanoseconds (since the machine started).
+        ns: u64,
+    },
+    /// A memory access (traces recorded with memory accesses).
+    Mem {
+        /// The instruction that made it (or that an exception or interrupt came
+        /// before, when `delivery`).
+        icount: u64,
+        /// Linear address.
+        lin: u64,
+        /// Size in bytes (1 to 8; longer accesses are recorded eight bytes a piece).
+        size: u8,
+        /// A write, else a read.
+        write: bool,
+        /// The value read or written.
+        value: u64,
+        /// Made by the delivery of the exception or interrupt recorded before it (the
+        /// pushes of its frame), not by an instruction.
+        delivery: bool,
+    },
 }
 
 /// Reads a trace file record by record.
@@ -177,6 +201,10 @@ pub struct TraceReader {
     chunk_insns: u64,
     chunk_first: u64,
     icount: u64,
+    /// Predicts memory accesses (afresh at each chunk).
+    pred: format::MemPredictor,
+    /// The next memory access is a delivery's.
+    delivery: bool,
     end: Option<End>,
     /// Bytes of the file read so far.
     offset: u64,
@@ -242,9 +270,16 @@ impl TraceReader {
             chunk_insns: 0,
             chunk_first: header.start,
             icount: header.start,
+            pred: format::MemPredictor::new(header.start),
+            delivery: false,
             end: None,
             offset: format::HEADER_LEN as u64,
         })
+    }
+
+    /// Whether the trace records memory accesses.
+    pub fn has_memory(&self) -> bool {
+        self.header.flags & format::FLAG_MEMORY != 0
     }
 
     /// The header.
@@ -387,6 +422,47 @@ impl TraceReader {
                         value: value as u32,
                     }));
                 }
+                kind::TIME => {
+                    let ns = f(self)?;
+                    return Ok(Some(Record::Time { icount, ns }));
+                }
+                kind::DELIVERY => {
+                    self.delivery = true;
+                }
+                kind::MEM..=kind::MEM_LAST => {
+                    let flags = k - kind::MEM;
+                    let size = (flags & 7) + 1;
+                    let (delta, addr) = (f(self)?, f(self)?);
+                    if delta > u64::from(u32::MAX) {
+                        return Err(bad(self, "a memory access"));
+                    }
+                    let lin = self
+                        .pred
+                        .address()
+                        .wrapping_add(format::unzigzag(addr) as u64)
+                        & 0xffff_ffff;
+                    let value = if flags & format::MEM_PREDICTED != 0 {
+                        self.pred
+                            .value(lin, size)
+                            .ok_or_else(|| bad(self, "a memory access with no predicted value"))?
+                    } else {
+                        f(self)?
+                    };
+                    self.pred.access(lin, size, value);
+                    let at = self.pred.last.saturating_add(delta);
+                    if at < icount {
+                        return Err(bad(self, "a memory access of an instruction before"));
+                    }
+                    self.pred.last = at;
+                    return Ok(Some(Record::Mem {
+                        icount: at,
+                        lin,
+                        size: size as u8,
+                        write: flags & format::MEM_WRITE != 0,
+                        value,
+                        delivery: std::mem::take(&mut self.delivery),
+                    }));
+                }
                 _ => return Err(bad(self, &format!("unknown record kind {k}"))),
             }
         }
@@ -478,6 +554,7 @@ impl TraceReader {
         }
         self.offset += (format::CHUNK_HEADER_LEN + clen) as u64;
         self.pos = 0;
+        self.pred.reset(first);
         self.chunk_first = first;
         self.chunk_insns = insns;
         Ok(true)

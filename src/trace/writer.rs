@@ -37,6 +37,8 @@ pub struct TraceSummary {
     pub blocks: u64,
     /// Distinct blocks defined.
     pub defs: u64,
+    /// Memory accesses recorded.
+    pub accesses: u64,
     /// Bytes of the file.
     pub bytes: u64,
 }
@@ -88,15 +90,17 @@ impl std::fmt::Debug for TraceWriter {
 
 impl TraceWriter {
     /// Creates trace file `path` for a trace starting at instruction `start` of
-    /// machine `machine`, and starts its writer thread. Returns the writer and the
+    /// machine `machine` (header flags `flags`, see [`format::FLAG_MEMORY`]), and
+    /// starts its writer thread. Returns the writer and the
     /// sink's output.
     pub fn create(
         path: &Path,
         start: u64,
         machine: u128,
+        flags: u32,
     ) -> Result<(TraceWriter, Box<dyn TraceOut>), String> {
         let file = File::create(path).map_err(|e| e.to_string())?;
-        TraceWriter::start(Dest::File(file), path, start, machine)
+        TraceWriter::start(Dest::File(file), path, start, machine, flags)
     }
 
     /// As [`TraceWriter::create`], writing the trace to `out` (a stream: a failed
@@ -105,8 +109,15 @@ impl TraceWriter {
         out: Box<dyn Write + Send>,
         start: u64,
         machine: u128,
+        flags: u32,
     ) -> Result<(TraceWriter, Box<dyn TraceOut>), String> {
-        TraceWriter::start(Dest::Stream(out), Path::new("(hooks)"), start, machine)
+        TraceWriter::start(
+            Dest::Stream(out),
+            Path::new("(hooks)"),
+            start,
+            machine,
+            flags,
+        )
     }
 
     fn start(
@@ -114,17 +125,19 @@ impl TraceWriter {
         path: &Path,
         start: u64,
         machine: u128,
+        flags: u32,
     ) -> Result<(TraceWriter, Box<dyn TraceOut>), String> {
-        dest.write_all(&format::header(0, start, machine))
+        dest.write_all(&format::header(flags, start, machine))
             .map_err(|e| e.to_string())?;
         let (tx, rx) = unbounded::<Msg>();
         let (free_tx, free_rx) = bounded::<Box<[u64]>>(BUFFERS);
         let error = Arc::new(Mutex::new(None));
         let err2 = error.clone();
+        let output = Output::new(dest, start)?;
         let thread = std::thread::Builder::new()
             .name("ox86-trace".into())
             .spawn(move || {
-                let mut c = Canon::new(Output::new(dest, start));
+                let mut c = Canon::new(output);
                 let mut failed = false;
                 for m in rx {
                     match m {
@@ -144,6 +157,7 @@ impl TraceWriter {
                     }
                 }
                 if failed {
+                    c.out.abandon();
                     let e = err2.lock().ok().and_then(|g| g.clone());
                     return Err(e.unwrap_or_else(|| "the trace writer failed".into()));
                 }
@@ -286,6 +300,9 @@ struct Canon {
     emitted: Vec<u32>,
     out: Output,
     stopped: bool,
+    /// An exception or interrupt is being delivered: its memory accesses come before
+    /// the next block.
+    delivering: bool,
 }
 
 fn mask_ip(v: u64, bitness: u32) -> u64 {
@@ -314,6 +331,7 @@ impl Canon {
             emitted: Vec::new(),
             out,
             stopped: false,
+            delivering: false,
         }
     }
 
@@ -328,7 +346,17 @@ impl Canon {
             let at = self.icount.wrapping_add(u64::from(
                 ((w >> 32) as u32).wrapping_sub(self.icount as u32),
             ));
+            if lo & raw::MEM_MASK == raw::MEM {
+                // A memory access (the commonest record when they are traced).
+                let v = *words.get(i).ok_or("a raw event runs past its buffer")?;
+                i += 1;
+                if !self.stopped {
+                    self.mem(w, v)?;
+                }
+                continue;
+            }
             if lo < EVENT {
+                self.delivering = false;
                 // The hot path: the block before ran whole from an empty start and
                 // makes one canonical block it made before.
                 if let Some(p) = self.pending.as_mut() {
@@ -364,7 +392,7 @@ impl Canon {
             i += n;
             self.event(k, at, p)?;
         }
-        match &self.out.error {
+        match self.out.failed() {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
@@ -614,7 +642,8 @@ impl Canon {
             | raw::kind::INTERRUPT
             | raw::kind::CONTEXT
             | raw::kind::PORT_IN
-            | raw::kind::PORT_OUT => {
+            | raw::kind::PORT_OUT
+            | raw::kind::TIME => {
                 self.advance(at)?;
                 self.end_block();
                 let (fk, nf) = match k {
@@ -622,16 +651,42 @@ impl Canon {
                     raw::kind::INTERRUPT => (kind::INTERRUPT, 1),
                     raw::kind::CONTEXT => (kind::CONTEXT, 5),
                     raw::kind::PORT_IN => (kind::PORT_IN, 3),
+                    raw::kind::TIME => (kind::TIME, 1),
                     _ => (kind::PORT_OUT, 3),
                 };
                 if p.len() < nf {
                     return Err("a raw event is too short".into());
                 }
                 self.out.event(fk, &p[..nf]);
+                if matches!(k, raw::kind::EXCEPTION | raw::kind::INTERRUPT) {
+                    self.delivering = true;
+                }
                 Ok(())
             }
             _ => Err(format!("unknown raw event kind {k}")),
         }
+    }
+
+    /// A memory access (raw record `w`, value `v`, see `ox86_cpu::trace::MEM`):
+    /// written at once (see `format`).
+    #[inline]
+    fn mem(&mut self, w: u64, v: u64) -> Result<(), String> {
+        // The instruction is at most 2^16 - 1 after the next block to be written.
+        let base = self.out.next_count();
+        let at = base + u64::from((w as u16).wrapping_sub(base as u16));
+        if at < self.icount {
+            return Err(format!(
+                "a memory access at {at} after instruction {}",
+                self.icount
+            ));
+        }
+        let lo = w as u32;
+        let mut flags = u64::from((lo >> 20) & 7);
+        if lo & raw::MEM_WRITE != 0 {
+            flags |= format::MEM_WRITE;
+        }
+        self.out.mem(at, flags, w >> 32, v, self.delivering);
+        Ok(())
     }
 
     fn define(&mut self, p: &[u64]) -> Result<(), String> {
@@ -712,42 +767,41 @@ impl Write for Dest {
     }
 }
 
-/// The file being written: the chunk being filled, and what was written.
+/// The file being written: the chunk being filled, and what was written. Whole chunks
+/// go to the packer thread, which compresses and writes them while the next fills.
 struct Output {
-    file: Dest,
+    /// Predicts memory accesses (afresh at each chunk).
+    pred: format::MemPredictor,
+    /// Memory accesses written.
+    accesses: u64,
     data: Vec<u8>,
-    comp: Vec<u8>,
     /// Instruction count at the start of the chunk being filled.
     first: u64,
     insns: u64,
-    total: u64,
     blocks: u64,
     defs: u64,
     start: u64,
-    /// Bytes of the file that are complete (header and whole chunks).
-    good: u64,
+    packer: Packer,
     early: bool,
     error: Option<String>,
 }
 
 impl Output {
-    fn new(file: Dest, start: u64) -> Output {
-        Output {
-            file,
+    fn new(file: Dest, start: u64) -> Result<Output, String> {
+        Ok(Output {
+            pred: format::MemPredictor::new(start),
+            accesses: 0,
             data: Vec::with_capacity(CHUNK_TARGET + 4096),
-            comp: Vec::new(),
             first: start,
             insns: 0,
-            total: 0,
             blocks: 0,
             defs: 0,
             start,
-            good: format::HEADER_LEN as u64,
+            packer: Packer::start(file, start)?,
             early: false,
             error: None,
-        }
+        })
     }
-
     #[inline]
     fn block(&mut self, id: u32, n: u64) {
         put_varint(&mut self.data, u64::from(id) << 1);
@@ -776,6 +830,34 @@ impl Output {
         d.extend_from_slice(&k.bytes);
     }
 
+    /// The instruction count at the next block written.
+    #[inline]
+    fn next_count(&self) -> u64 {
+        self.first + self.insns
+    }
+
+    /// Writes a memory access of instruction `at` (see `format`).
+    #[inline]
+    fn mem(&mut self, at: u64, mut flags: u64, addr: u64, value: u64, delivery: bool) {
+        if delivery {
+            put_varint(&mut self.data, (kind::DELIVERY << 1) | 1);
+        }
+        let pred = self.pred.address();
+        let hit = self.pred.access(addr, (flags & 7) + 1, value);
+        if hit {
+            flags |= format::MEM_PREDICTED;
+        }
+        let d = &mut self.data;
+        put_varint(d, ((kind::MEM + flags) << 1) | 1);
+        put_varint(d, at - self.pred.last);
+        self.pred.last = at;
+        put_varint(d, format::zigzag(addr.wrapping_sub(pred) as i64));
+        if !hit {
+            put_varint(d, value);
+        }
+        self.accesses += 1;
+    }
+
     fn event(&mut self, k: u64, fields: &[u64]) {
         put_varint(&mut self.data, (k << 1) | 1);
         for &f in fields {
@@ -786,23 +868,191 @@ impl Output {
         }
     }
 
-    /// Compresses and writes the chunk being filled.
+    /// Hands the chunk being filled to the packer.
     fn chunk(&mut self) {
         if self.data.is_empty() || self.early {
             self.data.clear();
             return;
         }
-        self.comp.clear();
-        let max = lz4_flex::block::get_maximum_output_size(self.data.len());
-        self.comp.resize(max, 0);
-        let n = match lz4_flex::block::compress_into(&self.data, &mut self.comp) {
+        if let Some(e) = self.packer.error() {
+            self.error = Some(e);
+            self.early = true;
+            self.data.clear();
+            return;
+        }
+        let next = self
+            .packer
+            .back
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK_TARGET + 4096));
+        let data = std::mem::replace(&mut self.data, next);
+        self.packer.send(Job::Chunk {
+            data,
+            first: self.first,
+            insns: self.insns,
+        });
+        self.first += self.insns;
+        self.insns = 0;
+        self.pred.reset(self.first);
+    }
+
+    /// Why writing failed, once the packer says it did.
+    fn failed(&mut self) -> Option<&String> {
+        if self.error.is_none() {
+            self.error = self.packer.error();
+        }
+        self.error.as_ref()
+    }
+
+    /// The recording stops here (the writer failed): the file ends after its last
+    /// whole chunk, marked as stopped early.
+    fn stop_early(&mut self) {
+        if !self.early {
+            self.early = true;
+            self.data.clear();
+            self.packer.send(Job::StopEarly);
+        }
+    }
+
+    /// The recording failed: waits for the packer to end the file as stopped early.
+    fn abandon(&mut self) {
+        self.stop_early();
+        self.packer.send(Job::Finish { end: self.first });
+        let _ = self.packer.join();
+    }
+
+    fn finish(mut self, end: u64) -> Result<TraceSummary, String> {
+        self.chunk();
+        if let Some(e) = self.error.take() {
+            self.abandon();
+            return Err(e);
+        }
+        self.packer.send(Job::Finish { end });
+        let (total, bytes) = self.packer.join()?;
+        Ok(TraceSummary {
+            instructions: total,
+            start: self.start,
+            end,
+            blocks: self.blocks,
+            defs: self.defs,
+            accesses: self.accesses,
+            bytes,
+        })
+    }
+}
+
+/// Work for the packer thread.
+enum Job {
+    /// A chunk's data, its first instruction count and its instructions.
+    Chunk {
+        data: Vec<u8>,
+        first: u64,
+        insns: u64,
+    },
+    /// End the file after the last whole chunk, as stopped early.
+    StopEarly,
+    /// End the file at instruction count `end`.
+    Finish { end: u64 },
+}
+
+/// The packer thread: compresses chunks and writes them.
+struct Packer {
+    tx: Sender<Job>,
+    back: Receiver<Vec<u8>>,
+    error: Arc<Mutex<Option<String>>>,
+    thread: Option<JoinHandle<Result<(u64, u64), String>>>,
+}
+
+impl Packer {
+    /// Chunks in flight to the packer, at most.
+    const QUEUE: usize = 4;
+
+    fn start(file: Dest, start: u64) -> Result<Packer, String> {
+        let (tx, rx) = bounded::<Job>(Packer::QUEUE);
+        let (back_tx, back) = bounded::<Vec<u8>>(Packer::QUEUE + 1);
+        let error = Arc::new(Mutex::new(None));
+        let err = error.clone();
+        let thread = std::thread::Builder::new()
+            .name("ox86-trace-pack".into())
+            .spawn(move || {
+                let mut w = Packed {
+                    file,
+                    comp: Vec::new(),
+                    good: format::HEADER_LEN as u64,
+                    total: 0,
+                    next: start,
+                    early: false,
+                    error: err,
+                };
+                for job in rx {
+                    match job {
+                        Job::Chunk { data, first, insns } => {
+                            w.chunk(&data, first, insns);
+                            let mut data = data;
+                            data.clear();
+                            let _ = back_tx.try_send(data);
+                        }
+                        Job::StopEarly => w.stop_early(),
+                        Job::Finish { end } => return w.finish(end),
+                    }
+                }
+                Err("the trace writer stopped".into())
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Packer {
+            tx,
+            back,
+            error,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, job: Job) {
+        // A packer that stopped has said why (see `error`).
+        let _ = self.tx.send(job);
+    }
+
+    fn error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Waits for the packer: the instructions and bytes written.
+    fn join(&mut self) -> Result<(u64, u64), String> {
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            _ => Err("the trace packer stopped".into()),
+        }
+    }
+}
+
+/// The packer's side of the file.
+struct Packed {
+    file: Dest,
+    comp: Vec<u8>,
+    /// Bytes of the file that are complete (header and whole chunks).
+    good: u64,
+    /// Instructions in whole chunks.
+    total: u64,
+    /// Instruction count after the last whole chunk.
+    next: u64,
+    early: bool,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl Packed {
+    fn chunk(&mut self, data: &[u8], first: u64, insns: u64) {
+        if self.early {
+            return;
+        }
+        let max = lz4_flex::block::get_maximum_output_size(data.len());
+        if self.comp.len() < max {
+            self.comp.resize(max, 0);
+        }
+        let n = match lz4_flex::block::compress_into(data, &mut self.comp) {
             Ok(n) => n,
-            Err(e) => {
-                self.fail(e.to_string());
-                return;
-            }
+            Err(e) => return self.fail(e.to_string()),
         };
-        let h = format::chunk_header(&self.comp[..n], self.data.len(), self.first, self.insns);
+        let h = format::chunk_header(&self.comp[..n], data.len(), first, insns);
         let r = self
             .file
             .write_all(&h)
@@ -810,10 +1060,8 @@ impl Output {
         match r {
             Ok(()) => {
                 self.good += (h.len() + n) as u64;
-                self.total += self.insns;
-                self.first += self.insns;
-                self.insns = 0;
-                self.data.clear();
+                self.total += insns;
+                self.next = first + insns;
             }
             Err(e) => self.fail(e.to_string()),
         }
@@ -822,7 +1070,9 @@ impl Output {
     /// A write failed: the file is cut back to its last whole chunk and ended there,
     /// marked as stopped early.
     fn fail(&mut self, e: String) {
-        self.error = Some(e);
+        if let Ok(mut g) = self.error.lock() {
+            g.get_or_insert(e);
+        }
         self.stop_early();
     }
 
@@ -831,32 +1081,24 @@ impl Output {
             return;
         }
         self.early = true;
-        self.data.clear();
         if let Dest::File(f) = &mut self.file {
             let _ = f.set_len(self.good);
             let _ = f.seek(SeekFrom::Start(self.good));
         }
-        let e = format::end_record(format::END_STOPPED_EARLY, self.first, self.total);
+        let e = format::end_record(format::END_STOPPED_EARLY, self.next, self.total);
         if self.file.write_all(&e).is_ok() {
             let _ = self.file.flush();
         }
     }
 
-    fn finish(mut self, end: u64) -> Result<TraceSummary, String> {
-        self.chunk();
-        if let Some(e) = self.error.take() {
-            return Err(e);
+    fn finish(mut self, end: u64) -> Result<(u64, u64), String> {
+        if self.early {
+            let e = self.error.lock().ok().and_then(|g| g.clone());
+            return Err(e.unwrap_or_else(|| "the recording stopped early".into()));
         }
         let e = format::end_record(0, end, self.total);
         self.file.write_all(&e).map_err(|e| e.to_string())?;
         self.file.flush().map_err(|e| e.to_string())?;
-        Ok(TraceSummary {
-            instructions: self.total,
-            start: self.start,
-            end,
-            blocks: self.blocks,
-            defs: self.defs,
-            bytes: self.good + format::END_LEN as u64,
-        })
+        Ok((self.total, self.good + format::END_LEN as u64))
     }
 }

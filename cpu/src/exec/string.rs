@@ -176,7 +176,8 @@ pub fn exec_string<W: Word>(e: &mut Exec<'_>, i: &Instruction) -> Fault {
 /// segments, when the TLB maps those pages to RAM for the access (no code, no
 /// watchpoint, no MMIO): what the iterations one by one would do, without a TLB
 /// look-up each. Returns the iterations run; 0 when the next one must go the usual way
-/// (a TLB miss, a fault to raise, a segment limit, an alignment check, or too few).
+/// (a TLB miss, a fault to raise, a segment limit, an alignment check, too few, or a
+/// trace that records each access).
 fn bulk<W: Word>(
     e: &mut Exec<'_>,
     movs: bool,
@@ -186,6 +187,9 @@ fn bulk<W: Word>(
     max: u64,
     am: u64,
 ) -> u64 {
+    if e.trace_mem {
+        return 0;
+    }
     let size = W::SIZE as u64;
     // Whole elements before the page end at a linear address, and before the address
     // size wraps at an offset.

@@ -56,14 +56,43 @@ pub fn run(a: &DumpArgs) -> Result<ExitCode> {
     let (mut cr3, mut cpl) = (0u64, 0u8);
     let shown =
         |cr3: u64, cpl: u8| a.cr3.is_none_or(|x| x == cr3) && a.ring.is_none_or(|x| x == cpl);
+    // Memory accesses come before their block: they wait for it, or for the event
+    // that cut their instruction short.
+    let mut mems: Vec<Record> = Vec::new();
     let fail = loop {
         let rec = match r.next_record() {
             Ok(Some(rec)) => rec,
             Ok(None) => break None,
             Err(e) => break Some(e),
         };
+        if !matches!(rec, Record::Block { .. } | Record::Mem { .. }) && !mems.is_empty() {
+            for m in mems.drain(..) {
+                if let Some(l) = mem_line(&m, from, to) {
+                    if shown(cr3, cpl) && writeln!(out, "{:>12}  {l}", "").is_err() {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
+            }
+        }
         let line = match rec {
+            Record::Mem { delivery, .. } => {
+                if !delivery {
+                    mems.push(rec);
+                    continue;
+                }
+                match mem_line(&rec, from, to) {
+                    Some(l) => l,
+                    None => continue,
+                }
+            }
             Record::Block { id, icount } => {
+                // This block's accesses lead the list; later blocks' stay.
+                let end = icount + u64::from(r.def(id).insns);
+                let mine = mems
+                    .iter()
+                    .take_while(|m| matches!(m, Record::Mem { icount, .. } if *icount < end))
+                    .count();
+                let pending: Vec<Record> = mems.drain(..mine).collect();
                 let n = u64::from(r.def(id).insns);
                 if icount + n <= from || icount >= to || !shown(cr3, cpl) {
                     if icount >= to {
@@ -86,6 +115,14 @@ pub fn run(a: &DumpArgs) -> Result<ExitCode> {
                     }
                     if writeln!(out, "{c:>12}  {lin:08x}  {text}").is_err() {
                         return Ok(ExitCode::SUCCESS); // The reader went away (a pipe).
+                    }
+                    for m in &pending {
+                        if matches!(m, Record::Mem { icount, .. } if *icount == c) {
+                            let l = mem_line(m, from, to).unwrap_or_default();
+                            if writeln!(out, "{:>12}  {l}", "").is_err() {
+                                return Ok(ExitCode::SUCCESS);
+                            }
+                        }
                     }
                 }
                 continue;
@@ -133,6 +170,16 @@ pub fn run(a: &DumpArgs) -> Result<ExitCode> {
                     name(vector)
                 )
             }
+            Record::Time { icount, ns } => {
+                if icount < from || icount >= to {
+                    continue;
+                }
+                format!(
+                    "-- guest time {}.{:09} s",
+                    ns / 1_000_000_000,
+                    ns % 1_000_000_000
+                )
+            }
             Record::Interrupt { icount, vector } => {
                 if icount < from || icount >= to {
                     continue;
@@ -167,6 +214,32 @@ pub fn run(a: &DumpArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The line of a memory access in the window, e.g. `  write 4 [c1234560] = 0x0000abcd`
+/// (`frame` for a push of an exception's or interrupt's delivery).
+fn mem_line(m: &Record, from: u64, to: u64) -> Option<String> {
+    let Record::Mem {
+        icount,
+        lin,
+        size,
+        write,
+        value,
+        delivery,
+    } = *m
+    else {
+        return None;
+    };
+    if icount < from || icount >= to {
+        return None;
+    }
+    let what = match (delivery, write) {
+        (true, _) => "  frame",
+        (false, true) => "  write",
+        (false, false) => "  read ",
+    };
+    let w = usize::from(size) * 2 + 2;
+    Some(format!("{what} {size} [{lin:08x}] = {value:#0w$x}"))
 }
 
 /// The mnemonic of exception vector `v`.

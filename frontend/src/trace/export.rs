@@ -1,12 +1,20 @@
 //! `ox86 trace export --parquet`: the trace as a table, one row per instruction (or
 //! per block with `--blocks`), for DuckDB, Polars, Spark and the like.
+//!
+//! A trace with memory accesses adds four list columns to an instruction's row, one
+//! element per access in order (`mem_address`, `mem_size`, `mem_write`, `mem_value`),
+//! and `mem_accesses` to a block's. Accesses that belong to no instruction that
+//! completed (the pushes of an exception's delivery, the accesses of an instruction
+//! an exception cut short) are not in the table; `ox86 trace dump` shows them.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use arrow_array::builder::{StringBuilder, UInt32Builder, UInt64Builder, UInt8Builder};
+use arrow_array::builder::{
+    BooleanBuilder, ListBuilder, StringBuilder, UInt32Builder, UInt64Builder, UInt8Builder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use clap::Args;
@@ -56,11 +64,18 @@ struct Columns {
     length: UInt8Builder,
     block: UInt32Builder,
     instructions: UInt32Builder,
+    /// With memory accesses.
+    memory: bool,
+    mem_address: ListBuilder<UInt64Builder>,
+    mem_size: ListBuilder<UInt8Builder>,
+    mem_write: ListBuilder<BooleanBuilder>,
+    mem_value: ListBuilder<UInt64Builder>,
+    mem_accesses: UInt32Builder,
     rows: usize,
 }
 
 impl Columns {
-    fn new() -> Columns {
+    fn new(memory: bool) -> Columns {
         Columns {
             icount: UInt64Builder::with_capacity(BATCH),
             address: UInt64Builder::with_capacity(BATCH),
@@ -71,8 +86,40 @@ impl Columns {
             length: UInt8Builder::with_capacity(BATCH),
             block: UInt32Builder::with_capacity(BATCH),
             instructions: UInt32Builder::with_capacity(BATCH),
+            memory,
+            mem_address: ListBuilder::new(UInt64Builder::new()),
+            mem_size: ListBuilder::new(UInt8Builder::new()),
+            mem_write: ListBuilder::new(BooleanBuilder::new()),
+            mem_value: ListBuilder::new(UInt64Builder::new()),
+            mem_accesses: UInt32Builder::with_capacity(BATCH),
             rows: 0,
         }
+    }
+
+    /// Appends the accesses of `mems` made by instruction `ic` to its row's lists.
+    fn accesses(&mut self, mems: &[Record], ic: u64) {
+        for m in mems {
+            if let Record::Mem {
+                icount,
+                lin,
+                size,
+                write,
+                value,
+                ..
+            } = *m
+            {
+                if icount == ic {
+                    self.mem_address.values().append_value(lin);
+                    self.mem_size.values().append_value(size);
+                    self.mem_write.values().append_value(write);
+                    self.mem_value.values().append_value(value);
+                }
+            }
+        }
+        self.mem_address.append(true);
+        self.mem_size.append(true);
+        self.mem_write.append(true);
+        self.mem_value.append(true);
     }
 
     fn batch(&mut self, schema: &Arc<Schema>, blocks: bool) -> Result<RecordBatch> {
@@ -88,15 +135,26 @@ impl Columns {
         if blocks {
             cols.push(Arc::new(self.instructions.finish()));
             cols.push(Arc::new(self.block.finish()));
+            if self.memory {
+                cols.push(Arc::new(self.mem_accesses.finish()));
+            }
         } else {
             cols.push(Arc::new(self.length.finish()));
+            if self.memory {
+                cols.push(Arc::new(self.mem_address.finish()));
+                cols.push(Arc::new(self.mem_size.finish()));
+                cols.push(Arc::new(self.mem_write.finish()));
+                cols.push(Arc::new(self.mem_value.finish()));
+            }
         }
         RecordBatch::try_new(schema.clone(), cols).context("cannot build a record batch")
     }
 }
 
 /// The table's schema.
-fn schema(blocks: bool) -> Arc<Schema> {
+fn schema(blocks: bool, memory: bool) -> Arc<Schema> {
+    let list =
+        |name: &str, t: DataType| Field::new_list(name, Field::new_list_field(t, true), false);
     let mut f = vec![
         Field::new("icount", DataType::UInt64, false),
         Field::new("address", DataType::UInt64, false),
@@ -108,8 +166,17 @@ fn schema(blocks: bool) -> Arc<Schema> {
     if blocks {
         f.push(Field::new("instructions", DataType::UInt32, false));
         f.push(Field::new("block", DataType::UInt32, false));
+        if memory {
+            f.push(Field::new("mem_accesses", DataType::UInt32, false));
+        }
     } else {
         f.push(Field::new("length", DataType::UInt8, false));
+        if memory {
+            f.push(list("mem_address", DataType::UInt64));
+            f.push(list("mem_size", DataType::UInt8));
+            f.push(list("mem_write", DataType::Boolean));
+            f.push(list("mem_value", DataType::UInt64));
+        }
     }
     Arc::new(Schema::new(f))
 }
@@ -117,7 +184,8 @@ fn schema(blocks: bool) -> Arc<Schema> {
 /// Writes the table.
 pub fn run(a: &ExportArgs) -> Result<ExitCode> {
     let mut w = walk::open(&a.file)?;
-    let schema = schema(a.blocks);
+    let memory = w.r.has_memory();
+    let schema = schema(a.blocks, memory);
     // The instruction count only grows: delta encoding makes it almost free.
     let icount = parquet::schema::types::ColumnPath::from("icount");
     let props = WriterProperties::builder()
@@ -136,18 +204,36 @@ pub fn run(a: &ExportArgs) -> Result<ExitCode> {
     // Mnemonic names, lower case, by number.
     let mut names: Vec<String> = Vec::new();
     let mut name_ids: std::collections::HashMap<iced_x86::Mnemonic, u16> = Default::default();
-    let mut c = Columns::new();
+    let mut c = Columns::new(memory);
+    // Memory accesses wait for the block of their instruction.
+    let mut mems: Vec<Record> = Vec::new();
     let write_err = |p: &Path| format!("cannot write {}", p.display());
     loop {
         let (id, icount) = match w.next() {
             Ok(Some(Record::Block { id, icount })) => (id, icount),
-            Ok(Some(_)) => continue,
+            Ok(Some(m @ Record::Mem { delivery, .. })) => {
+                if !delivery {
+                    mems.push(m);
+                }
+                continue;
+            }
+            Ok(Some(_)) => {
+                // Accesses of an instruction cut short belong to no row.
+                mems.clear();
+                continue;
+            }
             Ok(None) => break,
             Err(e) => return Ok(w.fail(&e)),
         };
         let def = w.r.def(id);
         let n = u64::from(def.insns);
+        // This block's accesses lead the list; later blocks' stay.
+        let mine = mems
+            .iter()
+            .take_while(|m| matches!(m, Record::Mem { icount: c, .. } if *c < icount + n))
+            .count();
         if icount + n <= from {
+            mems.drain(..mine);
             continue;
         }
         if icount >= to {
@@ -190,6 +276,9 @@ pub fn run(a: &ExportArgs) -> Result<ExitCode> {
             );
             c.instructions.append_value(def.insns);
             c.block.append_value(id);
+            if memory {
+                c.mem_accesses.append_value(mine as u32);
+            }
             c.rows += 1;
         } else {
             for (k, &(off, len, m)) in shape.insns.iter().enumerate() {
@@ -205,9 +294,13 @@ pub fn run(a: &ExportArgs) -> Result<ExitCode> {
                 c.ring.append_value(ring);
                 c.mnemonic.append_value(&names[usize::from(m)]);
                 c.length.append_value(len);
+                if memory {
+                    c.accesses(&mems[..mine], ic);
+                }
                 c.rows += 1;
             }
         }
+        mems.drain(..mine);
         if c.rows >= BATCH {
             let b = c.batch(&schema, a.blocks)?;
             pw.write(&b).with_context(|| write_err(&a.parquet))?;

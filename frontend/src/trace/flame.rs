@@ -198,7 +198,7 @@ pub fn run(path: &Path, symbols: &[PathBuf], out: &Path, folded: bool) -> Result
                     stack.truncate(keep);
                 }
             }
-            Record::Port { .. } => {}
+            Record::Port { .. } | Record::Mem { .. } | Record::Time { .. } => {}
         }
     }
     let mut lines: Vec<String> = weights

@@ -12,6 +12,8 @@ pub fn run(path: &Path) -> Result<ExitCode> {
     let h = *r.header();
     let (mut blocks, mut exc, mut int, mut ctx, mut ports) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut cr3s = std::collections::BTreeSet::new();
+    let mut mems = [0u64; 2];
+    let mut times: (Option<u64>, Option<u64>) = (None, None);
     let fail = loop {
         match r.next_record() {
             Ok(Some(Record::Block { .. })) => blocks += 1,
@@ -22,6 +24,11 @@ pub fn run(path: &Path) -> Result<ExitCode> {
                 cr3s.insert(cr3);
             }
             Ok(Some(Record::Port { .. })) => ports += 1,
+            Ok(Some(Record::Time { ns, .. })) => {
+                times.0.get_or_insert(ns);
+                times.1 = Some(ns);
+            }
+            Ok(Some(Record::Mem { write, .. })) => mems[usize::from(write)] += 1,
             Ok(None) => break None,
             Err(e) => break Some(e),
         }
@@ -35,6 +42,16 @@ pub fn run(path: &Path) -> Result<ExitCode> {
         h.start,
         r.icount()
     );
+    let secs = |ns: u64| ns as f64 / 1e9;
+    match times {
+        (Some(a), Some(b)) if b > a => println!(
+            "time span: {:.6} s of guest time ({:.6} s to {:.6} s since the machine started)",
+            secs(b - a),
+            secs(a),
+            secs(b)
+        ),
+        _ => println!("time span: not recorded"),
+    }
     println!(
         "blocks: {blocks} run, {} distinct; {:.2} instructions per block",
         r.defs().len(),
@@ -44,6 +61,16 @@ pub fn run(path: &Path) -> Result<ExitCode> {
         "events: {exc} exceptions, {int} interrupts, {ctx} context changes ({} address spaces), {ports} port accesses",
         cr3s.len()
     );
+    if r.has_memory() {
+        println!(
+            "memory accesses: {} reads, {} writes; {:.2} per instruction",
+            mems[0],
+            mems[1],
+            (mems[0] + mems[1]) as f64 / insns.max(1) as f64
+        );
+    } else {
+        println!("memory accesses: not recorded");
+    }
     println!(
         "size: {size} bytes, {:.3} bytes per instruction",
         size as f64 / insns.max(1) as f64

@@ -65,7 +65,8 @@ pub enum TraceCmd {
         folded: bool,
     },
     /// The trace as a Parquet table: one row per instruction (instruction count,
-    /// address, physical address, CR3, ring, mnemonic, length), or per block.
+    /// address, physical address, CR3, ring, mnemonic, length, and the memory
+    /// accesses when recorded), or per block.
     Export(export::ExportArgs),
     /// The first instruction where two traces part, with both sides' context (exit
     /// status 0: the same, 1: they part, 2: one cannot be read).
@@ -79,6 +80,13 @@ pub enum TraceCmd {
 
 /// Runs a trace command.
 pub fn run(cmd: TraceCmd) -> Result<ExitCode> {
+    // A reader that goes away (`ox86 trace stats F | head`) ends the command quietly,
+    // as it ends `cat` (Rust's runtime ignores SIGPIPE, and printing would panic).
+    // SAFETY: sets the default disposition of one signal, with no handler; nothing
+    // else in the process changes signal dispositions meanwhile.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match cmd {
         TraceCmd::Info { file } => info::run(&file),
         TraceCmd::Dump(a) => dump::run(&a),

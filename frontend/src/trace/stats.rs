@@ -16,6 +16,9 @@ use super::walk::{self, Ctx};
 pub struct Counts {
     /// By context: executions by block id.
     pub by_ctx: HashMap<Ctx, Vec<u64>>,
+    /// Memory accesses: reads and writes by instructions, those of deliveries, those
+    /// of instructions cut short.
+    pub mem: [u64; 4],
 }
 
 /// Reads the whole trace, counting block executions per context. Err: the exit code
@@ -24,9 +27,37 @@ pub fn count(w: &mut walk::Walk) -> Result<Counts, ExitCode> {
     let mut by_ctx: HashMap<Ctx, Vec<u64>> = HashMap::new();
     let mut ctx = w.ctx;
     let mut cur: Vec<u64> = Vec::new();
+    let mut mem = [0u64; 4];
+    // Accesses wait for their instruction's block (see `ox86::trace::format`).
+    let mut pending: std::collections::VecDeque<(u64, bool)> = Default::default();
     loop {
-        match w.next() {
-            Ok(Some(Record::Block { id, .. })) => {
+        let rec = w.next();
+        if !matches!(rec, Ok(Some(Record::Block { .. } | Record::Mem { .. }))) {
+            mem[3] += pending.len() as u64;
+            pending.clear();
+        }
+        match rec {
+            Ok(Some(Record::Mem {
+                icount,
+                write,
+                delivery,
+                ..
+            })) => {
+                if delivery {
+                    mem[2] += 1;
+                } else {
+                    pending.push_back((icount, write));
+                }
+            }
+            Ok(Some(Record::Block { id, icount })) => {
+                let end = icount + u64::from(w.r.def(id).insns);
+                while let Some(&(c, write)) = pending.front() {
+                    if c >= end {
+                        break;
+                    }
+                    mem[usize::from(write)] += 1;
+                    pending.pop_front();
+                }
                 let i = id as usize;
                 if i >= cur.len() {
                     cur.resize(i + 1 + i / 2, 0);
@@ -48,7 +79,7 @@ pub fn count(w: &mut walk::Walk) -> Result<Counts, ExitCode> {
         }
     }
     by_ctx.insert(ctx, cur);
-    Ok(Counts { by_ctx })
+    Ok(Counts { by_ctx, mem })
 }
 
 /// The class of an instruction.
@@ -130,6 +161,14 @@ pub fn run(path: &Path, top: usize) -> Result<ExitCode> {
         }
     }
     println!("{total} instructions");
+    if w.r.has_memory() {
+        let [r, wr, d, c] = counts.mem;
+        println!("\nmemory accesses:");
+        println!("  {r:>14}  reads by instructions");
+        println!("  {wr:>14}  writes by instructions");
+        println!("  {d:>14}  by deliveries of exceptions and interrupts");
+        println!("  {c:>14}  by instructions an exception or interrupt cut short");
+    }
     let pct = |n: u64| 100.0 * n as f64 / total.max(1) as f64;
     let table = |title: &str, rows: Vec<(String, u64)>, top: usize| {
         println!("\n{title}");
