@@ -311,19 +311,24 @@ fn memory_accesses_are_what_the_instructions_access() {
     );
     assert_eq!(trace_count(&path), n);
     for (from, to) in [(0, 20_000), (5_000_000, 5_020_000), (n - 20_000, n)] {
-        let mut m = MachineBuilder::new()
-            .serial(SerialOut::None)
-            .kernel(image.clone(), String::new(), None)
-            .icount(0)
-            .jit(None)
-            .build()
-            .expect("machine");
+        let mut m = bare_metal_interpreter(&image);
         let checked = check_accesses(&mut m, &path, from, to);
         assert!(
             checked > 15_000,
             "{checked} instructions checked in {from}..{to}"
         );
     }
+}
+
+/// A machine that runs bare-metal ELF `image` in the interpreter, under `--icount`.
+fn bare_metal_interpreter(image: &[u8]) -> Machine {
+    MachineBuilder::new()
+        .serial(SerialOut::None)
+        .kernel(image.to_vec(), String::new(), None)
+        .icount(0)
+        .jit(None)
+        .build()
+        .expect("machine")
 }
 
 /// The formatter `ox86 trace dump` uses.
@@ -406,13 +411,7 @@ fn dump_shows_what_single_steps_of_the_interpreter_run() {
         &path,
     );
     for (from, to) in [(0, 3000), (5_000_000, 5_004_000), (n - 2000, n)] {
-        let mut m = MachineBuilder::new()
-            .serial(SerialOut::None)
-            .kernel(image.clone(), String::new(), None)
-            .icount(0)
-            .jit(None)
-            .build()
-            .expect("machine");
+        let mut m = bare_metal_interpreter(&image);
         let want = single_steps(&mut m, from, to);
         let got = dump(&path, from, to);
         assert_eq!(want.len() as u64, to - from);
