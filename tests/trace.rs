@@ -121,17 +121,10 @@ fn trace_accesses(
     );
     while let Some(rec) = r.next_record().expect("record") {
         match rec {
-            Record::Mem {
-                icount,
-                lin,
-                size,
-                write,
-                value,
-                delivery: false,
-            } if (from..to).contains(&icount) => acc
+            Record::Mem { icount, access: a } if !a.delivery && (from..to).contains(&icount) => acc
                 .entry(icount)
                 .or_insert_with(Vec::new)
-                .push((lin, size, write, value)),
+                .push((a.lin, a.size, a.write, a.value)),
             Record::Block { id, icount } => {
                 let d = r.def(id).clone();
                 for (k, i) in d.decode().iter().enumerate() {
@@ -1083,8 +1076,11 @@ fn diff_names_where_two_boots_part() {
     assert_eq!(out.status.code(), Some(0));
 }
 
-fn mem_line(icount: u64, lin: u64, size: u8, write: bool, value: u64, delivery: bool) -> String {
-    format!("mem {icount} {lin:x} {size} {write} {value:x} {delivery}")
+fn mem_line(icount: u64, a: &ox86::trace::MemAccess) -> String {
+    format!(
+        "mem {icount} {:x} {} {} {:x} {}",
+        a.lin, a.size, a.write, a.value, a.delivery
+    )
 }
 
 /// Hooks that keep everything they are called with, as text.
@@ -1121,9 +1117,7 @@ impl ox86::trace::TraceHooks for Keep {
         true
     }
     fn on_memory(&mut self, icount: u64, a: ox86::trace::MemAccess) {
-        self.1.push(mem_line(
-            icount, a.lin, a.size, a.write, a.value, a.delivery,
-        ));
+        self.1.push(mem_line(icount, &a));
     }
     fn on_end(&mut self, icount: u64) {
         self.1.push(format!("end {icount}"));
@@ -1196,14 +1190,7 @@ fn hooks_see_what_the_trace_file_holds() {
                 size,
                 value,
             } => want.push(format!("port {icount} {write} {port:x} {size} {value:x}")),
-            Record::Mem {
-                icount,
-                lin,
-                size,
-                write,
-                value,
-                delivery,
-            } => want_mem.push(mem_line(icount, lin, size, write, value, delivery)),
+            Record::Mem { icount, access } => want_mem.push(mem_line(icount, &access)),
             Record::Time { .. } => {}
         }
     }

@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use crossbeam::channel::{bounded, Receiver, Sender};
 use iced_x86::Instruction;
 
-use super::{BlockDef, Record, TraceReader};
+use super::{BlockDef, MemAccess, Record, TraceReader};
 
 /// What a hook gets for each event. Every method has an empty default: implement the
 /// ones you need. `wants_instructions` says whether [`TraceHooks::on_instruction`] is
@@ -52,21 +52,6 @@ pub trait TraceHooks: Send {
     fn on_memory(&mut self, _icount: u64, _access: MemAccess) {}
     /// The run (or the window traced) ended; every event was handed over.
     fn on_end(&mut self, _icount: u64) {}
-}
-
-/// A memory access, as [`TraceHooks::on_memory`] gets it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemAccess {
-    /// Linear address.
-    pub lin: u64,
-    /// Size in bytes (1 to 8).
-    pub size: u8,
-    /// A write, else a read.
-    pub write: bool,
-    /// The value read or written.
-    pub value: u64,
-    /// Made by the delivery of an exception or interrupt.
-    pub delivery: bool,
 }
 
 /// The writing end of the in-memory pipe from the trace writer to the hook thread.
@@ -173,22 +158,8 @@ pub(crate) fn spawn(
                         mems.drain(..mine);
                     }
                     Some(Record::Time { .. }) => {}
-                    Some(Record::Mem {
-                        icount,
-                        lin,
-                        size,
-                        write,
-                        value,
-                        delivery,
-                    }) => {
-                        let m = MemAccess {
-                            lin,
-                            size,
-                            write,
-                            value,
-                            delivery,
-                        };
-                        if delivery {
+                    Some(Record::Mem { icount, access: m }) => {
+                        if m.delivery {
                             hooks.on_memory(icount, m);
                         } else {
                             mems.push((icount, m));

@@ -9,8 +9,8 @@ pub(crate) mod hooks;
 mod reader;
 mod writer;
 
-pub use hooks::{MemAccess, TraceHooks};
-pub use reader::{BlockDef, End, Header, Record, TraceError, TraceReader};
+pub use hooks::TraceHooks;
+pub use reader::{BlockDef, End, Header, MemAccess, Record, TraceError, TraceReader};
 pub use writer::{TraceSummary, TraceWriter};
 
 /// What to trace: where the file goes, and the window of instruction counts.

@@ -172,20 +172,27 @@ pub enum Record {
     /// A memory access (traces recorded with memory accesses).
     Mem {
         /// The instruction that made it (or that an exception or interrupt came
-        /// before, when `delivery`).
+        /// before, when `access.delivery`).
         icount: u64,
-        /// Linear address.
-        lin: u64,
-        /// Size in bytes (1 to 8; longer accesses are recorded eight bytes a piece).
-        size: u8,
-        /// A write, else a read.
-        write: bool,
-        /// The value read or written.
-        value: u64,
-        /// Made by the delivery of the exception or interrupt recorded before it (the
-        /// pushes of its frame), not by an instruction.
-        delivery: bool,
+        /// The access.
+        access: MemAccess,
     },
+}
+
+/// A memory access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemAccess {
+    /// Linear address.
+    pub lin: u64,
+    /// Size in bytes (1 to 8; longer accesses are recorded eight bytes a piece).
+    pub size: u8,
+    /// A write, else a read.
+    pub write: bool,
+    /// The value read or written.
+    pub value: u64,
+    /// Made by the delivery of the exception or interrupt recorded before it (the
+    /// pushes of its frame), not by an instruction.
+    pub delivery: bool,
 }
 
 /// Reads a trace file record by record.
@@ -456,11 +463,13 @@ impl TraceReader {
                     self.pred.last = at;
                     return Ok(Some(Record::Mem {
                         icount: at,
-                        lin,
-                        size: size as u8,
-                        write: flags & format::MEM_WRITE != 0,
-                        value,
-                        delivery: std::mem::take(&mut self.delivery),
+                        access: MemAccess {
+                            lin,
+                            size: size as u8,
+                            write: flags & format::MEM_WRITE != 0,
+                            value,
+                            delivery: std::mem::take(&mut self.delivery),
+                        },
                     }));
                 }
                 _ => return Err(bad(self, &format!("unknown record kind {k}"))),

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 use iced_x86::{Formatter, IntelFormatter};
-use ox86::trace::{Record, TraceReader};
+use ox86::trace::{MemAccess, Record, TraceReader};
 
 use super::decode::Decoded;
 use super::symbols::Symbols;
@@ -58,7 +58,7 @@ pub fn run(a: &DumpArgs) -> Result<ExitCode> {
         |cr3: u64, cpl: u8| a.cr3.is_none_or(|x| x == cr3) && a.ring.is_none_or(|x| x == cpl);
     // Memory accesses come before their block: they wait for it, or for the event
     // that cut their instruction short.
-    let mut mems: Vec<Record> = Vec::new();
+    let mut mems: Vec<(u64, MemAccess)> = Vec::new();
     let fail = loop {
         let rec = match r.next_record() {
             Ok(Some(rec)) => rec,
@@ -66,8 +66,8 @@ pub fn run(a: &DumpArgs) -> Result<ExitCode> {
             Err(e) => break Some(e),
         };
         if !matches!(rec, Record::Block { .. } | Record::Mem { .. }) && !mems.is_empty() {
-            for m in mems.drain(..) {
-                if let Some(l) = mem_line(&m, from, to) {
+            for (c, m) in mems.drain(..) {
+                if let Some(l) = mem_line(c, &m, from, to) {
                     if shown(cr3, cpl) && writeln!(out, "{:>12}  {l}", "").is_err() {
                         return Ok(ExitCode::SUCCESS);
                     }
@@ -75,12 +75,12 @@ pub fn run(a: &DumpArgs) -> Result<ExitCode> {
             }
         }
         let line = match rec {
-            Record::Mem { delivery, .. } => {
-                if !delivery {
-                    mems.push(rec);
+            Record::Mem { icount, access } => {
+                if !access.delivery {
+                    mems.push((icount, access));
                     continue;
                 }
-                match mem_line(&rec, from, to) {
+                match mem_line(icount, &access, from, to) {
                     Some(l) => l,
                     None => continue,
                 }
@@ -88,11 +88,8 @@ pub fn run(a: &DumpArgs) -> Result<ExitCode> {
             Record::Block { id, icount } => {
                 // This block's accesses lead the list; later blocks' stay.
                 let end = icount + u64::from(r.def(id).insns);
-                let mine = mems
-                    .iter()
-                    .take_while(|m| matches!(m, Record::Mem { icount, .. } if *icount < end))
-                    .count();
-                let pending: Vec<Record> = mems.drain(..mine).collect();
+                let mine = mems.iter().take_while(|(c, _)| *c < end).count();
+                let pending: Vec<(u64, MemAccess)> = mems.drain(..mine).collect();
                 let n = u64::from(r.def(id).insns);
                 if icount + n <= from || icount >= to || !shown(cr3, cpl) {
                     if icount >= to {
@@ -116,9 +113,9 @@ pub fn run(a: &DumpArgs) -> Result<ExitCode> {
                     if writeln!(out, "{c:>12}  {lin:08x}  {text}").is_err() {
                         return Ok(ExitCode::SUCCESS); // The reader went away (a pipe).
                     }
-                    for m in &pending {
-                        if matches!(m, Record::Mem { icount, .. } if *icount == c) {
-                            let l = mem_line(m, from, to).unwrap_or_default();
+                    for (mc, m) in &pending {
+                        if *mc == c {
+                            let l = mem_line(c, m, from, to).unwrap_or_default();
                             if writeln!(out, "{:>12}  {l}", "").is_err() {
                                 return Ok(ExitCode::SUCCESS);
                             }
@@ -218,21 +215,17 @@ pub fn run(a: &DumpArgs) -> Result<ExitCode> {
 
 /// The line of a memory access in the window, e.g. `  write 4 [c1234560] = 0x0000abcd`
 /// (`frame` for a push of an exception's or interrupt's delivery).
-fn mem_line(m: &Record, from: u64, to: u64) -> Option<String> {
-    let Record::Mem {
-        icount,
+fn mem_line(icount: u64, m: &MemAccess, from: u64, to: u64) -> Option<String> {
+    if icount < from || icount >= to {
+        return None;
+    }
+    let MemAccess {
         lin,
         size,
         write,
         value,
         delivery,
-    } = *m
-    else {
-        return None;
-    };
-    if icount < from || icount >= to {
-        return None;
-    }
+    } = *m;
     let what = match (delivery, write) {
         (true, _) => "  frame",
         (false, true) => "  write",

@@ -18,7 +18,7 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use clap::Args;
-use ox86::trace::Record;
+use ox86::trace::{MemAccess, Record};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -96,25 +96,13 @@ impl Columns {
         }
     }
 
-    /// Appends the accesses of `mems` made by instruction `ic` to its row's lists.
-    fn accesses(&mut self, mems: &[Record], ic: u64) {
-        for m in mems {
-            if let Record::Mem {
-                icount,
-                lin,
-                size,
-                write,
-                value,
-                ..
-            } = *m
-            {
-                if icount == ic {
-                    self.mem_address.values().append_value(lin);
-                    self.mem_size.values().append_value(size);
-                    self.mem_write.values().append_value(write);
-                    self.mem_value.values().append_value(value);
-                }
-            }
+    /// Appends accesses `mems` (an instruction's) to its row's lists.
+    fn accesses(&mut self, mems: &[(u64, MemAccess)]) {
+        for (_, m) in mems {
+            self.mem_address.values().append_value(m.lin);
+            self.mem_size.values().append_value(m.size);
+            self.mem_write.values().append_value(m.write);
+            self.mem_value.values().append_value(m.value);
         }
         self.mem_address.append(true);
         self.mem_size.append(true);
@@ -206,14 +194,14 @@ pub fn run(a: &ExportArgs) -> Result<ExitCode> {
     let mut name_ids: std::collections::HashMap<iced_x86::Mnemonic, u16> = Default::default();
     let mut c = Columns::new(memory);
     // Memory accesses wait for the block of their instruction.
-    let mut mems: Vec<Record> = Vec::new();
+    let mut mems: Vec<(u64, MemAccess)> = Vec::new();
     let write_err = |p: &Path| format!("cannot write {}", p.display());
     loop {
         let (id, icount) = match w.next() {
             Ok(Some(Record::Block { id, icount })) => (id, icount),
-            Ok(Some(m @ Record::Mem { delivery, .. })) => {
-                if !delivery {
-                    mems.push(m);
+            Ok(Some(Record::Mem { icount, access })) => {
+                if !access.delivery {
+                    mems.push((icount, access));
                 }
                 continue;
             }
@@ -228,10 +216,7 @@ pub fn run(a: &ExportArgs) -> Result<ExitCode> {
         let def = w.r.def(id);
         let n = u64::from(def.insns);
         // This block's accesses lead the list; later blocks' stay.
-        let mine = mems
-            .iter()
-            .take_while(|m| matches!(m, Record::Mem { icount: c, .. } if *c < icount + n))
-            .count();
+        let mine = mems.iter().take_while(|(c, _)| *c < icount + n).count();
         if icount + n <= from {
             mems.drain(..mine);
             continue;
@@ -281,8 +266,14 @@ pub fn run(a: &ExportArgs) -> Result<ExitCode> {
             }
             c.rows += 1;
         } else {
+            // The accesses are in instruction order: each row takes those of its
+            // instruction from the front.
+            let mut rest = &mems[..mine];
             for (k, &(off, len, m)) in shape.insns.iter().enumerate() {
                 let ic = icount + k as u64;
+                let own = rest.iter().take_while(|(c, _)| *c == ic).count();
+                let (here, after) = rest.split_at(own);
+                rest = after;
                 if ic < from || ic >= to {
                     continue;
                 }
@@ -295,7 +286,7 @@ pub fn run(a: &ExportArgs) -> Result<ExitCode> {
                 c.mnemonic.append_value(&names[usize::from(m)]);
                 c.length.append_value(len);
                 if memory {
-                    c.accesses(&mems[..mine], ic);
+                    c.accesses(here);
                 }
                 c.rows += 1;
             }

@@ -28,7 +28,7 @@ pub fn run(path: &Path) -> Result<ExitCode> {
                 times.0.get_or_insert(ns);
                 times.1 = Some(ns);
             }
-            Ok(Some(Record::Mem { write, .. })) => mems[usize::from(write)] += 1,
+            Ok(Some(Record::Mem { access, .. })) => mems[usize::from(access.write)] += 1,
             Ok(None) => break None,
             Err(e) => break Some(e),
         }

@@ -37,16 +37,11 @@ pub fn count(w: &mut walk::Walk) -> Result<Counts, ExitCode> {
             pending.clear();
         }
         match rec {
-            Ok(Some(Record::Mem {
-                icount,
-                write,
-                delivery,
-                ..
-            })) => {
-                if delivery {
+            Ok(Some(Record::Mem { icount, access })) => {
+                if access.delivery {
                     mem[2] += 1;
                 } else {
-                    pending.push_back((icount, write));
+                    pending.push_back((icount, access.write));
                 }
             }
             Ok(Some(Record::Block { id, icount })) => {
